@@ -1,0 +1,5 @@
+"""``python -m specad`` runs the command line."""
+
+from specad.cli import main
+
+main()

@@ -1,0 +1,320 @@
+"""Datasets on disk: the folder layout, ground-truth masks, channel selection and validation.
+
+Two layouts are read:
+
+* specad's own: ``train/good``, ``val/good``, ``test/good``, ``test/<defect>``, masks in
+  ``ground_truth/<defect>/<stem>.png`` (pixel value = class id) and ``classes.json``.
+* the original cuvis.ai EfficientAD example: one folder per defect, ``_ok_ok_`` in the file name
+  for normal cubes, masks ``<stem>_0_RGB_mask.png`` beside the cube and ids in
+  ``annotations.json``. It has no splits, so normal cubes are split 70/15/15 by a stable hash of
+  their names.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from specad.errors import SpecadError
+from specad.io import CUBE_SUFFIXES, SWIR_MIN_NM, VISIBLE_NM, Cube, read_cube
+
+SPLITS = ("train", "val", "test")
+GOOD = "good"
+OK_MARK = "_ok_ok_"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One cube of a dataset and where its mask lives (None for normal cubes)."""
+
+    path: Path
+    split: str
+    label: str
+    mask: Path | None = None
+
+    @property
+    def anomalous(self) -> bool:
+        return self.label != GOOD
+
+
+@dataclass
+class Dataset:
+    root: Path
+    samples: list[Sample]
+    classes: dict[int, str] = field(default_factory=lambda: {0: "background"})
+    layout: str = "specad"
+
+    def split(self, name: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == name]
+
+    def require(self, name: str) -> list[Sample]:
+        """The samples of a split that training or evaluation cannot do without."""
+        samples = self.split(name)
+        if not samples:
+            where = self.root / name / GOOD if name != "test" else self.root / name
+            raise SpecadError(f"the '{name}' split is empty or missing", where)
+        return samples
+
+    @property
+    def defect_names(self) -> list[str]:
+        return sorted({s.label for s in self.samples if s.anomalous})
+
+
+def _cube_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in CUBE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    """Discover a dataset's samples; the layout is recognised from the folders present."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SpecadError("dataset folder not found", root)
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        return _load_specad(root)
+    return _load_cuvis_example(root)
+
+
+def _load_specad(root: Path) -> Dataset:
+    classes = _read_classes(root / "classes.json")
+    samples = [
+        Sample(p, split, GOOD)
+        for split in ("train", "val")
+        for p in _cube_files(root / split / GOOD)
+    ]
+    test = root / "test"
+    for folder in sorted(p for p in test.iterdir() if p.is_dir()) if test.is_dir() else []:
+        label = folder.name
+        for p in _cube_files(folder):
+            mask = root / "ground_truth" / label / f"{p.stem}.png" if label != GOOD else None
+            samples.append(Sample(p, "test", label, mask))
+    return Dataset(root, samples, classes, "specad")
+
+
+def _read_classes(path: Path) -> dict[int, str]:
+    if not path.is_file():
+        return {0: "background"}
+    try:
+        raw = json.loads(path.read_text())
+        classes = {int(k): str(v) for k, v in raw.items()}
+    except (ValueError, AttributeError) as err:
+        raise SpecadError(f"not a JSON object of id -> class name ({err})", path) from err
+    classes.setdefault(0, "background")
+    return classes
+
+
+def _load_cuvis_example(root: Path) -> Dataset:
+    classes = _read_annotations(root / "annotations.json")
+    samples = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for p in _cube_files(folder):
+            if OK_MARK in p.name:
+                samples.append(Sample(p, _hash_split(p.name), GOOD))
+            else:
+                mask = p.with_name(f"{p.stem}_0_RGB_mask.png")
+                samples.append(Sample(p, "test", folder.name, mask))
+    if not samples:
+        raise SpecadError(
+            "no cubes found: expected train/ val/ test/ folders, or one folder per defect", root
+        )
+    return Dataset(root, samples, classes, "cuvis-example")
+
+
+def _hash_split(name: str) -> str:
+    bucket = zlib.crc32(name.encode()) % 100
+    return "train" if bucket < 70 else "val" if bucket < 85 else "test"
+
+
+def _read_annotations(path: Path) -> dict[int, str]:
+    """Class ids from ``annotations.json``: a plain {id: name} map or COCO-style categories."""
+    if not path.is_file():
+        return {0: "background"}
+    try:
+        raw = json.loads(path.read_text())
+        if isinstance(raw, dict) and "categories" in raw:
+            classes = {int(c["id"]): str(c["name"]) for c in raw["categories"]}
+        else:
+            classes = {int(k): str(v) for k, v in raw.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise SpecadError(f"cannot read class ids ({err})", path) from err
+    classes.setdefault(0, "background")
+    return classes
+
+
+def read_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
+    """The (H, W) class-id mask of a sample (zeros for normal cubes), checked against its cube."""
+    if sample.mask is None:
+        return np.zeros(shape, dtype=np.int64)
+    if not sample.mask.is_file():
+        raise SpecadError("ground-truth mask missing", sample.mask)
+    from PIL import Image
+
+    try:
+        with Image.open(sample.mask) as im:
+            mask = np.asarray(im)
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
+        raise SpecadError(f"cannot read mask ({type(err).__name__})", sample.mask) from err
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.shape != tuple(shape):
+        raise SpecadError(
+            f"mask is {mask.shape[0]}x{mask.shape[1]} but its cube is {shape[0]}x{shape[1]}",
+            sample.mask,
+        )
+    return mask.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- channel selection
+
+
+def select_channels(
+    cube: Cube, spec: str | list[int | float | str], path: Path | None = None
+) -> list[int]:
+    """Channel indices for a selection: ``all``, ``rgb``, ``swir``, or a list of indices,
+    wavelengths in nm (nearest band within 10 nm), or band names."""
+    if isinstance(spec, str):
+        key = spec.lower()
+        if key == "all":
+            return list(range(cube.channels))
+        if key == "rgb":
+            if cube.rgb is None:
+                raise SpecadError("cube has no RGB bands to select", path)
+            return list(cube.rgb)
+        if key == "swir":
+            if cube.wavelengths is None:
+                raise SpecadError("selecting 'swir' needs wavelengths, and the cube has none", path)
+            idx = [i for i, w in enumerate(cube.wavelengths) if w >= SWIR_MIN_NM]
+            if not idx:
+                raise SpecadError(f"no band at or above {SWIR_MIN_NM:g} nm", path)
+            return idx
+        raise SpecadError(f"unknown channel selection '{spec}' (all, rgb, swir or a list)", path)
+    return [_one_channel(cube, item, path) for item in spec]
+
+
+def _one_channel(cube: Cube, item: int | float | str, path: Path | None) -> int:
+    if isinstance(item, str):
+        if item in cube.bands:
+            return cube.bands.index(item)
+        raise SpecadError(f"unknown band name '{item}' (bands: {', '.join(cube.bands)})", path)
+    if isinstance(item, int) and not isinstance(item, bool) and item < cube.channels:
+        if item < 0:
+            raise SpecadError(f"band index {item} is negative", path)
+        return item
+    if cube.wavelengths is None:
+        raise SpecadError(f"band {item} is out of range and the cube has no wavelengths", path)
+    w = np.asarray(cube.wavelengths)
+    nearest = int(np.argmin(np.abs(w - float(item))))
+    if abs(w[nearest] - float(item)) > 10:
+        raise SpecadError(f"no band within 10 nm of {item} nm", path)
+    return nearest
+
+
+def is_visible(wavelength: float) -> bool:
+    return VISIBLE_NM[0] <= wavelength <= VISIBLE_NM[1]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass
+class CheckReport:
+    """What ``specad dataset check`` prints: per split/class counts, cube properties, problems."""
+
+    root: Path
+    counts: dict[tuple[str, str], int]
+    channels: list[int]
+    sizes: list[tuple[int, int]]
+    dtypes: list[str]
+    value_range: tuple[float, float]
+    wavelengths: list[float] | None
+    bands: list[str]
+    classes: dict[int, str]
+    layout: str
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_dataset(root: str | Path) -> CheckReport:
+    """Read every cube and mask once and list every problem, instead of stopping at the first."""
+    ds = load_dataset(root)
+    problems: list[str] = []
+    counts: Counter[tuple[str, str]] = Counter((s.split, s.label) for s in ds.samples)
+    for split in ("train", "val"):
+        if not ds.split(split):
+            problems.append(f"{ds.root / split / GOOD}: the '{split}' split is empty or missing")
+    if not ds.split("test"):
+        problems.append(f"{ds.root / 'test'}: the 'test' split is empty or missing")
+    channels, sizes, dtypes = Counter(), Counter(), Counter()
+    lo, hi = np.inf, -np.inf
+    wavelengths: list[float] | None = None
+    bands: list[str] = []
+    for s in ds.samples:
+        try:
+            cube = read_cube(s.path)
+        except SpecadError as err:
+            problems.append(str(err))
+            continue
+        channels[cube.channels] += 1
+        sizes[cube.shape[:2]] += 1
+        dtypes[_stored_dtype(s.path)] += 1
+        lo, hi = min(lo, float(cube.data.min())), max(hi, float(cube.data.max()))
+        if not bands:
+            bands, wavelengths = cube.bands, cube.wavelengths
+        if s.anomalous:
+            problems += _mask_problems(s, cube.shape[:2], ds.classes)
+    if len(channels) > 1:
+        detail = ", ".join(f"{n} cubes with {c}" for c, n in sorted(channels.items()))
+        problems.append(f"{ds.root}: channel counts differ within the dataset ({detail})")
+    return CheckReport(
+        ds.root,
+        dict(counts),
+        sorted(channels),
+        sorted(sizes),
+        sorted(dtypes),
+        (lo, hi) if np.isfinite(lo) else (float("nan"), float("nan")),
+        wavelengths,
+        bands,
+        ds.classes,
+        ds.layout,
+        problems,
+    )
+
+
+def _mask_problems(sample: Sample, shape: tuple[int, int], classes: dict[int, str]) -> list[str]:
+    try:
+        mask = read_mask(sample, shape)
+    except SpecadError as err:
+        return [str(err)]
+    unknown = sorted(set(np.unique(mask).tolist()) - set(classes))
+    if unknown:
+        return [f"{sample.mask}: mask ids {unknown} are missing from classes.json"]
+    return []
+
+
+def _stored_dtype(path: Path) -> str:
+    """The on-disk sample type, which ``read_cube`` hides by converting to float32."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                return str(tif.series[0].dtype)
+        if suffix == ".npy":
+            return str(np.load(path, mmap_mode="r").dtype)
+    except Exception:  # noqa: BLE001 - already reported by read_cube
+        return "?"
+    return "float32"
