@@ -81,6 +81,28 @@ def dataset_check(root: Annotated[Path, typer.Argument(help="Dataset folder.")])
     out.print("[green]no problems found[/green]")
 
 
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Training YAML config.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: key.sub=value.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
+    force: Force = False,
+) -> None:
+    """Train EfficientAD on a dataset's normal cubes; prints the model path last."""
+    from specad.config import load_config
+    from specad.train import train
+
+    sets = list(overrides or []) + ([f"train.device={device}"] if device else [])
+    cfg = load_config(config, sets)
+    run = out_dir or Path("runs") / config.stem
+    path = train(cfg, run, resume=resume, force=force)
+    out.print(str(path), markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: run the app, mapping user errors to one line and exit code 2."""
     try:

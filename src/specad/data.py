@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from specad.errors import SpecadError
 from specad.io import CUBE_SUFFIXES, SWIR_MIN_NM, VISIBLE_NM, Cube, read_cube
@@ -318,3 +319,170 @@ def _stored_dtype(path: Path) -> str:
     except Exception:  # noqa: BLE001 - already reported by read_cube
         return "?"
     return "float32"
+
+
+# --------------------------------------------------------------------------- penalty set
+
+SKIMAGE_NATURAL = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "retina.jpg",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "color.png",
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def rgb_to_bands(wavelengths: list[float] | None, channels: int, mapping: str) -> list[int]:
+    """For each of N channels, which RGB channel (0=R, 1=G, 2=B) or -1 (grey) it copies.
+
+    ``repeat`` copies R, G, B, R, G, B, ... as the original 6-channel work did; ``wavelength``
+    gives visible bands their nearest primary and every other band the grey level.
+    """
+    if mapping == "repeat":
+        return [j % 3 for j in range(channels)]
+    if mapping == "wavelength":
+        if wavelengths is None:
+            raise SpecadError("channel mapping 'wavelength' needs band wavelengths")
+        primaries = np.asarray([650.0, 550.0, 450.0])
+        return [int(np.argmin(np.abs(primaries - w))) if is_visible(w) else -1 for w in wavelengths]
+    raise SpecadError(f"unknown channel mapping '{mapping}' (repeat or wavelength)")
+
+
+class PenaltySet:
+    """Natural RGB images turned into N-channel penalty images on the fly (EfficientAD's
+    "ImageNet penalty"), so that no N-channel copy is ever stored.
+
+    Transforms follow the paper: resize to twice the training size, grey with p=0.3, centre crop.
+    Images come from ``folder`` (e.g. Imagenette) or, offline by default, from the natural photos
+    that scikit-image ships inside its wheel.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        image_size: int,
+        folder: str | Path | None = None,
+        wavelengths: list[float] | None = None,
+        mapping: str = "repeat",
+        max_images: int = 1000,
+    ) -> None:
+        self.index = rgb_to_bands(wavelengths, channels, mapping)
+        self.image_size = image_size
+        self.files = self._files(folder)[:max_images]
+        if not self.files:
+            raise SpecadError("no images found for the penalty set", folder)
+        self._cache: dict[int, np.ndarray] = {}
+
+    @staticmethod
+    def _files(folder: str | Path | None) -> list[Path]:
+        if folder is None:
+            import skimage.data
+
+            base = Path(skimage.data.__file__).parent
+            return [base / n for n in SKIMAGE_NATURAL if (base / n).is_file()]
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise SpecadError("penalty image folder not found", folder)
+        return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _rgb(self, i: int) -> np.ndarray:
+        """The i-th image as (3, 2S, 2S) float32 in [0, 1]: resized to 2x and centre-cropped."""
+        if i not in self._cache:
+            from PIL import Image
+
+            side = 2 * self.image_size
+            with Image.open(self.files[i]) as im:
+                im = im.convert("RGB")
+                scale = side / min(im.size)
+                im = im.resize(
+                    (max(side, round(im.width * scale)), max(side, round(im.height * scale)))
+                )
+                left, top = (im.width - side) // 2, (im.height - side) // 2
+                im = im.crop((left, top, left + side, top + side))
+                self._cache[i] = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        return self._cache[i]
+
+    def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """A [B, N, S, S] batch: random images, grey with p=0.3, centre-cropped to the size."""
+        picks = torch.randint(len(self.files), (batch,), generator=generator).tolist()
+        grey = (torch.rand(batch, generator=generator) < 0.3).tolist()
+        s, c = self.image_size, self.image_size // 2
+        out = []
+        for i, g in zip(picks, grey, strict=True):
+            rgb = self._rgb(i)[:, c : c + s, c : c + s]
+            if g:
+                rgb = np.repeat(
+                    (rgb * np.array([[[0.299]], [[0.587]], [[0.114]]])).sum(0, keepdims=True), 3, 0
+                )
+            grey_level = rgb.mean(0, keepdims=True)
+            out.append(
+                np.concatenate([rgb[k : k + 1] if k >= 0 else grey_level for k in self.index])
+            )
+        return torch.from_numpy(np.stack(out).astype(np.float32))
+
+
+# --------------------------------------------------------------------------- model input
+
+IMAGENET_MEAN, IMAGENET_STD = 0.45, 0.225
+
+
+@dataclass
+class Preprocess:
+    """How a cube becomes model input; saved with every model so inference repeats it exactly.
+
+    Channels are selected, the image is resized to ``image_size`` and each channel is
+    standardised to ImageNet-like pixel statistics (mean 0.45, std 0.225), so that pretrained
+    teachers see the contrast range they were trained on whatever the camera's levels.
+    """
+
+    source_channels: int
+    channels: list[int]
+    image_size: int
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    def cube_tensor(self, cube: Cube, path: Path | None = None) -> torch.Tensor:
+        """[C, S, S] float32 input for one cube."""
+        if cube.channels != self.source_channels:
+            raise SpecadError(
+                f"the model expects cubes with {self.source_channels} channels, "
+                f"this one has {cube.channels}",
+                path,
+            )
+        x = torch.from_numpy(
+            np.ascontiguousarray(cube.data[:, :, self.channels].transpose(2, 0, 1))
+        )
+        return self.normalise(resize(x[None], (self.image_size, self.image_size))[0])
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean is None or self.std is None:
+            return x
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return (x - mean) / std * IMAGENET_STD + IMAGENET_MEAN
+
+    def fit(self, batch: torch.Tensor) -> None:
+        """Per-channel mean/std from training input [B, C, S, S] (before normalisation)."""
+        self.mean = batch.mean(dim=(0, 2, 3)).tolist()
+        self.std = batch.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of [B, C, H, W]; antialiased when shrinking so small defects average in."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = x.shape[-2] > size[0] or x.shape[-1] > size[1]
+    return torch.nn.functional.interpolate(
+        x, size=size, mode="bilinear", align_corners=False, antialias=shrink
+    )

@@ -1,0 +1,110 @@
+"""Validated YAML configs for training. Unknown keys and wrong types fail with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from specad.errors import SpecadError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Normalization(Strict):
+    mean: list[float]
+    std: list[float]
+
+
+class DataConfig(Strict):
+    root: Path
+    channels: Literal["all", "rgb", "swir"] | list[int | float | str] = "all"
+    image_size: int = Field(256, ge=32)
+    normalize: Literal["train", "none"] | Normalization = "train"
+    flips: bool = False
+    rot90: bool = False
+
+
+class ModelConfig(Strict):
+    teacher: Literal["efficientnet-lite0", "pdn-random", "pdn-file"] = "efficientnet-lite0"
+    teacher_file: Path | None = None
+    channel_mapping: Literal["repeat", "wavelength"] = "repeat"
+    size: Literal["small", "medium"] = "small"
+    padding: bool = False
+
+
+class PenaltyConfig(Strict):
+    enabled: bool = True
+    folder: Path | None = None
+    mapping: Literal["repeat", "wavelength"] = "repeat"
+
+
+class TrainConfig(Strict):
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    lr_decay_at: float = Field(0.95, gt=0, le=1)
+    seed: int = 0
+    device: str = "auto"
+    bf16: Literal["auto", "on", "off"] = "off"
+    log_every: int = Field(25, ge=1)
+    val_every: int = Field(0, ge=0)
+    checkpoint_every: int = Field(100, ge=1)
+    threshold_far: float = Field(0.01, gt=0, lt=1)
+
+
+class Config(Strict):
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    penalty: PenaltyConfig = PenaltyConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, **base: Any) -> Config:
+    """Read a YAML config (or start from ``base``), apply ``key.sub=value`` overrides, validate."""
+    raw: dict[str, Any] = dict(base)
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except FileNotFoundError as err:
+            raise SpecadError("config file not found", path) from err
+        except yaml.YAMLError as err:
+            raise SpecadError(f"invalid YAML ({str(err).splitlines()[0]})", path) from err
+        if not isinstance(loaded, dict):
+            raise SpecadError("config must be a YAML mapping", path)
+        raw = loaded
+        root = raw.get("data", {}).get("root") if isinstance(raw.get("data"), dict) else None
+        if root is not None and not Path(root).is_absolute() and not Path(root).exists():
+            raw["data"]["root"] = str(path.parent / root)  # relative to the config's folder
+    for item in overrides or []:
+        _apply_override(raw, item)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise SpecadError(f"{where}: {first['msg']}{more}", path) from err
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise SpecadError(f"--set expects key=value, got '{item}'")
+    key, value = item.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecadError(f"--set {key}: '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

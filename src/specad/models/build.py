@@ -1,0 +1,50 @@
+"""Build an EfficientAD model from a config section: the one place that maps names to classes."""
+
+from __future__ import annotations
+
+import torch
+
+from specad.config import ModelConfig
+from specad.errors import SpecadError
+from specad.models.efficientad import EfficientAD
+from specad.models.teachers import EfficientNetLite0Teacher, pdn_teacher
+
+
+def build_teacher(
+    cfg: ModelConfig, in_channels: int, wavelengths: list[float] | None, seed: int
+) -> torch.nn.Module:
+    if cfg.teacher == "efficientnet-lite0":
+        return EfficientNetLite0Teacher(
+            in_channels, mapping=cfg.channel_mapping, wavelengths=wavelengths
+        )
+    if cfg.teacher == "pdn-file" and cfg.teacher_file is None:
+        raise SpecadError("model.teacher is 'pdn-file' but model.teacher_file is not set")
+    source = "random" if cfg.teacher == "pdn-random" else cfg.teacher_file
+    return pdn_teacher(
+        in_channels,
+        size=cfg.size,
+        padding=cfg.padding,
+        source=source,
+        mapping=cfg.channel_mapping,
+        wavelengths=wavelengths,
+        seed=seed,
+    )
+
+
+def build_efficientad(
+    cfg: ModelConfig,
+    in_channels: int,
+    image_size: int,
+    wavelengths: list[float] | None = None,
+    seed: int = 0,
+) -> EfficientAD:
+    """A fresh model; student and autoencoder initialised from ``seed`` for reproducible runs."""
+    teacher = build_teacher(cfg, in_channels, wavelengths, seed)
+    torch.manual_seed(seed)
+    return EfficientAD(
+        in_channels,
+        image_size=image_size,
+        teacher=teacher,
+        size=cfg.size,
+        padding=cfg.padding,
+    )

@@ -1,0 +1,261 @@
+"""Training EfficientAD on normal cubes: data in memory, a seeded loop, checkpoints, resume.
+
+Everything random (batch order, augmentation, penalty images) draws from one ``torch.Generator``
+whose state is checkpointed, so ``--resume`` ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from specad.config import Config, dump_config
+from specad.data import Dataset, PenaltySet, Preprocess, load_dataset, read_mask, select_channels
+from specad.errors import SpecadError
+from specad.infer import Detector, ModelMeta, pick_device
+from specad.io import atomic_file, read_cube, refuse_nonempty
+from specad.models.build import build_efficientad
+from specad.models.efficientad import EfficientAD, ae_augment
+
+CHECKPOINT = "checkpoints/last.pt"
+
+
+@dataclass
+class Inputs:
+    """A split loaded as model input, with what is needed to score it."""
+
+    x: torch.Tensor
+    labels: list[str]
+    masks: list[np.ndarray]
+
+
+def prepare(cfg: Config, ds: Dataset) -> tuple[Preprocess, ModelMeta]:
+    """Resolve channel selection against the data and fit the per-channel normalisation."""
+    train = ds.require("train")
+    ds.require("val")
+    first = read_cube(train[0].path)
+    channels = select_channels(first, cfg.data.channels, train[0].path)
+    pre = Preprocess(first.channels, channels, cfg.data.image_size)
+    chosen = first.select(channels)
+    meta = ModelMeta(
+        kind="efficientad",
+        preprocess=pre,
+        threshold=float("inf"),
+        bands=chosen.bands,
+        wavelengths=chosen.wavelengths,
+        rgb=chosen.rgb,
+        config=cfg.model_dump(mode="json"),
+    )
+    return pre, meta
+
+
+def load_inputs(pre: Preprocess, samples: list, with_masks: bool = False) -> Inputs:
+    xs, labels, masks = [], [], []
+    for s in samples:
+        cube = read_cube(s.path)
+        xs.append(pre.cube_tensor(cube, s.path))
+        labels.append(s.label)
+        if with_masks:
+            masks.append(read_mask(s, cube.shape[:2]))
+    return Inputs(torch.stack(xs), labels, masks)
+
+
+def _augment_geometry(x: torch.Tensor, cfg: Config, gen: torch.Generator) -> torch.Tensor:
+    if cfg.data.flips and torch.rand(1, generator=gen).item() < 0.5:
+        x = x.flip(-1)
+    if cfg.data.rot90:
+        x = torch.rot90(x, int(torch.randint(4, (1,), generator=gen)), dims=(-2, -1))
+    return x
+
+
+def train(
+    cfg: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train and write a run folder; returns the final model's path.
+
+    ``stop_after`` ends the run early after that many steps with a checkpoint (time-boxed runs,
+    tests of ``resume``); the model file is only written when all steps are done.
+    """
+    out = Path(out)
+    ckpt_path = out / CHECKPOINT
+    if resume and not ckpt_path.is_file():
+        raise SpecadError("no checkpoint to resume from", ckpt_path)
+    if not resume:
+        refuse_nonempty(out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+
+    ds = load_dataset(cfg.data.root)
+    pre, meta = prepare(cfg, ds)
+    raw_train = load_inputs(pre, ds.require("train")).x  # not yet normalised: mean/std unset
+    if cfg.data.normalize == "train":
+        pre.fit(raw_train)
+    elif cfg.data.normalize != "none":
+        pre.mean, pre.std = cfg.data.normalize.mean, cfg.data.normalize.std
+    train_x = pre.normalise(raw_train)
+    val_x = load_inputs(pre, ds.require("val")).x
+
+    model = build_efficientad(
+        cfg.model, len(pre.channels), cfg.data.image_size, meta.wavelengths, cfg.train.seed
+    ).to(device)
+    penalty = _penalty(cfg, pre, meta) if cfg.penalty.enabled else None
+    params = list(model.student.parameters()) + list(model.autoencoder.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    decay_step = max(1, int(cfg.train.lr_decay_at * cfg.train.steps))
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[decay_step], gamma=0.1)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    step = 0
+    if resume:
+        step = _load_checkpoint(ckpt_path, model, opt, sched, gen)
+    else:
+        model.fit_teacher_stats(_batches(train_x, 8, device))
+        (out / "config.yaml").write_text(dump_config(cfg))
+        (out / "metrics.jsonl").write_text("")
+
+    end = cfg.train.steps if stop_after is None else min(cfg.train.steps, stop_after)
+    monitor = _monitor_set(pre, ds) if cfg.train.val_every else None
+    log = (out / "metrics.jsonl").open("a")
+    bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress, unit="step")
+    model.train()
+    model.teacher.eval()
+    t0 = time.perf_counter()
+    while step < end:
+        idx = torch.randint(len(train_x), (cfg.train.batch_size,), generator=gen)
+        x = _augment_geometry(train_x[idx], cfg, gen)
+        x_aug = ae_augment(x, gen)
+        p = penalty.sample(cfg.train.batch_size, gen) if penalty is not None else None
+        losses = model.loss(x.to(device), x_aug.to(device), None if p is None else p.to(device))
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses['total'].item():.4f}")
+        if step % cfg.train.log_every == 0 or step == end:
+            row = {k: round(v.item(), 6) for k, v in losses.items()}
+            row |= {"step": step, "lr": opt.param_groups[0]["lr"]}
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            if monitor is not None and (step % cfg.train.val_every == 0 or step == end):
+                row |= _monitor(model, val_x, monitor, device)
+                model.train()
+                model.teacher.eval()
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+        if step % cfg.train.checkpoint_every == 0 or step == end:
+            _save_checkpoint(ckpt_path, model, opt, sched, gen, step)
+    bar.close()
+    log.close()
+    if step < cfg.train.steps:
+        return ckpt_path
+
+    model.eval()
+    model.fit_quantiles(_batches(val_x, 8, device))
+    val_scores = _scores(model, val_x, device)
+    meta.threshold = float(np.quantile(val_scores, 1 - cfg.train.threshold_far, method="higher"))
+    meta.preprocess = pre
+    meta.extra = {"val_scores": val_scores.tolist(), "steps": step}
+    return Detector(model, meta, device).save(out / "model.safetensors")
+
+
+def _penalty(cfg: Config, pre: Preprocess, meta: ModelMeta) -> PenaltySet:
+    return PenaltySet(
+        len(pre.channels),
+        cfg.data.image_size,
+        folder=cfg.penalty.folder,
+        wavelengths=meta.wavelengths,
+        mapping=cfg.penalty.mapping,
+    )
+
+
+def _batches(x: torch.Tensor, size: int, device: torch.device):
+    for i in range(0, len(x), size):
+        yield x[i : i + size].to(device)
+
+
+@torch.inference_mode()
+def _scores(model: EfficientAD, x: torch.Tensor, device: torch.device) -> np.ndarray:
+    return np.concatenate(
+        [
+            model.anomaly_map(b).amax(dim=(1, 2, 3)).float().cpu().numpy()
+            for b in _batches(x, 8, device)
+        ]
+    )
+
+
+def _monitor_set(pre: Preprocess, ds: Dataset, per_kind: int = 6) -> Inputs:
+    """A few normal and anomalous test cubes, to watch AUROC while training.
+
+    Only watched and logged: nothing is chosen on it, so the test split stays a test.
+    """
+    test = ds.require("test")
+    good = [s for s in test if not s.anomalous][:per_kind]
+    bad = [s for s in test if s.anomalous][:: max(1, len(test) // per_kind)][:per_kind]
+    return load_inputs(pre, good + bad, with_masks=True)
+
+
+def _monitor(model: EfficientAD, val_x: torch.Tensor, mon: Inputs, device: torch.device) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    model.eval()
+    model.fit_quantiles(_batches(val_x[:8], 8, device))
+    with torch.inference_mode():
+        maps = torch.cat([model.anomaly_map(b).float().cpu() for b in _batches(mon.x, 8, device)])
+    from specad.data import resize
+
+    labels = np.array([lab != "good" for lab in mon.labels])
+    scores = maps.amax(dim=(1, 2, 3)).numpy()
+    row = (
+        {"val_image_auroc": round(float(roc_auc_score(labels, scores)), 4)}
+        if 0 < labels.sum() < len(labels)
+        else {}
+    )
+    pix = np.concatenate(
+        [
+            resize(m[None], k.shape)[0, 0].numpy().ravel()
+            for m, k in zip(maps, mon.masks, strict=True)
+        ]
+    )
+    truth = np.concatenate([(k > 0).ravel() for k in mon.masks])
+    if 0 < truth.sum() < truth.size:
+        row["val_pixel_auroc"] = round(float(roc_auc_score(truth, pix)), 4)
+    return row
+
+
+def _save_checkpoint(path, model, opt, sched, gen, step: int) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "generator": gen.get_state(),
+        "step": step,
+    }
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path, model, opt, sched, gen) -> int:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        return int(state["step"])
+    except (RuntimeError, KeyError, EOFError, ValueError) as err:
+        raise SpecadError(
+            f"corrupt or incompatible checkpoint ({str(err).splitlines()[0]})", path
+        ) from err
