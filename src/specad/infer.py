@@ -169,14 +169,14 @@ class Detector:
         from safetensors.torch import save_file
 
         path = _model_path(path)
-        state = (
-            self.model.state_dict()
-            if isinstance(self.model, torch.nn.Module)
-            else self.model.tensors()
-        )
-        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         with atomic_file(path) as tmp:
-            save_file(state, str(tmp))
+            if isinstance(self.model, torch.nn.Module):
+                state = {
+                    k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
+                }
+                save_file(state, str(tmp))
+            else:
+                self.model.save(tmp)
             with atomic_file(path.with_name(META_FILE)) as meta_tmp:
                 meta_tmp.write_text(self.meta.to_json())
         return path
@@ -196,30 +196,26 @@ class Detector:
             meta = ModelMeta.from_json(meta_path.read_text())
         except (ValueError, TypeError, KeyError) as err:
             raise SpecadError(f"corrupt model metadata ({err})", meta_path) from err
+        if meta.kind == "rx":
+            from specad.models.rx import RX
+
+            return cls(RX.load(path), meta, device)
+        if meta.kind != "efficientad":
+            raise SpecadError(f"unknown model kind '{meta.kind}'", meta_path)
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
             raise SpecadError(f"corrupt model weights ({err})", path) from err
-        model = _rebuild(meta, state, path)
-        return cls(model, meta, device)
+        return cls(_rebuild_efficientad(meta, state, path), meta, device)
 
 
-def _rebuild(meta: ModelMeta, state: dict[str, torch.Tensor], path: Path) -> Any:
-    if meta.kind == "rx":
-        from specad.models.rx import RX
-
-        return RX.from_tensors(state)
-    if meta.kind != "efficientad":
-        raise SpecadError(f"unknown model kind '{meta.kind}'", path)
+def _rebuild_efficientad(meta: ModelMeta, state: dict[str, torch.Tensor], path: Path) -> Any:
     from specad.config import Config
     from specad.models.build import build_efficientad
 
     cfg = Config.model_validate(meta.config)
     model = build_efficientad(
-        cfg.model,
-        len(meta.preprocess.channels),
-        meta.preprocess.image_size,
-        meta.wavelengths,
+        cfg.model, len(meta.preprocess.channels), meta.preprocess.image_size, meta.wavelengths
     )
     try:
         model.load_state_dict(state, strict=True)
@@ -244,3 +240,74 @@ def _tile_starts(length: int, tile: int) -> list[int]:
     step = max(1, tile * 3 // 4)
     starts = list(range(0, length - tile, step))
     return starts + [length - tile]
+
+
+# --------------------------------------------------------------------------- whole datasets
+
+
+@dataclass
+class SplitResults:
+    """A detector's output on every cube of a split, with the truth needed to score it."""
+
+    samples: list[Sample]
+    scores: np.ndarray
+    maps: list[np.ndarray]
+    masks: list[np.ndarray]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [s.label for s in self.samples]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.anomalous for s in self.samples], dtype=int)
+
+
+def run_split(
+    detector: Detector,
+    samples: Sequence[Sample],
+    *,
+    tiled: bool = False,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> SplitResults:
+    """Predict every sample (reading cubes in batches) and collect maps, scores and masks."""
+    from tqdm import tqdm
+
+    scores, maps, masks = [], [], []
+    bar = tqdm(total=len(samples), disable=not progress, unit="cube")
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i : i + batch_size]
+        cubes = [read_cube(s.path) for s in chunk]
+        preds = detector.predict(cubes, tiled=tiled, paths=[s.path for s in chunk])
+        for s, c, p in zip(chunk, cubes, preds, strict=True):  # type: ignore[arg-type]
+            scores.append(p.score)
+            maps.append(p.anomaly_map)
+            masks.append(read_mask(s, c.shape[:2]))
+        bar.update(len(chunk))
+    bar.close()
+    return SplitResults(list(samples), np.asarray(scores, dtype=np.float64), maps, masks)
+
+
+def fit_rx(
+    dataset: Dataset, channels: str | list = "all", shrinkage: float | str = "auto"
+) -> Detector:
+    """An RX baseline fitted on ``train/good``, packaged like any trained model."""
+    from specad.data import select_channels
+    from specad.models.rx import RX
+
+    train = dataset.require("train")
+    first = read_cube(train[0].path)
+    idx = select_channels(first, channels, train[0].path)
+    pre = Preprocess(first.channels, idx, 0)
+    rx = RX(shrinkage=shrinkage).fit(
+        pre.select(read_cube(s.path), s.path)
+        for s in train  # type: ignore[arg-type]
+    )
+    chosen = first.select(idx)
+    meta = ModelMeta("rx", pre, float("inf"), chosen.bands, chosen.wavelengths, chosen.rgb)
+    det = Detector(rx, meta, "cpu")
+    val = run_split(det, dataset.require("val"))
+    meta.threshold = float(np.quantile(val.scores, 0.99, method="higher"))
+    meta.extra = {"val_scores": val.scores.tolist()}
+    return det

@@ -214,6 +214,9 @@ def _read_tiff(path: Path) -> Cube:
         series = tif.series[0]
         data = series.asarray()
         axes = series.axes
+        if len(tif.series) > 1 and all(s.shape == series.shape for s in tif.series):
+            data = np.stack([s.asarray() for s in tif.series])  # one 2-D image per band
+            axes = "Q" + axes
         meta = tif.shaped_metadata[0] if tif.shaped_metadata else None
     if data.ndim == 2:
         data = data[:, :, None]
@@ -241,15 +244,14 @@ def _read_npz(path: Path, variable: str | None) -> Cube:
 def _read_mat(path: Path, variable: str | None) -> Cube:
     import scipy.io
 
-    try:
-        arrays = {k: v for k, v in scipy.io.loadmat(path).items() if isinstance(v, np.ndarray)}
-        h5 = False
-    except NotImplementedError:  # MATLAB v7.3 is HDF5
-        import h5py
+    import h5py
 
+    h5 = h5py.is_hdf5(path)  # MATLAB v7.3 files are HDF5
+    if h5:
         with h5py.File(path, "r") as f:
             arrays = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
-        h5 = True
+    else:
+        arrays = {k: v for k, v in scipy.io.loadmat(path).items() if isinstance(v, np.ndarray)}
     data = _pick_variable(arrays, variable, path)
     if h5:  # h5py sees MATLAB's column-major arrays transposed
         data = data.T

@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny dataset in specad's layout, built in a few milliseconds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from specad.io import Cube, write_cube
+
+BANDS = ["R", "G", "B", "SWIR1050", "SWIR1200", "SWIR1450"]
+WAVELENGTHS = [630.0, 532.0, 465.0, 1050.0, 1200.0, 1450.0]
+
+
+def make_dataset(
+    root: Path, size: int = 64, channels: int = 6, counts=(6, 4, 3), defects=2, seed: int = 0
+) -> Path:
+    """Smooth random 'sawdust' cubes; defects are bright squares in the SWIR bands only."""
+    rng = np.random.default_rng(seed)
+    bands, wl = BANDS[:channels], WAVELENGTHS[:channels]
+
+    def cube() -> np.ndarray:
+        base = 0.4 + 0.05 * rng.standard_normal((size, size, channels))
+        return base.astype(np.float32)
+
+    for split, n in zip(("train", "val", "test"), counts, strict=True):
+        for i in range(n):
+            write_cube(root / split / "good" / f"{split}{i:03d}.tif", Cube(cube(), bands, wl))
+    names = {1: "square", 2: "stripe"}
+    for cid in range(1, defects + 1):
+        name = names[cid]
+        for i in range(2):
+            data, mask = cube(), np.zeros((size, size), np.uint8)
+            y, x = rng.integers(4, size - 16, 2)
+            sl = (slice(y, y + 10), slice(x, x + (10 if cid == 1 else 3)))
+            data[sl][..., 3:] += 0.5
+            mask[sl] = cid
+            write_cube(root / "test" / name / f"{name}{i:03d}.tif", Cube(data, bands, wl))
+            (root / "ground_truth" / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(root / "ground_truth" / name / f"{name}{i:03d}.png")
+    classes = {"0": "background"} | {str(c): names[c] for c in range(1, defects + 1)}
+    (root / "classes.json").write_text(json.dumps(classes))
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "ds")
