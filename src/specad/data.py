@@ -452,18 +452,22 @@ class Preprocess:
     mean: list[float] | None = None
     std: list[float] | None = None
 
-    def cube_tensor(self, cube: Cube, path: Path | None = None) -> torch.Tensor:
-        """[C, S, S] float32 input for one cube."""
+    def select(self, cube: Cube, path: Path | None = None) -> np.ndarray:
+        """The cube's selected channels, (H, W, C'), after checking its channel count."""
         if cube.channels != self.source_channels:
             raise SpecadError(
                 f"the model expects cubes with {self.source_channels} channels, "
                 f"this one has {cube.channels}",
                 path,
             )
-        x = torch.from_numpy(
-            np.ascontiguousarray(cube.data[:, :, self.channels].transpose(2, 0, 1))
-        )
-        return self.normalise(resize(x[None], (self.image_size, self.image_size))[0])
+        return cube.data[:, :, self.channels]
+
+    def cube_tensor(self, cube: Cube, path: Path | None = None) -> torch.Tensor:
+        """[C, S, S] float32 input for one cube (native size when ``image_size`` is 0)."""
+        x = torch.from_numpy(np.ascontiguousarray(self.select(cube, path).transpose(2, 0, 1)))
+        if self.image_size:
+            x = resize(x[None], (self.image_size, self.image_size))[0]
+        return self.normalise(x)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean is None or self.std is None:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from specad import __version__
-from specad.data import Preprocess, resize
+from specad.data import Dataset, Preprocess, Sample, read_mask, resize
 from specad.errors import SpecadError
-from specad.io import Cube, atomic_file
+from specad.io import Cube, atomic_file, read_cube
 
 MODEL_FILE, META_FILE = "model.safetensors", "model.json"
 
@@ -121,6 +121,11 @@ class Detector:
         paths = list(paths) if paths is not None else [None] * len(cubes)
         if tiled:
             maps = [self._tiled_map(c, p) for c, p in zip(cubes, paths, strict=True)]
+        elif not self.meta.preprocess.image_size:  # native resolution: no common batch shape
+            maps = [
+                self.maps(self.meta.preprocess.cube_tensor(c, p)[None])[0, 0].numpy()
+                for c, p in zip(cubes, paths, strict=True)
+            ]
         else:
             maps = []
             for i in range(0, len(cubes), batch_size):
@@ -147,7 +152,7 @@ class Detector:
         pre = self.meta.preprocess
         tile = pre.image_size
         h, w = cube.shape[:2]
-        if h < tile or w < tile:
+        if not tile or h < tile or w < tile:
             return self.predict(cube, paths=[path]).anomaly_map  # type: ignore[union-attr]
         native = Preprocess(pre.source_channels, pre.channels, 0, pre.mean, pre.std)
         x = native.normalise(

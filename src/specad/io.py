@@ -242,9 +242,8 @@ def _read_npz(path: Path, variable: str | None) -> Cube:
 
 
 def _read_mat(path: Path, variable: str | None) -> Cube:
-    import scipy.io
-
     import h5py
+    import scipy.io
 
     h5 = h5py.is_hdf5(path)  # MATLAB v7.3 files are HDF5
     if h5:

