@@ -38,7 +38,9 @@ def test_layout_is_discovered(tiny_dataset: Path) -> None:
     assert ds.defect_names == ["square", "stripe"]
     assert ds.classes == {0: "background", 1: "square", 2: "stripe"}
     bad = [s for s in ds.split("test") if s.anomalous]
-    assert all(s.mask == tiny_dataset / "ground_truth" / s.label / f"{s.path.stem}.png" for s in bad)
+    assert all(
+        s.mask == tiny_dataset / "ground_truth" / s.label / f"{s.path.stem}.png" for s in bad
+    )
     assert read_mask(bad[0], (64, 64)).max() == 1
 
 
@@ -57,7 +59,9 @@ def test_cuvis_example_layout(tmp_path: Path) -> None:
         ("leaf", "b_leaf_3"),
     ]:
         write_cube(tmp_path / folder / f"{name}.tif", Cube(rng.random((8, 8, 6), dtype=np.float32)))
-    Image.fromarray(np.full((8, 8), 4, np.uint8)).save(tmp_path / "leaf" / "b_leaf_3_0_RGB_mask.png")
+    Image.fromarray(np.full((8, 8), 4, np.uint8)).save(
+        tmp_path / "leaf" / "b_leaf_3_0_RGB_mask.png"
+    )
     (tmp_path / "annotations.json").write_text(
         json.dumps({"categories": [{"id": 4, "name": "leaf"}]})
     )
@@ -147,7 +151,7 @@ def test_penalty_set_maps_rgb_to_n_channels() -> None:
     wl = [630.0, 532.0, 465.0, 1050.0, 1200.0]
     batch = PenaltySet(5, 64, wavelengths=wl, mapping="wavelength").sample(3, gen)
     assert batch.shape == (3, 5, 64, 64)
-    assert 0.0 <= batch.min() and batch.max() <= 1.0
+    assert batch.min() >= 0.0 and batch.max() <= 1.0
     torch.testing.assert_close(batch[:, 3], batch[:, :3].mean(1))  # SWIR bands get the grey level
     rep = PenaltySet(4, 64).sample(2, torch.Generator().manual_seed(1))
     torch.testing.assert_close(rep[:, 3], rep[:, 0])  # channel 3 repeats red

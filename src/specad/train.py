@@ -7,6 +7,7 @@ whose state is checkpointed, so ``--resume`` ends with the same weights as an un
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,6 +242,7 @@ def _save_checkpoint(path, model, opt, sched, gen, step: int) -> None:
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),  # dropout in the autoencoder draws from it
         "step": step,
     }
     with atomic_file(path) as tmp:
@@ -254,8 +256,9 @@ def _load_checkpoint(path, model, opt, sched, gen) -> int:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
         return int(state["step"])
-    except (RuntimeError, KeyError, EOFError, ValueError) as err:
+    except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as err:
         raise SpecadError(
             f"corrupt or incompatible checkpoint ({str(err).splitlines()[0]})", path
         ) from err

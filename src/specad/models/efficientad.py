@@ -190,7 +190,7 @@ def channel_stats(features: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
     Each batch is reduced on its device in float32 and the partial results are merged in float64
     (Chan et al.), which is stable for millions of positions and needs a single pass.
     """
-    count, mean, m2 = 0, torch.zeros(()), torch.zeros(())
+    count, mean, m2 = 0, torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
     for feats in features:
         y = feats.float()
         n = y.numel() // y.shape[1]

@@ -1,0 +1,139 @@
+"""Teacher sources: RGB-to-N adaptation identity, files, EfficientNet-Lite0, distillation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from specad.errors import SpecadError
+from specad.models.efficientad import PDN
+from specad.models.teachers import (
+    EfficientNetLite0Teacher,
+    adapt_first_conv,
+    adapt_teacher_file,
+    distill,
+    load_torch_state_dict,
+    pdn_teacher,
+    teacher_info,
+)
+
+
+def _copies(x: torch.Tensor, n: int) -> torch.Tensor:
+    """An N-channel cube whose channel j is RGB channel j mod 3."""
+    return x[:, [j % 3 for j in range(n)]]
+
+
+@pytest.fixture
+def rgb_file(tmp_path: Path) -> Path:
+    """A 3-channel small PDN teacher in anomalib's format (plain torch state dict)."""
+    torch.manual_seed(0)
+    path = tmp_path / "pretrained_teacher_small.pth"
+    torch.save(PDN(3, 32).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("n", [4, 6, 7])
+def test_pdn_repeat_identity(rgb_file: Path, n: int) -> None:
+    rgb = pdn_teacher(3, source=rgb_file, out_channels=32).double()
+    wide = pdn_teacher(n, source=rgb_file, out_channels=32).double()
+    x = torch.rand(2, 3, 48, 48, dtype=torch.float64)
+    # float64 forward; the adapted weights themselves are float32 (w / 3 is not exact for N = 7)
+    torch.testing.assert_close(wide(_copies(x, n)), rgb(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [4, 6])
+def test_efficientnet_repeat_identity(n: int) -> None:
+    rgb = EfficientNetLite0Teacher(3).double()
+    wide = EfficientNetLite0Teacher(n).double()
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    out = wide(_copies(x, n))
+    assert out.shape == (2, 152, 8, 8) and wide.out_channels == 152
+    torch.testing.assert_close(out, rgb(x), rtol=0, atol=1e-5)
+    wide.train()
+    assert not wide.training and not any(p.requires_grad for p in wide.parameters())
+
+
+def test_repeat_weights() -> None:
+    w = torch.randn(5, 3, 3, 3)
+    torch.testing.assert_close(adapt_first_conv(w, 6), torch.cat([w, w], dim=1) / 2)
+    torch.testing.assert_close(adapt_first_conv(w, 3), w)
+    two = adapt_first_conv(w, 2)
+    torch.testing.assert_close(two, torch.stack([w[:, 0] + w[:, 2], w[:, 1]], dim=1))
+    torch.testing.assert_close(adapt_first_conv(w, 1), w.sum(dim=1, keepdim=True))
+
+
+def test_wavelength_mapping_keeps_filter_l1() -> None:
+    w = torch.randn(8, 3, 3, 3)
+    wavelengths = [450.0, 480.0, 560.0, 660.0, 800.0]
+    adapted = adapt_first_conv(w, 5, wavelengths, mapping="wavelength")
+    assert adapted.shape == (8, 5, 3, 3)
+    torch.testing.assert_close(adapted.abs().sum(dim=(1, 2, 3)), w.abs().sum(dim=(1, 2, 3)))
+    # B, B, G, R for the visible bands, the mean of R, G, B for 800 nm; then one scale per filter
+    unscaled = torch.stack([w[:, 2], w[:, 2], w[:, 1], w[:, 0], w.mean(dim=1)], dim=1)
+    scale = w.abs().sum(dim=(1, 2, 3)) / unscaled.abs().sum(dim=(1, 2, 3))
+    torch.testing.assert_close(adapted, unscaled * scale.view(-1, 1, 1, 1))
+    with pytest.raises(SpecadError, match="wavelength"):
+        adapt_first_conv(w, 5, mapping="wavelength")
+
+
+def test_adapt_teacher_file(rgb_file: Path, tmp_path: Path) -> None:
+    out = adapt_teacher_file(rgb_file, tmp_path / "sub" / "teacher6.safetensors", 6)
+    state, original = load_file(out), torch.load(rgb_file, weights_only=True)
+    assert set(state) == set(original)
+    assert state["conv1.weight"].shape == (128, 6, 4, 4)
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temp file left
+    # an N-channel file loads as is
+    direct = pdn_teacher(6, source=rgb_file, out_channels=32)
+    from_file = pdn_teacher(6, source=out, out_channels=32)
+    torch.testing.assert_close(from_file.conv1.weight, direct.conv1.weight)
+
+
+def test_bad_teacher_files(tmp_path: Path, rgb_file: Path) -> None:
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint")
+    for path in (corrupt, tmp_path / "missing.safetensors"):
+        with pytest.raises(SpecadError, match=path.name):
+            load_torch_state_dict(path)
+    with pytest.raises(SpecadError, match=rgb_file.name):  # 32 outputs, not 384
+        pdn_teacher(6, source=rgb_file)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
+    with pytest.raises(SpecadError, match=wrong.name):
+        pdn_teacher(6, source=wrong)
+
+
+def test_random_teacher_is_seeded_and_frozen() -> None:
+    a, b = pdn_teacher(4, seed=1, out_channels=8), pdn_teacher(4, seed=1, out_channels=8)
+    torch.testing.assert_close(a.conv4.weight, b.conv4.weight)
+    assert not a.training and not any(p.requires_grad for p in a.parameters())
+
+
+def test_distill_resume_is_identical(tmp_path: Path) -> None:
+    images = torch.rand(6, 4, 64, 64, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    extractor = nn.Conv2d(4, 8, 8, stride=8)
+
+    def run(path: Path, steps: int, resume: bool) -> PDN:
+        torch.manual_seed(1)
+        pdn = PDN(4, 8)
+        distill(pdn, extractor, images, steps, path, batch_size=2, resume=resume, stat_batches=2)
+        return pdn
+
+    straight = run(tmp_path / "a.safetensors", 4, resume=False)
+    run(tmp_path / "b.safetensors", 2, resume=False)
+    resumed = run(tmp_path / "b.safetensors", 4, resume=True)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert torch.equal(load_file(tmp_path / "b.safetensors")["conv4.weight"], resumed.conv4.weight)
+
+
+def test_teacher_info() -> None:
+    info = {entry["name"]: entry for entry in teacher_info()}
+    assert set(info) == {"efficientnet-lite0", "random", "file"}
+    lite = info["efficientnet-lite0"]
+    assert len(lite["sha256"]) == 64 and lite["version"] == "0.1.0"
+    assert "Apache" in lite["licence"] and "Apache" in lite["weights_licence"]

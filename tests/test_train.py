@@ -1,0 +1,138 @@
+"""Training: LR decay fires, resume is exact, quantiles come from val/good, errors are clear."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_dataset
+
+from specad.config import Config, load_config
+from specad.data import load_dataset
+from specad.errors import SpecadError
+from specad.infer import Detector, run_split
+from specad.io import Cube, write_cube
+from specad.train import load_inputs, train
+
+TINY = ["data.image_size=64", "model.teacher=pdn-random", "train.log_every=1"]
+
+
+def tiny_config(root: Path, *sets: str) -> Config:
+    return load_config(None, [*TINY, *sets], data={"root": str(root)})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = make_dataset(tmp_path_factory.mktemp("d") / "ds")
+    run = tmp_path_factory.mktemp("r") / "run"
+    train(tiny_config(root, "train.steps=20"), run, progress=False)
+    return root, run
+
+
+def test_lr_decays_tenfold_at_95_percent_of_steps(trained: tuple[Path, Path]) -> None:
+    rows = [json.loads(line) for line in (trained[1] / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["lr"] for r in rows}
+    assert lrs[18] == pytest.approx(1e-4)  # the decay step is int(0.95 * 20) = 19
+    assert lrs[19] == pytest.approx(1e-5)
+    assert lrs[20] == pytest.approx(1e-5)
+
+
+def test_resume_ends_with_the_same_weights(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds")
+    cfg = tiny_config(root, "train.steps=6", "train.checkpoint_every=2", "data.flips=true")
+    straight = train(cfg, tmp_path / "a", progress=False)
+    train(cfg, tmp_path / "b", stop_after=3, progress=False)
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    a, b = Detector.load(straight).model.state_dict(), Detector.load(resumed).model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_quantiles_are_fitted_on_val_good_only(trained: tuple[Path, Path]) -> None:
+    root, run = trained
+    det = Detector.load(run)
+    model, pre = det.model, det.meta.preprocess
+    stored = [model.q_st_a.item(), model.q_st_b.item(), model.q_ae_a.item(), model.q_ae_b.item()]
+    ds = load_dataset(root)
+    model.fit_quantiles([load_inputs(pre, ds.split("val")).x])
+    assert stored == [
+        model.q_st_a.item(),
+        model.q_st_b.item(),
+        model.q_ae_a.item(),
+        model.q_ae_b.item(),
+    ]
+    model.fit_quantiles([load_inputs(pre, ds.split("test")).x])
+    assert stored != [
+        model.q_st_a.item(),
+        model.q_st_b.item(),
+        model.q_ae_a.item(),
+        model.q_ae_b.item(),
+    ]
+
+
+def test_model_file_describes_itself(trained: tuple[Path, Path]) -> None:
+    meta = json.loads((trained[1] / "model.json").read_text())
+    assert meta["kind"] == "efficientad"
+    assert meta["wavelengths"] == [630.0, 532.0, 465.0, 1050.0, 1200.0, 1450.0]
+    assert len(meta["preprocess"]["mean"]) == 6
+    assert meta["versions"]["torch"] == torch.__version__
+    assert np.isfinite(meta["threshold"])
+
+
+def test_trained_model_separates_the_tiny_defects(trained: tuple[Path, Path]) -> None:
+    root, run = trained
+    res = run_split(Detector.load(run), load_dataset(root).require("test"))
+    assert res.scores[res.labels == 1].min() > res.scores[res.labels == 0].max()
+
+
+def test_channel_mismatch_is_one_clear_error(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    write_cube(tmp_path / "c3.tif", Cube(np.zeros((64, 64, 3), np.float32)))
+    from specad.io import read_cube
+
+    with pytest.raises(SpecadError, match="c3.tif: the model expects cubes with 6 channels"):
+        Detector.load(trained[1]).predict(
+            read_cube(tmp_path / "c3.tif"), paths=[tmp_path / "c3.tif"]
+        )
+
+
+def test_config_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {root: x}\ntrain: {stepz: 3}\n")
+    with pytest.raises(SpecadError, match=r"bad.yaml: train.stepz: Extra inputs"):
+        load_config(bad)
+    bad.write_text("data: {root: x}\ntrain: {steps: many}\n")
+    with pytest.raises(SpecadError, match="train.steps"):
+        load_config(bad)
+    with pytest.raises(SpecadError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_training_errors(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds")
+    with pytest.raises(SpecadError, match="unknown band name 'NIR'"):
+        train(tiny_config(root, "data.channels=[NIR]"), tmp_path / "r1", progress=False)
+    with pytest.raises(SpecadError, match="missing.pth"):
+        cfg = tiny_config(
+            root, "model.teacher=pdn-file", f"model.teacher_file={tmp_path}/missing.pth"
+        )
+        train(cfg, tmp_path / "r2", progress=False)
+    (tmp_path / "r3" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "r3" / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SpecadError, match="last.pt: corrupt or incompatible checkpoint"):
+        train(tiny_config(root), tmp_path / "r3", resume=True, progress=False)
+    shutil.rmtree(root / "val")
+    with pytest.raises(SpecadError, match="'val' split is empty"):
+        train(tiny_config(root), tmp_path / "r4", progress=False)
+
+
+def test_corrupt_model_file(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    shutil.copytree(trained[1], tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\0" * 100)
+    with pytest.raises(SpecadError, match="model.safetensors: corrupt model weights"):
+        Detector.load(tmp_path / "m")
