@@ -103,6 +103,216 @@ def train_cmd(
     out.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
 
+def _load_detector(model: str, dataset: Path | None, device: str):
+    """A saved model, or ``rx``: an RX baseline fitted on the dataset's train/good now."""
+    from specad.infer import Detector, fit_rx
+
+    if model == "rx":
+        if dataset is None:
+            fail("--model rx needs a dataset to fit on; save one with `specad rx fit`")
+        from specad.data import load_dataset
+
+        return fit_rx(load_dataset(dataset))
+    return Detector.load(model, device=device)
+
+
+def _expand_inputs(inputs: list[Path]) -> list[Path]:
+    from specad.io import CUBE_SUFFIXES
+
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files += sorted(
+                p for p in item.rglob("*") if p.suffix.lower() in CUBE_SUFFIXES and p.is_file()
+            )
+        else:
+            files.append(item)
+    return files
+
+
+Device = Annotated[str, typer.Option(help="auto (CUDA, then CPU), cpu, cuda, cuda:1 ...")]
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="Model file or run folder.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Cube files or folders.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to create.")],
+    tiled: Annotated[bool, typer.Option(help="Native-resolution overlapping tiles.")] = False,
+    device: Device = "auto",
+    force: Force = False,
+) -> None:
+    """Score cubes: float32 TIFF maps, PNG overlays and scores.csv. Bad cubes are skipped."""
+    import csv
+
+    import tifffile
+    from PIL import Image
+    from tqdm import tqdm
+
+    from specad.io import atomic_dir, read_cube
+    from specad.visual import false_colour, overlay
+
+    det = _load_detector(model, None, device)
+    files = _expand_inputs(inputs)
+    if not files:
+        fail("no cube files among the inputs")
+    failed: list[str] = []
+    with atomic_dir(out_dir, force) as tmp:
+        (tmp / "maps").mkdir()
+        (tmp / "overlays").mkdir()
+        with open(tmp / "scores.csv", "w", newline="") as f:
+            rows = csv.writer(f)
+            rows.writerow(["file", "score", "anomalous", "threshold"])
+            for path in tqdm(files, unit="cube"):
+                try:
+                    cube = read_cube(path)
+                    pred = det.predict(cube, tiled=tiled, paths=[path])
+                except SpecadError as e:
+                    failed.append(str(e))
+                    continue
+                tifffile.imwrite(tmp / "maps" / f"{path.stem}.tif", pred.anomaly_map)
+                rgb = false_colour(cube.data, cube.rgb or (0, 0, 0))
+                Image.fromarray(overlay(rgb, pred.anomaly_map, det.threshold)).save(
+                    tmp / "overlays" / f"{path.stem}.png"
+                )
+                rows.writerow(
+                    [
+                        str(path),
+                        f"{pred.score:.6g}",
+                        int(pred.score > det.threshold),
+                        f"{det.threshold:.6g}",
+                    ]
+                )
+    out.print(f"wrote {out_dir} ({len(files) - len(failed)} cubes)")
+    if failed:
+        for line in failed:
+            err.print(f"skipped: {line}", markup=False, highlight=False, soft_wrap=True)
+        fail(f"{len(failed)} of {len(files)} inputs could not be read")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Model file, run folder, or 'rx'.")],
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+    far: Annotated[float, typer.Option(help="Normal-image false-alarm rate.")] = 0.01,
+    tiled: Annotated[bool, typer.Option(help="Native-resolution overlapping tiles.")] = False,
+    device: Device = "auto",
+) -> None:
+    """Image/pixel AUROC, AUPRO, per-class AUROC and thresholds on the test split."""
+    import json
+
+    from specad.data import load_dataset
+    from specad.evaluate import evaluate_detector
+
+    ds = load_dataset(dataset)
+    det = _load_detector(model, dataset, device)
+    metrics = evaluate_detector(det, ds, far=far, tiled=tiled, progress=not as_json)
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    table = Table(title=f"{model} on {dataset}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("image_auroc", "image_f1_max", "pixel_auroc", "aupro_0.3"):
+        table.add_row(key, _fmt(metrics.get(key)))
+    out.print(table)
+    per = Table(title="per anomaly class")
+    for col in ("class", "images", "image AUROC", "pixel AUROC"):
+        per.add_column(col)
+    for name, row in metrics["per_class"].items():
+        per.add_row(name, str(row["n_images"]), _fmt(row["image_auroc"]), _fmt(row["pixel_auroc"]))
+    out.print(per)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@app.command()
+def scene(
+    file: Annotated[Path, typer.Argument(help="One cube (any supported format).")],
+    truth: Annotated[
+        str | None, typer.Option(help="Mask file, or the name of a variable in the cube's .mat.")
+    ] = None,
+    detector: Annotated[str, typer.Option(help="Only 'rx' (global RX) for now.")] = "rx",
+    variable: Annotated[str | None, typer.Option(help="Cube variable in a .mat/.npz.")] = None,
+    out_map: Annotated[Path | None, typer.Option("--out", help="Write the map as TIFF.")] = None,
+) -> None:
+    """Score every pixel of one scene against its own background (single-scene mode)."""
+    from specad.evaluate import scene_scores
+
+    if detector != "rx":
+        fail(f"unknown detector '{detector}' (only 'rx')")
+    score_map, auroc = scene_scores(file, truth, variable)
+    if out_map is not None:
+        import tifffile
+
+        from specad.io import atomic_file
+
+        with atomic_file(out_map) as tmp:
+            tifffile.imwrite(tmp, score_map)
+    out.print(f"{file}: {score_map.shape[0]}x{score_map.shape[1]} pixels scored")
+    if auroc is not None:
+        out.print(f"pixel AUROC: {auroc:.4f}")
+
+
+rx_app = typer.Typer(no_args_is_help=True, help="The RX baseline.")
+app.add_typer(rx_app, name="rx")
+
+
+@rx_app.command("fit")
+def rx_fit(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (uses train/good, val/good).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model.")],
+    force: Force = False,
+) -> None:
+    """Fit global RX on normal cubes and save it like any model."""
+    from specad.data import load_dataset
+    from specad.infer import fit_rx
+    from specad.io import refuse_nonempty
+
+    refuse_nonempty(out_dir, force)
+    out.print(str(fit_rx(load_dataset(dataset)).save(out_dir)))
+
+
+teacher_app = typer.Typer(no_args_is_help=True, help="Teacher networks: adapt, distill, info.")
+app.add_typer(teacher_app, name="teacher")
+
+
+@teacher_app.command("adapt")
+def teacher_adapt(
+    source: Annotated[Path, typer.Argument(help="RGB teacher (.pth or .safetensors).")],
+    channels: Annotated[int, typer.Option(help="Number of input channels N.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors.")],
+    mapping: Annotated[str, typer.Option(help="repeat or wavelength.")] = "repeat",
+    wavelengths: Annotated[
+        str | None, typer.Option(help="Comma-separated band wavelengths (nm).")
+    ] = None,
+) -> None:
+    """Widen an RGB teacher's first convolution to N channels (duplicate-and-scale)."""
+    from specad.models.teachers import adapt_teacher_file
+
+    wl = [float(w) for w in wavelengths.split(",")] if wavelengths else None
+    if out_file.exists():
+        fail(f"{out_file}: exists; choose another name")
+    out.print(str(adapt_teacher_file(source, out_file, channels, mapping, wl)))
+
+
+@teacher_app.command("info")
+def teacher_info_cmd() -> None:
+    """Each teacher source with its provenance (package, version, sha256, licence)."""
+    from specad.models.teachers import teacher_info
+
+    table = Table(title="teacher sources")
+    rows = teacher_info()
+    for key in rows[0]:
+        table.add_column(key, overflow="fold")
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row.values()))
+    out.print(table)
+
+
 def main() -> None:
     """Entry point: run the app, mapping user errors to one line and exit code 2."""
     try:
