@@ -299,61 +299,69 @@ def teacher_adapt(
     out.print(str(adapt_teacher_file(source, out_file, channels, mapping, wl)))
 
 
+@teacher_app.command("distill")
+def teacher_distill(
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="PDN teacher .safetensors.")],
+    channels: Annotated[int, typer.Option(help="Number of input channels N.")],
+    extractor: Annotated[
+        str, typer.Option(help="efficientnet-lite0, or module:function(in_channels) -> nn.Module.")
+    ] = "efficientnet-lite0",
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of natural images (default: scikit-image's).")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Total steps (the paper: 60,000 at batch 16).")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 8,
+    image_size: Annotated[int, typer.Option(help="Crop size in pixels.")] = 256,
+    size: Annotated[str, typer.Option(help="PDN size: small or medium.")] = "small",
+    resume: Annotated[bool, typer.Option(help="Continue from OUT's checkpoint.")] = False,
+    device: Device = "auto",
+) -> None:
+    """Distil a feature extractor into a PDN teacher (slow on a CPU; a GPU is the place for it)."""
+    import torch
+
+    from specad.data import PenaltySet
+    from specad.infer import pick_device
+    from specad.models.efficientad import PDN
+    from specad.models.teachers import EfficientNetLite0Teacher, distill
+
+    if out_file.exists() and not resume:
+        fail(f"{out_file}: exists; use --resume to continue it or choose another name")
+    dev = pick_device(device)
+    if extractor == "efficientnet-lite0":
+        net = EfficientNetLite0Teacher(channels)
+    else:
+        net = _import_callable(extractor)(channels)
+    net = net.to(dev)
+    x = PenaltySet(channels, image_size, folder=images).images()
+    with torch.no_grad():
+        out_channels = net(x[:1].to(dev)).shape[1]
+    pdn = PDN(channels, out_channels=out_channels, size=size).to(dev)
+    losses = distill(pdn, net, x, steps, out_file, batch_size=batch_size, resume=resume)
+    if losses:
+        out.print(f"last loss {losses[-1]:.4f} after {len(losses)} steps")
+    out.print(str(out_file), markup=False, highlight=False, soft_wrap=True)
+
+
+def _import_callable(spec: str):
+    import importlib
+
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        fail(f"cannot import extractor '{spec}' ({e}); expected module:function")
+
+
 @teacher_app.command("info")
 def teacher_info_cmd() -> None:
     """Each teacher source with its provenance (package, version, sha256, licence)."""
     from specad.models.teachers import teacher_info
 
-    table = Table(title="teacher sources")
-    rows = teacher_info()
-    for key in rows[0]:
-        table.add_column(key, overflow="fold")
-    for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row.values()))
-    out.print(table)
-
-
-@app.command()
-def demo(
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything.")] = Path(
-        "demo"
-    ),
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a training key: key.sub=value.")
-    ] = None,
-    force: Force = False,
-) -> None:
-    """Synthesise tray6, train the CPU preset, compare with RX, write the report."""
-    from specad.demo import run_demo
-
-    index = run_demo(out_dir, force=force, overrides=overrides)
-    out.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)
-
-
-@app.command()
-def report(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="Report YAML.")] = None,
-    models: Annotated[
-        list[str] | None, typer.Option("--model", help="name=path, or 'rx'. Repeatable.")
-    ] = None,
-    datasets: Annotated[list[Path] | None, typer.Option("--dataset", help="Repeatable.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to create.")] = None,
-    force: Force = False,
-) -> None:
-    """Write an HTML report (ROC/PR, per-class tables, per-image panels) for one or more models."""
-    from specad.report import load_report_config, write_report
-
-    flags: dict = {}
-    if models:
-        flags["models"] = dict(m.split("=", 1) if "=" in m else (Path(m).stem, m) for m in models)
-    if datasets:
-        flags["datasets"] = [str(d) for d in datasets]
-    if out_dir is not None:
-        flags["out"] = str(out_dir)
-    if force:
-        flags["force"] = True
-    index = write_report(load_report_config(config, **flags), progress=True)
-    out.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)
+    for row in teacher_info():
+        out.print(f"[bold]{row['name']}[/bold]")
+        for key, value in row.items():
+            if key != "name" and value is not None:
+                out.print(f"  {key}: {value}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -413,6 +413,19 @@ class PenaltySet:
                 self._cache[i] = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0
         return self._cache[i]
 
+    def images(self) -> torch.Tensor:
+        """Every image once, [N, C, S, S], centre-cropped in colour (for teacher distillation)."""
+        s, c = self.image_size, self.image_size // 2
+        return torch.stack(
+            [self._n_channel(self._rgb(i)[:, c : c + s, c : c + s]) for i in range(len(self))]
+        )
+
+    def _n_channel(self, rgb: np.ndarray) -> torch.Tensor:
+        grey = rgb.mean(0, keepdims=True)
+        return torch.from_numpy(
+            np.concatenate([rgb[k : k + 1] if k >= 0 else grey for k in self.index])
+        )
+
     def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         """A [B, N, S, S] batch: random images, grey with p=0.3, centre-cropped to the size."""
         picks = torch.randint(len(self.files), (batch,), generator=generator).tolist()
@@ -425,11 +438,8 @@ class PenaltySet:
                 rgb = np.repeat(
                     (rgb * np.array([[[0.299]], [[0.587]], [[0.114]]])).sum(0, keepdims=True), 3, 0
                 )
-            grey_level = rgb.mean(0, keepdims=True)
-            out.append(
-                np.concatenate([rgb[k : k + 1] if k >= 0 else grey_level for k in self.index])
-            )
-        return torch.from_numpy(np.stack(out).astype(np.float32))
+            out.append(self._n_channel(rgb.astype(np.float32)))
+        return torch.stack(out)
 
 
 # --------------------------------------------------------------------------- model input

@@ -8,11 +8,8 @@ copied RGB channels gives exactly the RGB network's features.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from specad.errors import SpecadError
+from specad.io import atomic_file
 from specad.models.efficientad import (
     PDN,
     ImageNetNorm,
@@ -114,22 +112,9 @@ def _load_teacher_file(
     return adapt_state_dict(state, n_channels, "conv1.weight", mapping, wavelengths)
 
 
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary name next to ``path`` that replaces it on success, so no half-written files."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _save_safetensors(state: dict[str, Tensor], path: Path, step: int | None = None) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    with _atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         save_file(tensors, tmp, metadata=None if step is None else {"step": str(step)})
 
 
@@ -284,7 +269,7 @@ def distill(
 
     def save(step: int) -> None:
         extra = {"optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-        with _atomic_path(state_path) as tmp:
+        with atomic_file(state_path) as tmp:
             torch.save({**extra, "step": step, "mean": mean, "std": std}, tmp)
         _save_safetensors(pdn.state_dict(), out_path, step)
 
