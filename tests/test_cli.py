@@ -1,0 +1,125 @@
+"""The `specad` command end to end: train, predict, evaluate, scene, teacher; errors are one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+from conftest import make_dataset
+
+HAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "had"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def specad(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-m", "specad", *args], capture_output=True, text=True, timeout=300
+    )
+    if ok:
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) >= 1
+    return done
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = make_dataset(tmp_path_factory.mktemp("d") / "ds")
+    cfg = tmp_path_factory.mktemp("c") / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"root": str(root), "image_size": 64}}))
+    out = tmp_path_factory.mktemp("r") / "run"
+    done = specad(
+        "train", "-c", str(cfg), "--out", str(out), "--set", "train.steps=4",
+        "--set", "model.teacher=pdn-random", "--device", "cpu",
+    )  # fmt: skip
+    model = Path(done.stdout.strip().splitlines()[-1])
+    assert model == out / "model.safetensors" and model.is_file()
+    return root, out
+
+
+def test_predict_writes_maps_overlays_scores_and_skips_bad_cubes(run, tmp_path: Path) -> None:
+    root, model = run
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\0broken")
+    out = tmp_path / "pred"
+    done = specad("predict", str(model), str(root / "test"), str(bad), "--out", str(out), ok=False)
+    assert "broken.tif: cannot read cube" in done.stderr
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert len(rows) == 7
+    stem = Path(rows[0]["file"]).stem
+    amap = tifffile.imread(out / "maps" / f"{stem}.tif")
+    assert amap.dtype == np.float32 and amap.shape == (64, 64)
+    assert (out / "overlays" / f"{stem}.png").is_file()
+
+
+def test_predict_refuses_to_overwrite(run, tmp_path: Path) -> None:
+    root, model = run
+    (tmp_path / "keep.txt").write_text("mine")
+    done = specad("predict", str(model), str(root / "test"), "--out", str(tmp_path), ok=False)
+    assert "not empty" in done.stderr
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_evaluate_json_and_rx(run) -> None:
+    root, model = run
+    metrics = json.loads(specad("evaluate", str(model), str(root), "--json").stdout)
+    assert set(metrics["per_class"]) == {"square", "stripe"}
+    assert 0.0 <= metrics["image_auroc"] <= 1.0
+    rx = json.loads(specad("evaluate", "rx", str(root), "--json").stdout)
+    assert rx["pixel_auroc"] > 0.9  # SWIR-bright squares are spectral outliers
+
+
+def test_train_config_error_is_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("data: {root: x}\nmodel: {teacher: vgg}\n")
+    done = specad("train", "-c", str(cfg), "--out", str(tmp_path / "r"), ok=False)
+    assert done.stderr.strip().count("\n") == 0
+    assert "bad.yaml: model.teacher" in done.stderr
+
+
+def test_teacher_adapt_duplicates_and_scales(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from specad.models.efficientad import PDN
+
+    rgb = PDN(3, size="small").state_dict()
+    torch.save(rgb, tmp_path / "t.pth")
+    specad(
+        "teacher",
+        "adapt",
+        str(tmp_path / "t.pth"),
+        "--channels",
+        "6",
+        "--out",
+        str(tmp_path / "t6.safetensors"),
+    )
+    six = load_file(tmp_path / "t6.safetensors")
+    assert six.keys() == rgb.keys()
+    torch.testing.assert_close(six["conv1.weight"], torch.cat([rgb["conv1.weight"]] * 2, 1) / 2)
+
+
+def test_teacher_info_names_weights_sha256() -> None:
+    assert "sha256: 579344248a93" in specad("teacher", "info").stdout
+
+
+@pytest.mark.skipif(not HAD.is_dir(), reason=f"real scenes not found at {HAD}")
+def test_scene_rx_on_real_data() -> None:
+    done = specad("scene", str(HAD / "sandiego_plane.mat"), "--truth", "map")
+    auroc = float(done.stdout.split("pixel AUROC:")[1])
+    assert abs(auroc - 0.940) < 0.005
+
+
+def test_packaged_cpu_preset_matches_example() -> None:
+    example = yaml.safe_load((ROOT / "examples" / "cpu.yaml").read_text())
+    packaged = yaml.safe_load((ROOT / "src" / "specad" / "cpu.yaml").read_text())
+    assert example == packaged
