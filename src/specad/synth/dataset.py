@@ -19,7 +19,7 @@ from specad.synth.render import render
 from specad.synth.scene import make_scene
 
 GOOD = "good"
-# Contrast ring: sawdust pixels more than RING_MM[0] and at most RING_MM[1] px from the anomaly.
+# Contrast ring: non-anomalous pixels more than RING_PX[0] and at most RING_PX[1] px from a mask.
 RING_PX = (3.0, 8.0)
 
 
@@ -31,6 +31,7 @@ def _stream(seed: int, *names: str) -> np.random.Generator:
 def _image(
     config: SynthConfig, seed: int, split: str, cls: str | None, cid: int, stem: str
 ) -> tuple[Cube, np.ndarray, list[dict]]:
+    """One cube (all cameras side by side in channels), its mask and its placed objects."""
     scene = make_scene(
         _stream(seed, split, stem, "scene"),
         config.size,
@@ -75,7 +76,6 @@ def synthesize(
     """
     config = resolve(preset, overrides)
     ids = {c: i + 1 for i, c in enumerate(config.classes())}
-    dtype = np.uint8 if len(ids) < 256 else np.uint16
     objects: dict[str, list[dict]] = {}
     out = Path(out)
     with atomic_dir(out, force) as tmp:
@@ -87,7 +87,7 @@ def synthesize(
             if cls is not None:
                 gt = tmp / "ground_truth" / cls
                 gt.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(mask.astype(dtype)).save(gt / f"{stem}.png")
+                Image.fromarray(mask).save(gt / f"{stem}.png")
                 objects[stem] = placed
         classes = {"0": "background", **{str(i): c for c, i in ids.items()}}
         (tmp / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")

@@ -43,19 +43,19 @@ def _patch(
     """Pixels of the window under ``p`` after the object is laid over them."""
     cover = p.cover[..., None]
     if p.kind == "foil":
-        n = lib.materials[p.material]["refractive_index"]
+        n = lib.materials[p.cls]["refractive_index"]
         r = ((n - 1) / (n + 1)) ** 2
         film = 2 * r / (1 + r)  # two surfaces, incoherent
-        absorbance = lib.spectrum(p.material, "absorbance")
+        absorbance = lib.spectrum(p.cls, "absorbance")
         t = lib.transmittance(absorbance, "sawdust", w, p.thickness.ravel()).reshape(under.shape)
         over = film * _glints(p.height, light)[..., None] + (1 - film) ** 2 * t * under / (
             1 - film * t * under
         )
     elif p.kind == "leaf":
-        refl, trans = lib.band(p.material, w), lib.band(p.material, w, "transmittance")
+        refl, trans = lib.band(p.cls, w), lib.band(p.cls, w, "transmittance")
         over = refl * lambert(p.height, light)[..., None] + trans**2 * under / (1 - refl * under)
     else:
-        over = lib.band(p.material, w) * lambert(p.height, light)[..., None]
+        over = lib.band(p.cls, w) * lambert(p.height, light)[..., None]
     return under * (1 - cover) + over * cover
 
 
@@ -85,9 +85,8 @@ def render(
     """(H, W, C) float32 reflectance that ``camera`` records of ``scene``."""
     w = lib.weights(camera)
     n = scene.mask.shape[0]
-    sawdust = (1 - scene.dark)[..., None] * lib.band("sawdust", w) + scene.dark[
-        ..., None
-    ] * lib.band("sawdust_dark", w)
+    dark = scene.dark[..., None]
+    sawdust = (1 - dark) * lib.band("sawdust", w) + dark * lib.band("sawdust_dark", w)
     ground = sawdust * scene.albedo[..., None]
     tray = scene.tray[..., None]
     ground = ground * (1 - tray) + tray * lib.band("tray_wood", w) * scene.grain[..., None]
@@ -100,8 +99,8 @@ def render(
     for p in scene.patches:
         img[p.rows, p.cols] = _patch(p, img[p.rows, p.cols], lib, w, light)
     img *= _illumination(rng, n, camera)[..., None]
-    shift = tuple(o * n / 256 + rng.normal(0, 0.15) if o else 0.0 for o in camera.offset_px)
-    img = _optics(img, camera.blur_px, shift)  # type: ignore[arg-type]
+    dy, dx = (o * n / 256 + rng.normal(0, 0.15) if o else 0.0 for o in camera.offset_px)
+    img = _optics(img, camera.blur_px, (dy, dx))
     sigma = difficulty * np.sqrt(
         np.asarray(camera.read_noise) ** 2 + camera.shot_noise * np.clip(img, 0, None)
     )

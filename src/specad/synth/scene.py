@@ -21,15 +21,15 @@ MASK_COVER = 0.5
 WALL_MARGIN_MM = 8.0
 
 Shape = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Kind = Literal["opaque", "leaf", "foil"]
 
 
 @dataclass
 class Patch:
-    """An object drawn over the sawdust in a bounding box of the image."""
+    """An object drawn over the sawdust in a bounding box of the image (material = class)."""
 
     cls: str
-    material: str
-    kind: Literal["opaque", "leaf", "foil"]
+    kind: Kind
     rows: slice
     cols: slice
     cover: np.ndarray  # (h, w) covered area fraction
@@ -44,7 +44,7 @@ class Scene:
     dark: np.ndarray  # fraction of dark (bark-like) particles
     tray: np.ndarray  # 0..1 how much of the pixel is bare tray wood (walls, bottom patches)
     grain: np.ndarray  # wood-grain brightness of the tray
-    mask: np.ndarray  # class ids, RGB-camera geometry
+    mask: np.ndarray  # uint8 class ids (there are 10 classes), RGB-camera geometry
     liquids: dict[str, np.ndarray] = field(default_factory=dict)  # material -> depth (mm)
     patches: list[Patch] = field(default_factory=list)
     objects: list[dict] = field(default_factory=list)  # what was placed, for synth.json
@@ -219,7 +219,7 @@ def _place(
     """A centre inside the walls (with margin) not overlapping earlier objects."""
     c = (n - 1) / 2
     room = max(inner - WALL_MARGIN_MM / pitch - radius, 1.0)
-    for _ in range(50):
+    for _ in range(50):  # crowded tray: after 50 tries accept an overlap
         cy, cx = c + rng.uniform(-room, room, 2)
         if all(np.hypot(cy - y, cx - x) > radius + r + 2 for y, x, r in taken):
             break
@@ -229,39 +229,32 @@ def _place(
 
 def _solid(
     rng: np.random.Generator, cls: str, size_mm: float, pitch: float
-) -> tuple[str, str, float, Shape, dict]:
-    """Material, kind, bounding radius (px), outline and metadata of one solid object."""
+) -> tuple[Kind, float, Shape, dict]:
+    """Kind, bounding radius (px), outline and metadata of one solid object."""
     if cls.startswith("pla_"):
         half = size_mm / pitch / 2
-        return (
-            cls,
-            "opaque",
-            half * np.sqrt(2),
-            lambda u, v: (np.abs(u) < half) & (np.abs(v) < half),
-            {},
-        )
+        return "opaque", half * np.sqrt(2), lambda u, v: (np.abs(u) < half) & (np.abs(v) < half), {}
     if cls in ("pet", "pom"):
         radius = size_mm / pitch / 2
-        return cls, "opaque", radius * 1.5, _blob(rng, radius, 0.25), {}
+        return "opaque", radius * 1.5, _blob(rng, radius, 0.25), {}
     if cls == "foil":
         radius = size_mm / pitch / 2
-        return "foil", "foil", radius * 1.6, _blob(rng, radius, 0.35), {}
+        return "foil", radius * 1.6, _blob(rng, radius, 0.35), {}
     length = size_mm / pitch
     width = length * rng.uniform(0.35, 0.55)
-    kind = "leaf" if cls == "leaf" else "opaque"
+    meta = {"width_mm": round(width * pitch, 1)}
     return (
-        cls,
-        kind,
+        "leaf" if cls == "leaf" else "opaque",
         0.65 * length + 1,
         _leaf_shape(length, width),
-        {"width_mm": round(width * pitch, 1)},
+        meta,
     )
 
 
 # Log-uniform size range (mm) and instance-count range per solid class (PLA: cube edge; PET/POM:
 # flake diameter; foil: diameter; leaves: length). Liquids: spot radius and centre depth (mm).
 SIZES_MM = {
-    "pla": ((1.0, 16.0), (1, 3)),
+    **dict.fromkeys(("pla_black", "pla_blue", "pla_white"), ((1.0, 16.0), (1, 3))),
     "pet": ((6.0, 20.0), (1, 2)),
     "pom": ((6.0, 20.0), (1, 2)),
     "foil": ((25.0, 60.0), (1, 1)),
@@ -285,9 +278,9 @@ def _add_solid(
     taken: list,
 ) -> None:
     n = scene.mask.shape[0]
-    (lo, hi), _ = SIZES_MM["pla" if cls.startswith("pla_") else cls]
+    (lo, hi), _ = SIZES_MM[cls]
     size_mm = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * difficulty**-0.5
-    material, kind, radius, inside, meta = _solid(rng, cls, size_mm, pitch)
+    kind, radius, inside, meta = _solid(rng, cls, size_mm, pitch)
     cy, cx = _place(rng, n, inner, pitch, radius, taken)
     theta = rng.uniform(0, np.pi)
     rows, cols, cover, u, v = _rasterise(n, cy, cx, radius, theta, inside)
@@ -305,7 +298,7 @@ def _add_solid(
         )
         layers = 1 + np.clip(fbm(rng, shape, [5 / pitch], [1.0]), -0.8, 2.0)
         thickness = rng.uniform(0.5, 1.0) / difficulty * layers
-    scene.patches.append(Patch(cls, material, kind, rows, cols, cover, height, thickness))
+    scene.patches.append(Patch(cls, kind, rows, cols, cover, height, thickness))
     own = scene.mask[rows, cols]
     hit = cover >= MASK_COVER
     if not hit.any():  # sub-pixel object: its most-covered pixel carries the label
@@ -314,7 +307,6 @@ def _add_solid(
     scene.objects.append(
         {
             "class": cls,
-            "material": material,
             "centre_px": [round(cy, 2), round(cx, 2)],
             "size_mm": round(size_mm, 2),
             **meta,
@@ -330,14 +322,13 @@ def _add_liquid(
     pitch: float,
     inner: float,
     difficulty: float,
-    taken: list,
 ) -> None:
     """A soaked spot: depth d0 * sqrt(1 - rho^2) inside an irregular outline, uneven wetting."""
     n = scene.mask.shape[0]
     material, (r_lo, r_hi), (d_lo, d_hi) = LIQUIDS[cls]
     radius = rng.uniform(r_lo, r_hi) * difficulty**-0.5 / pitch
     depth0 = rng.uniform(d_lo, d_hi) / difficulty
-    cy, cx = _place(rng, n, inner, pitch, radius * 1.5, taken)
+    cy, cx = _place(rng, n, inner, pitch, radius * 1.5, [])
     edge = _outline(rng, 0.3)
     rows, cols = _window(n, cy, cx, radius * 1.5)
     u, v = _local(np.arange(rows.start, rows.stop), np.arange(cols.start, cols.stop), cy, cx, 0.0)
@@ -366,11 +357,11 @@ def make_scene(
     scene, inner = _background(rng, size, pitch)
     if cls is None:
         return scene
-    taken: list = []
     if cls in LIQUIDS:
-        _add_liquid(scene, rng, cls, cid, pitch, inner, difficulty, taken)
+        _add_liquid(scene, rng, cls, cid, pitch, inner, difficulty)
         return scene
-    _, (lo, hi) = SIZES_MM["pla" if cls.startswith("pla_") else cls]
+    _, (lo, hi) = SIZES_MM[cls]
+    taken: list = []
     for _ in range(int(rng.integers(lo, hi + 1))):
         _add_solid(scene, rng, cls, cid, pitch, inner, difficulty, taken)
     return scene
