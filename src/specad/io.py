@@ -137,6 +137,9 @@ def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     refuse_nonempty(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a shared report from other users
     try:
         yield tmp
         if out.exists():

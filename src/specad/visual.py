@@ -6,11 +6,11 @@ import numpy as np
 
 
 def false_colour(data: np.ndarray, bands: tuple[int, ...] | list[int]) -> np.ndarray:
-    """(H, W, 3) uint8 from three bands, each stretched between its 1st and 99th percentile."""
+    """(H, W, 3) uint8 from three bands, each stretched between its 1st and 99th percentile,
+    so that dim reflectance still shows its contrast."""
     rgb = data[:, :, list(bands)].astype(np.float32)
-    lo = np.percentile(rgb, 1, axis=(0, 1))
-    hi = np.percentile(rgb, 99, axis=(0, 1))
-    rgb = (rgb - lo) / np.maximum(hi - lo, 1e-6)
+    lo, hi = np.percentile(rgb, [1, 99], axis=(0, 1))
+    rgb = (rgb - lo) / np.maximum(hi - lo, 1e-12)
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
