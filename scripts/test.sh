@@ -7,3 +7,5 @@ bash scripts/install-chromium.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m pytest "$@"
+bash scripts/setup-cuvis.sh
+SPECAD_REQUIRE_CUVIS=1 .venv-cuvis/bin/python -m pytest tests/with_cuvis -q

@@ -1,0 +1,239 @@
+"""cuvis.ai nodes that run trained specad models inside a ``CuvisPipeline``.
+
+The detector nodes hand each batch to :class:`specad.infer.Detector` instead of re-implementing
+its preprocessing, resizing and thresholding, so a node's map, score and mask are exactly those
+of ``specad predict`` on the same cube.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from cuvis_ai_core.deciders.base_decider import BinaryDecider
+from cuvis_ai_core.node.node import Node
+from cuvis_ai_schemas.enums import NodeCategory, NodeTag
+from cuvis_ai_schemas.pipeline import PortSpec
+
+from specad.data import select_channels
+from specad.errors import SpecadError
+from specad.infer import Detector, ModelMeta
+from specad.io import Cube, to_reflectance
+
+Channels = list[int | float | str]
+"""Band indices, wavelengths in nm (nearest band within 10 nm) or band names."""
+
+
+class DetectorNode(Node):
+    """Base of the nodes that run a trained specad model of kind ``KIND``: cube in; anomaly map,
+    image score and mask out.
+
+    hparams: ``model_path`` (the ``model.safetensors`` file or its run folder), ``channels``
+    (which bands of the incoming cube, in order, form the cube the model was trained on; None
+    when the cube already has exactly the model's channels) and ``tiled`` (score model-sized
+    tiles at native resolution, as ``specad predict --tiled``).
+
+    The model file gives the architecture; the pipeline's weights file carries the state
+    (network weights, threshold, normalisation statistics), so a saved pipeline reproduces
+    itself even if the model file is later retrained in place.
+    """
+
+    KIND: ClassVar[str]
+    _category = NodeCategory.MODEL
+
+    INPUT_SPECS = {
+        "cube": PortSpec(
+            dtype=torch.float32,
+            shape=(-1, -1, -1, "in_channels"),
+            description="Cube [B, H, W, C] on the scale the model was trained on (e.g. "
+            "reflectance); C is the model's channel count unless `channels` selects bands.",
+        ),
+        "wavelengths": PortSpec(
+            dtype=np.int32,
+            shape=(-1,),
+            description="Band centres [C] in nm; read only when `channels` selects by wavelength.",
+            optional=True,
+        ),
+    }
+    OUTPUT_SPECS = {
+        "anomaly_map": PortSpec(
+            dtype=torch.float32,
+            shape=(-1, -1, -1, 1),
+            description="Anomaly map [B, H, W, 1] at the cube's size, on the model's scale.",
+        ),
+        "anomaly_score": PortSpec(
+            dtype=torch.float32,
+            shape=(-1,),
+            description="Image score [B]: the maximum of the map.",
+        ),
+        "mask": PortSpec(
+            dtype=torch.bool,
+            shape=(-1, -1, -1, 1),
+            description="Anomalous pixels [B, H, W, 1]: map > the model's calibrated threshold.",
+        ),
+    }
+
+    def __init__(
+        self,
+        model_path: str,
+        channels: Channels | None = None,
+        tiled: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model_path=str(model_path), channels=channels, tiled=tiled, **kwargs)
+        detector = Detector.load(model_path, device="cpu")
+        if detector.kind != self.KIND:
+            raise SpecadError(
+                f"{type(self).__name__} runs '{self.KIND}' models, this one is '{detector.kind}'",
+                Path(model_path),
+            )
+        self.detector = detector
+        self.channels = channels
+        self.tiled = tiled
+        if isinstance(detector.model, torch.nn.Module):
+            self.model = detector.model  # a submodule: its weights land in state_dict()
+
+    @property
+    def in_channels(self) -> int:
+        """Channels the ``cube`` port needs: the model's, or any (-1) when ``channels`` selects."""
+        return -1 if self.channels is not None else self.detector.meta.preprocess.source_channels
+
+    def _apply(self, fn: Any, recurse: bool = True) -> DetectorNode:
+        """Keep the detector's device in step with its weights when the pipeline moves them."""
+        super()._apply(fn, recurse)
+        if isinstance(self.detector.model, torch.nn.Module):
+            self.detector.device = next(self.detector.model.buffers()).device
+        return self
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Threshold and preprocessing travel in the pipeline's weights file with the network."""
+        return {"meta": self.detector.meta.to_json()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.detector.meta = ModelMeta.from_json(state["meta"])
+
+    def forward(
+        self, cube: torch.Tensor, wavelengths: Any = None, **_: Any
+    ) -> dict[str, torch.Tensor]:
+        preds = self.detector.predict(
+            self._cubes(cube, wavelengths), tiled=self.tiled, batch_size=max(1, len(cube))
+        )
+        maps = np.stack([p.anomaly_map for p in preds])[..., None]
+        masks = np.stack([p.mask for p in preds])[..., None]
+        scores = torch.tensor([p.score for p in preds], dtype=torch.float32)
+        return {
+            "anomaly_map": torch.from_numpy(maps).to(cube.device),
+            "anomaly_score": scores.to(cube.device),
+            "mask": torch.from_numpy(masks).to(cube.device),
+        }
+
+    def _cubes(self, cube: torch.Tensor, wavelengths: Any) -> list[Cube]:
+        """The batch as specad cubes, reduced to the model's bands when ``channels`` is set."""
+        if wavelengths is not None:
+            wavelengths = torch.as_tensor(wavelengths).cpu().double().reshape(-1).tolist()
+        cubes = [Cube(c, wavelengths=wavelengths) for c in cube.detach().float().cpu().numpy()]
+        if self.channels is None or not cubes:
+            return cubes
+        idx = select_channels(cubes[0], self.channels)
+        return [c.select(idx) for c in cubes]
+
+
+class EfficientADNode(DetectorNode):
+    """A specad EfficientAD model on the full N-channel cube (not a false-RGB projection)."""
+
+    KIND = "efficientad"
+    _tags = frozenset(
+        {NodeTag.ANOMALY, NodeTag.MULTISPECTRAL, NodeTag.HYPERSPECTRAL, NodeTag.TORCH}
+    )
+
+
+class RXNode(DetectorNode):
+    """specad's RX baseline (``specad rx fit``), fitted on normal cubes, as a drop-in alternative.
+
+    The RX statistics are NumPy arrays, not torch weights, so they go into the node's extra
+    state; the node runs on the CPU whatever device the pipeline is on.
+    """
+
+    KIND = "rx"
+    _tags = frozenset(
+        {NodeTag.ANOMALY, NodeTag.MULTISPECTRAL, NodeTag.HYPERSPECTRAL, NodeTag.NUMPY}
+    )
+
+    def get_extra_state(self) -> dict[str, Any]:
+        rx = self.detector.model
+        return super().get_extra_state() | {
+            "mean": torch.from_numpy(rx.mean_),
+            "whitening": torch.from_numpy(rx.whitening_),
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self.detector.model.mean_ = state["mean"].cpu().numpy()
+        self.detector.model.whitening_ = state["whitening"].cpu().numpy()
+
+
+class ReflectanceNormalizer(Node):
+    """Camera values to reflectance, as :func:`specad.io.to_reflectance` does for files.
+
+    A model scores cubes only on the scale it was trained on, while cuvis.ai sources hand over
+    raw counts or reflectance x 10000; this node is therefore a pipeline's first step. With
+    ``white`` (and optionally ``dark``) per-band reference levels it computes
+    ``(raw - dark) / (white - dark)``, otherwise ``raw * scale`` (``scale`` None means 1).
+    """
+
+    _category = NodeCategory.TRANSFORM
+    _tags = frozenset({NodeTag.NORMALIZATION, NodeTag.PREPROCESSING, NodeTag.HYPERSPECTRAL})
+
+    INPUT_SPECS = {
+        "cube": PortSpec(
+            dtype=torch.Tensor,
+            shape=(-1, -1, -1, -1),
+            description="Camera cube [B, H, W, C] of any numeric type (e.g. uint16 counts).",
+        )
+    }
+    OUTPUT_SPECS = {
+        "cube": PortSpec(
+            dtype=torch.float32,
+            shape=(-1, -1, -1, -1),
+            description="Reflectance cube [B, H, W, C].",
+        )
+    }
+
+    def __init__(
+        self,
+        scale: float | None = None,
+        white: list[float] | None = None,
+        dark: list[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if white is not None and scale is not None:
+            raise SpecadError("give either white (with optional dark) references or a scale")
+        super().__init__(scale=scale, white=white, dark=dark, **kwargs)
+        self.scale, self.white, self.dark = scale, white, dark
+
+    def forward(self, cube: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
+        if self.white is not None:
+            settings: dict[str, Any] = {"white": self.white, "dark": self.dark}
+        else:
+            settings = {"scale": 1.0 if self.scale is None else self.scale}
+        out = [to_reflectance(Cube(c), **settings).data for c in cube.detach().cpu().numpy()]
+        return {"cube": torch.from_numpy(np.stack(out)).to(cube.device)}
+
+
+class ThresholdDecider(BinaryDecider):
+    """Pixels whose score is above ``threshold`` are anomalous: the rule of specad's masks.
+
+    Set to the model's calibrated threshold its decisions equal the detector's ``mask``; another
+    value moves the operating point without touching the model.
+    """
+
+    _category = NodeCategory.TRANSFORM
+    _tags = frozenset({NodeTag.ANOMALY, NodeTag.POSTPROCESSING, NodeTag.MASK})
+
+    def __init__(self, threshold: float, **kwargs: Any) -> None:
+        super().__init__(threshold=float(threshold), **kwargs)
+
+    def forward(self, logits: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return {"decisions": logits > self.threshold}
