@@ -1,4 +1,4 @@
-"""The `specad` command end to end: train, predict, evaluate, scene, teacher; errors are one line."""
+"""The `specad` command end to end: train, predict, evaluate, scene, teacher; one-line errors."""
 
 from __future__ import annotations
 
