@@ -17,6 +17,7 @@ from specad.data import Preprocess
 from specad.infer import Detector, ModelMeta
 from specad.models.build import build_efficientad
 from specad.models.efficientad import EfficientAD, ae_augment
+from specad.train import train_step
 
 TEACHERS = ("pdn-random", "efficientnet-lite0")
 
@@ -76,16 +77,11 @@ def prepare(c: harness.Case) -> Callable[[], object]:
     gen = torch.Generator().manual_seed(0)
     model.train()
 
-    def train_step() -> torch.Tensor:
-        x_aug = ae_augment(x, gen)
+    def step() -> torch.Tensor:
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            losses = model.loss(x, x_aug, penalty)
-        opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        opt.step()
-        return losses["total"].detach()
+            return train_step(model, opt, x, ae_augment(x, gen), penalty)["total"].detach()
 
-    return train_step
+    return step
 
 
 if __name__ == "__main__":

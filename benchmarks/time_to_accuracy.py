@@ -33,11 +33,7 @@ HERE = Path(__file__).resolve().parent
 def fitted_meta(cfg: Config, ds: Dataset) -> tuple[ModelMeta, torch.Tensor]:
     """The preprocessing that ``train`` fits (it is saved only with the final model), and the
     validation input that the map quantiles are fitted on."""
-    pre, meta = prepare(cfg, ds)
-    if cfg.data.normalize == "train":
-        pre.fit(load_inputs(pre, ds.require("train")).x)
-    elif cfg.data.normalize != "none":
-        pre.mean, pre.std = cfg.data.normalize.mean, cfg.data.normalize.std
+    pre, meta, _ = prepare(cfg, ds)
     return meta, load_inputs(pre, ds.require("val")).x
 
 

@@ -367,8 +367,10 @@ def _read_cu3s(path: Path, index: int = 0) -> Cube:
     and only here.
     """
     try:
+        if not os.environ.get("CUVIS"):  # the SDK calls sys.exit on import without it
+            raise ImportError("CUVIS environment variable not set")
         import cuvis  # type: ignore[import-not-found]
-    except ImportError as err:
+    except (ImportError, OSError) as err:
         raise SpecadError(
             "reading .cu3s needs the Cubert cuvis SDK (`import cuvis`, installed with Cubert's "
             "native library); without it, export the measurement to TIFF or ENVI in CUBERT "

@@ -36,13 +36,19 @@ class Inputs:
     masks: list[np.ndarray]
 
 
-def prepare(cfg: Config, ds: Dataset) -> tuple[Preprocess, ModelMeta]:
-    """Resolve channel selection against the data and fit the per-channel normalisation."""
+def prepare(cfg: Config, ds: Dataset) -> tuple[Preprocess, ModelMeta, torch.Tensor]:
+    """Resolve channel selection against the data, fit the per-channel normalisation, and return
+    the normalised training input (loaded anyway to fit it)."""
     train = ds.require("train")
     ds.require("val")
     first = read_cube(train[0].path)
     channels = select_channels(first, cfg.data.channels, train[0].path)
     pre = Preprocess(first.channels, channels, cfg.data.image_size)
+    raw = load_inputs(pre, train).x  # not yet normalised: mean/std unset
+    if cfg.data.normalize == "train":
+        pre.fit(raw)
+    elif cfg.data.normalize != "none":
+        pre.mean, pre.std = cfg.data.normalize.mean, cfg.data.normalize.std
     chosen = first.select(channels)
     meta = ModelMeta(
         kind="efficientad",
@@ -53,7 +59,22 @@ def prepare(cfg: Config, ds: Dataset) -> tuple[Preprocess, ModelMeta]:
         rgb=chosen.rgb,
         config=cfg.model_dump(mode="json"),
     )
-    return pre, meta
+    return pre, meta, pre.normalise(raw)
+
+
+def train_step(
+    model: EfficientAD,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    x_aug: torch.Tensor,
+    penalty: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """One optimisation step on the paper's losses; shared with the benchmarks."""
+    losses = model.loss(x, x_aug, penalty)
+    opt.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    opt.step()
+    return losses
 
 
 def load_inputs(pre: Preprocess, samples: list, with_masks: bool = False) -> Inputs:
@@ -100,13 +121,7 @@ def train(
     torch.manual_seed(cfg.train.seed)
 
     ds = load_dataset(cfg.data.root)
-    pre, meta = prepare(cfg, ds)
-    raw_train = load_inputs(pre, ds.require("train")).x  # not yet normalised: mean/std unset
-    if cfg.data.normalize == "train":
-        pre.fit(raw_train)
-    elif cfg.data.normalize != "none":
-        pre.mean, pre.std = cfg.data.normalize.mean, cfg.data.normalize.std
-    train_x = pre.normalise(raw_train)
+    pre, meta, train_x = prepare(cfg, ds)
     val_x = load_inputs(pre, ds.require("val")).x
 
     model = build_efficientad(
@@ -138,10 +153,8 @@ def train(
         x = _augment_geometry(train_x[idx], cfg, gen)
         x_aug = ae_augment(x, gen)
         p = penalty.sample(cfg.train.batch_size, gen) if penalty is not None else None
-        losses = model.loss(x.to(device), x_aug.to(device), None if p is None else p.to(device))
-        opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        opt.step()
+        p = None if p is None else p.to(device)
+        losses = train_step(model, opt, x.to(device), x_aug.to(device), p)
         sched.step()
         step += 1
         bar.update(1)
@@ -167,7 +180,6 @@ def train(
     model.fit_quantiles(_batches(val_x, 8, device))
     val_scores = _scores(model, val_x, device)
     meta.threshold = float(np.quantile(val_scores, 1 - cfg.train.threshold_far, method="higher"))
-    meta.preprocess = pre
     meta.extra = {"val_scores": val_scores.tolist(), "steps": step}
     return Detector(model, meta, device).save(out / "model.safetensors")
 
