@@ -123,3 +123,21 @@ def test_packaged_cpu_preset_matches_example() -> None:
     example = yaml.safe_load((ROOT / "examples" / "cpu.yaml").read_text())
     packaged = yaml.safe_load((ROOT / "src" / "specad" / "cpu.yaml").read_text())
     assert example == packaged
+
+
+def test_report_from_flags(run, tmp_path: Path) -> None:
+    root, model = run
+    out = tmp_path / "rep"
+    done = specad(
+        "report",
+        "--model",
+        f"ead={model}",
+        "--model",
+        "rx",
+        "--dataset",
+        str(root),
+        "--out",
+        str(out),
+    )
+    assert done.stdout.strip().endswith(str(out / "index.html"))
+    assert set(json.loads((out / "metrics.json").read_text())["models"]) == {"ead", "rx"}

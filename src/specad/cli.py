@@ -364,6 +364,50 @@ def teacher_info_cmd() -> None:
                 out.print(f"  {key}: {value}", markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything.")] = Path(
+        "demo"
+    ),
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a training key: key.sub=value.")
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="Smaller images for a quick look.")] = None,
+    force: Force = False,
+) -> None:
+    """Synthesise tray6, train the CPU preset, compare with RX, write the report."""
+    from specad.demo import run_demo
+
+    index = run_demo(out_dir, force=force, overrides=overrides, size=size)
+    out.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Report YAML.")] = None,
+    models: Annotated[
+        list[str] | None, typer.Option("--model", help="name=path, or 'rx'. Repeatable.")
+    ] = None,
+    datasets: Annotated[list[Path] | None, typer.Option("--dataset", help="Repeatable.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to create.")] = None,
+    force: Force = False,
+) -> None:
+    """Write an HTML report (ROC/PR, per-class tables, per-image panels) for one or more models."""
+    from specad.report import load_report_config, write_report
+
+    flags: dict = {}
+    if models:
+        flags["models"] = dict(m.split("=", 1) if "=" in m else (Path(m).stem, m) for m in models)
+    if datasets:
+        flags["datasets"] = [str(d) for d in datasets]
+    if out_dir is not None:
+        flags["out"] = str(out_dir)
+    if force:
+        flags["force"] = True
+    index = write_report(load_report_config(config, **flags), progress=True)
+    out.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: run the app, mapping user errors to one line and exit code 2."""
     try:

@@ -11,8 +11,17 @@ from specad.io import refuse_nonempty
 CPU_PRESET = Path(__file__).parent / "cpu.yaml"
 
 
-def run_demo(out: str | Path, *, force: bool = False, overrides: list[str] | None = None) -> Path:
-    """Everything from nothing to ``report/index.html``; returns that path."""
+def run_demo(
+    out: str | Path,
+    *,
+    force: bool = False,
+    overrides: list[str] | None = None,
+    size: int | None = None,
+) -> Path:
+    """Everything from nothing to ``report/index.html``; returns that path.
+
+    ``size`` shrinks the synthetic images for a quick look (the model input follows it).
+    """
     from specad.report import ReportConfig, write_report
     from specad.synth import synthesize
     from specad.train import train
@@ -20,8 +29,10 @@ def run_demo(out: str | Path, *, force: bool = False, overrides: list[str] | Non
     out = Path(out)
     refuse_nonempty(out, force)
     started = time.perf_counter()
-    data = synthesize(out / "tray6", preset="tray6", seed=1, force=force)
-    cfg = load_config(CPU_PRESET, list(overrides or []) + [f"data.root={data}"])
+    synth = {"size": size} if size else {}
+    data = synthesize(out / "tray6", preset="tray6", seed=1, force=force, **synth)
+    sets = [f"data.root={data}"] + ([f"data.image_size={size}"] if size else [])
+    cfg = load_config(CPU_PRESET, sets + list(overrides or []))
     model = train(cfg, out / "run", force=force)
     report = write_report(
         ReportConfig(

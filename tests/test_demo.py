@@ -1,0 +1,29 @@
+"""The demo end to end at a small size: synth, train (EfficientNet-Lite0 teacher), report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_writes_a_report_with_every_class_and_both_models(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "specad", "demo", "--out", str(out), "--size", "64",
+         "--set", "train.steps=3", "--set", "train.val_every=0"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    index = Path(done.stdout.strip().splitlines()[-1].removeprefix("report: "))
+    assert index == out / "report" / "index.html" and index.is_file()
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"efficientad", "rx"}
+    classes = json.loads((out / "tray6" / "classes.json").read_text())
+    html = index.read_text()
+    for name in classes.values():
+        if name != "background":
+            assert name in html
+    config = json.loads((out / "run" / "model.json").read_text())["config"]
+    assert config["model"]["teacher"] == "efficientnet-lite0"
