@@ -1,4 +1,4 @@
-"""The demo end to end at a small size: synth, train (EfficientNet-Lite0 teacher), report."""
+"""The demo end to end at a small size: synth, train with the EfficientNet-Lite0 teacher, report."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ def test_demo_writes_a_report_with_every_class_and_both_models(tmp_path: Path) -
     out = tmp_path / "demo"
     done = subprocess.run(
         [sys.executable, "-m", "specad", "demo", "--out", str(out), "--size", "64",
-         "--set", "train.steps=3", "--set", "train.val_every=0"],
+         "--set", "train.steps=3", "--set", "train.val_every=0",
+         "--set", "model.teacher=efficientnet-lite0"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

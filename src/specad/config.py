@@ -30,7 +30,7 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    teacher: Literal["efficientnet-lite0", "pdn-random", "pdn-file"] = "efficientnet-lite0"
+    teacher: Literal["efficientnet-lite0", "pdn-random", "pdn-file"] = "pdn-random"
     teacher_file: Path | None = None
     channel_mapping: Literal["repeat", "wavelength"] = "repeat"
     size: Literal["small", "medium"] = "small"
