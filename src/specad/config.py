@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from specad.errors import SpecadError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class Strict(BaseModel):
@@ -65,32 +67,42 @@ class Config(Strict):
     train: TrainConfig = TrainConfig()
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, **base: Any) -> Config:
-    """Read a YAML config (or start from ``base``), apply ``key.sub=value`` overrides, validate."""
-    raw: dict[str, Any] = dict(base)
-    if path is not None:
-        path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError as err:
-            raise SpecadError("config file not found", path) from err
-        except yaml.YAMLError as err:
-            raise SpecadError(f"invalid YAML ({str(err).splitlines()[0]})", path) from err
-        if not isinstance(loaded, dict):
-            raise SpecadError("config must be a YAML mapping", path)
-        raw = loaded
-        root = raw.get("data", {}).get("root") if isinstance(raw.get("data"), dict) else None
-        if root is not None and not Path(root).is_absolute() and not Path(root).exists():
-            raw["data"]["root"] = str(path.parent / root)  # relative to the config's folder
-    for item in overrides or []:
-        _apply_override(raw, item)
+def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file's top-level mapping; any problem is one line naming the file."""
     try:
-        return Config.model_validate(raw)
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError as err:
+        raise SpecadError(f"{what} not found", path) from err
+    except yaml.YAMLError as err:
+        raise SpecadError(f"invalid YAML ({str(err).splitlines()[0]})", path) from err
+    if not isinstance(loaded, dict):
+        raise SpecadError(f"{what} must be a YAML mapping", path)
+    return loaded
+
+
+def validate(model: type[ModelT], raw: dict[str, Any], path: Path | None) -> ModelT:
+    """``model.model_validate(raw)``, with the first error as one line: ``key.sub: message``."""
+    try:
+        return model.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
         raise SpecadError(f"{where}: {first['msg']}{more}", path) from err
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, **base: Any) -> Config:
+    """Read a YAML config (or start from ``base``), apply ``key.sub=value`` overrides, validate."""
+    raw: dict[str, Any] = dict(base)
+    if path is not None:
+        path = Path(path)
+        raw = read_yaml_mapping(path)
+        root = raw.get("data", {}).get("root") if isinstance(raw.get("data"), dict) else None
+        if root is not None and not Path(root).is_absolute() and not Path(root).exists():
+            raw["data"]["root"] = str(path.parent / root)  # relative to the config's folder
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return validate(Config, raw, path)
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

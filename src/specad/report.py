@@ -31,12 +31,12 @@ import yaml
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import ndimage
 
 from specad import __version__
+from specad.config import read_yaml_mapping, validate
 from specad.data import Dataset, load_dataset, select_channels
-from specad.errors import SpecadError
 from specad.evaluate import evaluate_split
 from specad.infer import Detector, SplitResults, fit_rx, run_split
 from specad.io import Cube, atomic_dir, read_cube
@@ -110,23 +110,9 @@ def load_report_config(path: str | Path | None, **overrides: Any) -> ReportConfi
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError as err:
-            raise SpecadError("report config not found", path) from err
-        except yaml.YAMLError as err:
-            raise SpecadError(f"invalid YAML ({str(err).splitlines()[0]})", path) from err
-        if not isinstance(loaded, dict):
-            raise SpecadError("report config must be a YAML mapping", path)
-        raw = _inputs_from(loaded, path.parent)
+        raw = _inputs_from(read_yaml_mapping(path, "report config"), path.parent)
     raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return ReportConfig.model_validate(raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise SpecadError(f"{where}: {first['msg']}{more}", path) from err
+    return validate(ReportConfig, raw, path)
 
 
 def _inputs_from(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
