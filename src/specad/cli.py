@@ -103,7 +103,7 @@ def train_cmd(
     out.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
 
-def _load_detector(model: str, dataset: Path | None, device: str):
+def _load_detector(model: str, dataset: Path | None, device: str, runtime: str = "auto"):
     """A saved model, or ``rx``: an RX baseline fitted on the dataset's train/good now."""
     from specad.infer import Detector, fit_rx
 
@@ -113,7 +113,7 @@ def _load_detector(model: str, dataset: Path | None, device: str):
         from specad.data import load_dataset
 
         return fit_rx(load_dataset(dataset))
-    return Detector.load(model, device=device)
+    return Detector.load(model, device=device, runtime=runtime)
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -131,6 +131,13 @@ def _expand_inputs(inputs: list[Path]) -> list[Path]:
 
 
 Device = Annotated[str, typer.Option(help="auto (CUDA, then CPU), cpu, cuda, cuda:1 ...")]
+Runtime = Annotated[
+    str,
+    typer.Option(
+        help="auto (fastest exact one available), torch, bf16, onnx, or int8 (fastest on CPUs; "
+        "approximate maps)."
+    ),
+]
 
 
 @app.command()
@@ -140,6 +147,7 @@ def predict(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to create.")],
     tiled: Annotated[bool, typer.Option(help="Native-resolution overlapping tiles.")] = False,
     device: Device = "auto",
+    runtime: Runtime = "auto",
     force: Force = False,
 ) -> None:
     """Score cubes: float32 TIFF maps, PNG overlays and scores.csv. Bad cubes are skipped."""
@@ -152,7 +160,8 @@ def predict(
     from specad.io import atomic_dir, read_cube
     from specad.visual import false_colour, overlay
 
-    det = _load_detector(model, None, device)
+    det = _load_detector(model, None, device, runtime)
+    err.print(f"runtime: {det.runtime}", highlight=False)
     files = _expand_inputs(inputs)
     if not files:
         fail("no cube files among the inputs")
@@ -198,6 +207,7 @@ def evaluate(
     far: Annotated[float, typer.Option(help="Normal-image false-alarm rate.")] = 0.01,
     tiled: Annotated[bool, typer.Option(help="Native-resolution overlapping tiles.")] = False,
     device: Device = "auto",
+    runtime: Runtime = "auto",
 ) -> None:
     """Image/pixel AUROC, AUPRO, per-class AUROC and thresholds on the test split."""
     import json
@@ -206,12 +216,13 @@ def evaluate(
     from specad.evaluate import evaluate_detector
 
     ds = load_dataset(dataset)
-    det = _load_detector(model, dataset, device)
+    det = _load_detector(model, dataset, device, runtime)
     metrics = evaluate_detector(det, ds, far=far, tiled=tiled, progress=not as_json)
+    metrics["runtime"] = det.runtime
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
-    table = Table(title=f"{model} on {dataset}")
+    table = Table(title=f"{model} on {dataset} ({det.runtime})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("image_auroc", "image_f1_max", "pixel_auroc", "aupro_0.3"):
@@ -223,6 +234,37 @@ def evaluate(
     for name, row in metrics["per_class"].items():
         per.add_row(name, str(row["n_images"]), _fmt(row["image_auroc"]), _fmt(row["pixel_auroc"]))
     out.print(per)
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[Path, typer.Argument(help="Model file or run folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="Only 'onnx' for now.")] = "onnx",
+    int8: Annotated[
+        bool, typer.Option(help="Also write model.int8.onnx, calibrated on normal images.")
+    ] = False,
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset for calibration (default: the training one).")
+    ] = None,
+) -> None:
+    """Write model.onnx (and model.int8.onnx) beside the model, for the fast CPU runtimes."""
+    from specad.data import load_dataset
+    from specad.infer import Detector
+    from specad.train import calibration_images, load_inputs
+
+    if fmt != "onnx":
+        fail(f"unknown export format '{fmt}' (only 'onnx')")
+    det = Detector.load(model, device="cpu", runtime="torch")
+    images = None
+    if int8 or data is not None:
+        root = data or Path(det.meta.config.get("data", {}).get("root", ""))
+        if not str(root) or not root.is_dir():
+            fail(f"{root}: calibration dataset not found; pass --data DIR")
+        train = load_dataset(root).require("train")
+        images = load_inputs(det.meta.preprocess, calibration_images(train)).x
+    diffs = det.export(model, images, int8=int8)
+    for name, diff in diffs.items():
+        out.print(f"{name}: largest map difference from torch fp32 {diff:.3g}")
 
 
 def _fmt(value: float | None) -> str:

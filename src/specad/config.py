@@ -53,7 +53,9 @@ class TrainConfig(Strict):
     lr_decay_at: float = Field(0.95, gt=0, le=1)
     seed: int = 0
     device: str = "auto"
-    bf16: Literal["auto", "on", "off"] = "off"
+    bf16: Literal["auto", "on", "off"] = "auto"
+    cache_teacher: bool = True
+    export: list[Literal["onnx", "int8"]] = ["onnx"]
     log_every: int = Field(25, ge=1)
     val_every: int = Field(0, ge=0)
     checkpoint_every: int = Field(100, ge=1)

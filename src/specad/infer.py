@@ -7,6 +7,7 @@ config and versions).
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ from specad.errors import SpecadError
 from specad.io import Cube, atomic_file, read_cube
 
 MODEL_FILE, META_FILE = "model.safetensors", "model.json"
+RUNTIMES = ("auto", "torch", "bf16", "onnx", "int8")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -35,6 +37,13 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SpecadError(f"device '{name}' requested but CUDA is not available")
     return device
+
+
+def cpu_has_amx() -> bool:
+    """AMX tiles make bf16 convolutions several times faster than fp32; AVX-512 bf16 alone
+    measured slower than fp32 here (benchmarks/results.md), so only AMX earns bf16 by default."""
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.is_file() and "amx_bf16" in cpuinfo.read_text()
 
 
 @dataclass
@@ -81,7 +90,46 @@ class Detector:
     def __init__(self, model: Any, meta: ModelMeta, device: str | torch.device = "auto") -> None:
         self.meta = meta
         self.device = pick_device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
+        if isinstance(model, torch.nn.Module):
+            model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.model = model
+        self.runtime = "torch" if meta.kind == "efficientad" else "numpy"
+        self._runner: Any = None  # an OnnxRunner when the runtime is onnx or int8
+
+    def use_runtime(self, runtime: str, model_path: str | Path | None = None) -> Detector:
+        """Pick how EfficientAD maps are computed; ``model_path`` locates the ONNX exports.
+
+        torch: eager, channels_last; bf16: the same under bf16 autocast; onnx / int8: the fp32
+        or int8 export run by onnxruntime on the CPU. ``auto`` is the fp32 ONNX export on a CPU
+        when one made from these weights is there, else torch (bf16 on CPUs with AMX); torch on
+        a GPU. int8 is faster still but never automatic: its maps are not those of fp32.
+        """
+        if runtime not in RUNTIMES:
+            raise SpecadError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}")
+        if self.kind != "efficientad":
+            if runtime not in ("auto", "torch"):
+                raise SpecadError(f"runtime '{runtime}' applies to EfficientAD models, not RX")
+            return self
+        self._runner, self.runtime = None, runtime
+        if runtime == "auto":
+            if self.device.type == "cpu" and model_path is not None:
+                try:
+                    return self.use_runtime("onnx", model_path)
+                except SpecadError:  # no export, or a stale one: fall back to torch
+                    pass
+            self.runtime = "bf16" if self.device.type == "cpu" and cpu_has_amx() else "torch"
+            return self
+        if runtime in ("onnx", "int8"):
+            from specad.export import INT8_FILE, ONNX_FILE, OnnxRunner, weights_digest
+
+            if model_path is None:
+                raise SpecadError(f"runtime '{runtime}' needs the saved model's path")
+            path = _model_path(model_path)
+            onnx = path.with_name(INT8_FILE if runtime == "int8" else ONNX_FILE)
+            if not onnx.is_file():
+                raise SpecadError(f"no {runtime} export; run `specad export {path.parent}`", onnx)
+            self._runner = OnnxRunner(onnx, weights_digest(path))
+        return self
 
     @property
     def kind(self) -> str:
@@ -96,8 +144,12 @@ class Detector:
     @torch.inference_mode()
     def maps(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, S, S] anomaly maps for preprocessed input [B, C, S, S]."""
+        if self._runner is not None:
+            return self._runner(x)
         if self.kind == "efficientad":
-            return self.model.anomaly_map(x.to(self.device)).float().cpu()
+            x = x.to(self.device, memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.runtime == "bf16"):
+                return self.model.anomaly_map(x).float().cpu()
         maps = [self.model.score_map(xi.permute(1, 2, 0).numpy()) for xi in x.cpu()]
         return torch.from_numpy(np.stack(maps)[:, None].astype(np.float32))
 
@@ -186,9 +238,57 @@ class Detector:
                 meta_tmp.write_text(self.meta.to_json())
         return path
 
+    def export(
+        self, model_path: str | Path, images: torch.Tensor | None = None, int8: bool = False
+    ) -> dict[str, float]:
+        """Write ``model.onnx`` (and ``model.int8.onnx``) beside the saved model file.
+
+        ``images`` are preprocessed normal images [B, C, S, S]: the int8 calibration set and the
+        parity check. Returns each export's largest absolute map difference from this
+        detector's own maps on them; fp32 exports that differ by more than 1e-3 are refused.
+        """
+        from specad.export import (
+            INT8_FILE,
+            ONNX_FILE,
+            OnnxRunner,
+            export_onnx,
+            quantize_int8,
+            weights_digest,
+        )
+
+        path = _model_path(model_path)
+        size = self.meta.preprocess.image_size
+        if self.kind != "efficientad" or not size:
+            raise SpecadError("ONNX export needs an EfficientAD model with fixed image_size", path)
+        if int8 and images is None:
+            raise SpecadError("int8 export needs calibration images", path)
+        channels = len(self.meta.preprocess.channels)
+        if images is None:
+            images = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+        digest = weights_digest(path)
+        model = copy.deepcopy(self.model)
+        onnx = export_onnx(model, channels, size, path.with_name(ONNX_FILE), digest)
+        if int8:
+            batches = (b.float().numpy() for b in images.split(1))
+            quantize_int8(onnx, path.with_name(INT8_FILE), batches, digest)
+        reference = torch.cat([self.maps(b) for b in images.split(8)])
+        diffs = {}
+        for name, file in (("onnx", onnx), ("int8", path.with_name(INT8_FILE) if int8 else None)):
+            if file is not None:
+                runner = OnnxRunner(file, digest)
+                maps = torch.cat([runner(b) for b in images.split(8)])
+                diffs[name] = float((maps - reference).abs().max())
+        if diffs["onnx"] > 1e-3:
+            onnx.unlink()
+            raise SpecadError(f"ONNX export's maps differ from torch by {diffs['onnx']:.2g}", onnx)
+        return diffs
+
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> Detector:
-        """Load a model file (or the run folder holding it). Errors name the file at fault."""
+    def load(cls, path: str | Path, device: str = "auto", runtime: str = "auto") -> Detector:
+        """Load a model file (or the run folder holding it). Errors name the file at fault.
+
+        ``runtime`` is :meth:`use_runtime`'s choice; ``auto`` picks the fastest available.
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -204,14 +304,15 @@ class Detector:
         if meta.kind == "rx":
             from specad.models.rx import RX
 
-            return cls(RX.load(path), meta, device)
+            return cls(RX.load(path), meta, device).use_runtime(runtime)
         if meta.kind != "efficientad":
             raise SpecadError(f"unknown model kind '{meta.kind}'", meta_path)
         try:
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
             raise SpecadError(f"corrupt model weights ({err})", path) from err
-        return cls(_rebuild_efficientad(meta, state, path), meta, device)
+        model = _rebuild_efficientad(meta, state, path)
+        return cls(model, meta, device).use_runtime(runtime, path)
 
 
 def _rebuild_efficientad(meta: ModelMeta, state: dict[str, torch.Tensor], path: Path) -> Any:

@@ -83,7 +83,8 @@ class DetectorNode(Node):
         **kwargs: Any,
     ) -> None:
         super().__init__(model_path=str(model_path), channels=channels, tiled=tiled, **kwargs)
-        detector = Detector.load(model_path, device="cpu")
+        # torch: the weights live in the node's state_dict, which pipelines save and restore
+        detector = Detector.load(model_path, device="cpu", runtime="torch")
         if detector.kind != self.KIND:
             raise SpecadError(
                 f"{type(self).__name__} runs '{self.KIND}' models, this one is '{detector.kind}'",

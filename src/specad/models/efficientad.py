@@ -116,11 +116,21 @@ class PDN(nn.Module):
                 self.layers.append(getattr(self, f"avgpool{i}"))
             width_in = width
 
-    def forward(self, x: Tensor) -> Tensor:
+    def trunk(self, x: Tensor) -> Tensor:
+        """Everything before the last convolution."""
         x = self.norm(x)
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             x = layer(x)
         return x
+
+    def head(self, x: Tensor, channels: slice = slice(None)) -> Tensor:
+        """The last convolution, for only the output ``channels`` asked for: training needs one
+        half of the student's output per image, and computing only that halves its cost."""
+        conv = self.layers[-1]
+        return F.conv2d(x, conv.weight[channels], conv.bias[channels], padding=conv.padding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.trunk(x))
 
 
 class AutoEncoder(nn.Module):
@@ -281,18 +291,20 @@ class EfficientAD(nn.Module):
         return self
 
     @torch.no_grad()
-    def _teacher(self, x: Tensor) -> Tensor:
+    def teacher_features(self, x: Tensor) -> Tensor:
         return (self.teacher(x) - self.teacher_mean) / self.teacher_std
 
-    def _student(self, x: Tensor) -> Tensor:
-        out = self.student(x)
-        return out if out.shape[-2:] == self.grid else F.adaptive_avg_pool2d(out, self.grid)
+    def _on_grid(self, features: Tensor) -> Tensor:
+        """Student features on the teacher grid (a non-PDN teacher may have a coarser one)."""
+        if features.shape[-2:] == self.grid:
+            return features
+        return F.adaptive_avg_pool2d(features, self.grid)
 
     def maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Raw student-teacher and student-autoencoder maps [B, 1, h, w] on the teacher grid."""
         c = self.teacher_channels
-        student = self._student(x)
-        map_st = (self._teacher(x) - student[:, :c]).pow(2).mean(dim=1, keepdim=True)
+        student = self._on_grid(self.student(x))
+        map_st = (self.teacher_features(x) - student[:, :c]).pow(2).mean(dim=1, keepdim=True)
         map_ae = (self.autoencoder(x) - student[:, c:]).pow(2).mean(dim=1, keepdim=True)
         return map_st, map_ae
 
@@ -307,36 +319,60 @@ class EfficientAD(nn.Module):
 
     forward = anomaly_map
 
-    def loss(self, x: Tensor, x_aug: Tensor, penalty: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(
+        self,
+        x: Tensor,
+        x_aug: Tensor,
+        penalty: Tensor | None = None,
+        teacher_x: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """The paper's training losses; "total" is what to backpropagate.
 
         hard: student-teacher distance over its elements at or above the 0.999 quantile (exact,
         see `quantile`); penalty: mean squared student output on out-of-distribution images
         (ImageNet in the paper), if given; ae: autoencoder vs teacher on x_aug; stae: student's
-        second half vs autoencoder on x_aug. x and x_aug share one teacher and one student pass.
+        second half vs autoencoder on x_aug. Each term needs only one half of the student's
+        output, so each image computes only that half. ``teacher_x`` is the normalised teacher
+        output on x when the caller has it cached. Losses are computed in float32, so that
+        bf16 autocast only touches the convolutions.
         """
         c, b = self.teacher_channels, x.shape[0]
-        teacher, teacher_aug = self._teacher(torch.cat([x, x_aug])).split(b)
-        student, student_aug = self._student(torch.cat([x, x_aug])).split(b)
-        distance = (teacher - student[:, :c]).pow(2)
-        ae = self.autoencoder(x_aug)
+        if teacher_x is None:
+            teacher_x = self.teacher_features(x)
+        teacher, teacher_aug = teacher_x.float(), self.teacher_features(x_aug).float()
+        inputs = [x, x_aug] if penalty is None else [x, x_aug, penalty]
+        trunks = self.student.trunk(torch.cat(inputs)).split(b)  # one pass: ~5% faster
+        student = self._on_grid(self.student.head(trunks[0], slice(None, c))).float()
+        student_aug = self._on_grid(self.student.head(trunks[1], slice(c, None))).float()
+        distance = (teacher - student).pow(2)
+        ae = self.autoencoder(x_aug).float()
         losses = {
             "hard": distance[distance >= quantile(distance, 0.999)].mean(),
             "ae": (teacher_aug - ae).pow(2).mean(),
-            "stae": (ae - student_aug[:, c:]).pow(2).mean(),
+            "stae": (ae - student_aug).pow(2).mean(),
         }
         if penalty is not None:
-            losses["penalty"] = self.student(penalty)[:, :c].pow(2).mean()
+            losses["penalty"] = self.student.head(trunks[2], slice(None, c)).float().pow(2).mean()
         losses["total"] = torch.stack(list(losses.values())).sum()
         return losses
 
     @torch.no_grad()
-    def fit_teacher_stats(self, batches: Iterable[Tensor]) -> None:
-        """Channel mean/std of the teacher's features over the training images."""
+    def fit_teacher_stats(self, batches: Iterable[Tensor], keep: bool = False) -> Tensor | None:
+        """Channel mean/std of the teacher's features over the training images.
+
+        With ``keep`` the features are also returned, normalised: training caches them, since
+        the frozen teacher gives the same output on an un-augmented image at every step.
+        """
         device = self.teacher_mean.device
-        mean, std = channel_stats(self.teacher(x.to(device)) for x in batches)
+        features = (self.teacher(x.to(device)) for x in batches)
+        if keep:
+            features = list(features)
+        mean, std = channel_stats(features)
         self.teacher_mean.copy_(mean)
         self.teacher_std.copy_(std)
+        if not keep:
+            return None
+        return torch.cat([(f - self.teacher_mean) / self.teacher_std for f in features])
 
     @torch.no_grad()
     def fit_quantiles(self, batches: Iterable[Tensor]) -> None:
