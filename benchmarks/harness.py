@@ -108,14 +108,20 @@ def machine() -> dict[str, Any]:
 
 
 def run_case(c: Case, prepare: Prepare, reps: int, warmup: int) -> dict[str, Any]:
-    """Build, count, time. The FLOP count doubles as a first, untimed warm-up call."""
+    """Build, count, time. The FLOP count doubles as a first, untimed warm-up call.
+
+    A step may carry ``flop_reference``, a torch call doing the same arithmetic, for runtimes
+    the counter cannot see (onnxruntime), and ``runtime``, the name of what it ran.
+    """
     threads = set_threads()
     base = peak_rss_mb()
     step = prepare(c)
-    flops = count_flops(step)
+    flops = count_flops(getattr(step, "flop_reference", step))
+    step()
     times = time_calls(step, reps, warmup)
     return {
         **c,
+        "runtime": getattr(step, "runtime", c["path"]),
         "threads": threads,
         "times_s": times,
         "median_s": statistics.median(times),

@@ -88,6 +88,32 @@ def test_loss_is_finite_and_backpropagates() -> None:
     assert all(p.grad is None for p in model.teacher.parameters())
 
 
+def test_loss_equals_the_paper_computed_on_full_student_outputs() -> None:
+    """Computing only the needed half of the student per image changes no loss value."""
+    model = _model().train()
+    model.autoencoder.eval()  # no dropout, so both computations see the same autoencoder
+    gen = torch.Generator().manual_seed(0)
+    x, penalty = torch.rand(2, 4, 64, 64, generator=gen), torch.rand(2, 4, 64, 64, generator=gen)
+    x_aug = ae_augment(x, gen)
+    c = model.teacher_channels
+    with torch.no_grad():
+        teacher, teacher_aug = model.teacher_features(x), model.teacher_features(x_aug)
+        student, student_aug = model.student(x), model.student(x_aug)
+        distance = (teacher - student[:, :c]).pow(2)
+        ae = model.autoencoder(x_aug)
+        expected = {
+            "hard": distance[distance >= torch.quantile(distance.flatten(), 0.999)].mean(),
+            "ae": (teacher_aug - ae).pow(2).mean(),
+            "stae": (ae - student_aug[:, c:]).pow(2).mean(),
+            "penalty": model.student(penalty)[:, :c].pow(2).mean(),
+        }
+        got = model.loss(x, x_aug, penalty)
+        cached = model.loss(x, x_aug, penalty, teacher_x=teacher)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, msg=key)
+        torch.testing.assert_close(cached[key], value, msg=key)
+
+
 def test_quantile_matches_torch() -> None:
     values = torch.randn(3, 5, 7, 11, generator=torch.Generator().manual_seed(1))
     for q in (0.0, 0.5, 0.9, 0.995, 0.999, 1.0):

@@ -41,9 +41,12 @@ def test_lr_decays_tenfold_at_95_percent_of_steps(trained: tuple[Path, Path]) ->
     assert lrs[20] == pytest.approx(1e-5)
 
 
-def test_resume_ends_with_the_same_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flips", ["true", "false"])  # false: teacher outputs are cached
+def test_resume_ends_with_the_same_weights(tmp_path: Path, flips: str) -> None:
     root = make_dataset(tmp_path / "ds")
-    cfg = tiny_config(root, "train.steps=6", "train.checkpoint_every=2", "data.flips=true")
+    cfg = tiny_config(
+        root, "train.steps=6", "train.checkpoint_every=2", f"data.flips={flips}", "train.export=[]"
+    )
     straight = train(cfg, tmp_path / "a", progress=False)
     train(cfg, tmp_path / "b", stop_after=3, progress=False)
     assert not (tmp_path / "b" / "model.safetensors").exists()

@@ -58,16 +58,20 @@ def export_onnx(
     dummy = torch.zeros(1, in_channels, size, size)
     with atomic_file(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(tmp.with_suffix(".onnx")),
-            input_names=[INPUT],
-            output_names=[OUTPUT],
-            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                model,
+                (dummy,),
+                str(tmp.with_suffix(".onnx")),
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        except Exception as err:  # the exporter raises many types, all meaning "unsupported"
+            reason = str(err).splitlines()[0][:160]
+            raise SpecadError(f"this model cannot be exported to ONNX ({reason})", out) from err
         tmp.with_suffix(".onnx").replace(tmp)
         _stamp(tmp, digest)
     return out

@@ -74,10 +74,7 @@ def train_step(
     bf16: bool = False,
 ) -> dict[str, torch.Tensor]:
     """One optimisation step on the paper's losses; shared with the benchmarks."""
-    device = x.device.type
-    x, x_aug = _channels_last(x), _channels_last(x_aug)
-    penalty = None if penalty is None else _channels_last(penalty)
-    with torch.autocast(device, torch.bfloat16, enabled=bf16):
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
         losses = model.loss(x, x_aug, penalty, teacher_x)
     opt.zero_grad(set_to_none=True)
     losses["total"].backward()
@@ -190,9 +187,10 @@ def train(
         x = _augment_geometry(train_x[idx], cfg, gen)
         x_aug = ae_augment(x, gen)
         p = penalty.sample(cfg.train.batch_size, gen) if penalty is not None else None
-        p = None if p is None else p.to(device)
+        x, x_aug = _channels_last(x.to(device)), _channels_last(x_aug.to(device))
+        p = None if p is None else _channels_last(p.to(device))
         cached = None if teacher_x is None else teacher_x[idx.to(teacher_x.device)]
-        losses = train_step(model, opt, x.to(device), x_aug.to(device), p, cached, bf16)
+        losses = train_step(model, opt, x, x_aug, p, cached, bf16)
         sched.step()
         step += 1
         bar.update(1)

@@ -1,0 +1,120 @@
+"""The fast runtimes: ONNX export parity, int8, bf16, stale exports, and their CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_dataset
+from safetensors.torch import load_file, save_file
+from test_cli import specad
+from test_train import tiny_config
+
+from specad.data import load_dataset
+from specad.errors import SpecadError
+from specad.export import INT8_FILE, ONNX_FILE
+from specad.infer import Detector, fit_rx
+from specad.train import load_inputs, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = make_dataset(tmp_path_factory.mktemp("d") / "ds")
+    run = tmp_path_factory.mktemp("r") / "run"
+    cfg = tiny_config(root, "train.steps=20", "train.export=[onnx,int8]")
+    train(cfg, run, progress=False)
+    return root, run
+
+
+def _val(root: Path, det: Detector) -> torch.Tensor:
+    return load_inputs(det.meta.preprocess, load_dataset(root).require("val")).x
+
+
+def _maps(root: Path, run: Path, runtime: str) -> torch.Tensor:
+    det = Detector.load(run, device="cpu", runtime=runtime)
+    assert det.runtime == runtime
+    return det.maps(_val(root, det))
+
+
+def test_training_writes_both_exports(trained: tuple[Path, Path]) -> None:
+    _, run = trained
+    assert (run / ONNX_FILE).is_file() and (run / INT8_FILE).is_file()
+
+
+def test_auto_runs_the_fp32_onnx_export_with_torch_maps(trained: tuple[Path, Path]) -> None:
+    root, run = trained
+    assert Detector.load(run, device="cpu").runtime == "onnx"  # never int8 unasked
+    reference = _maps(root, run, "torch")
+    assert reference.abs().max() > 0.01  # a real map, so the comparison means something
+    assert torch.allclose(_maps(root, run, "onnx"), reference, atol=1e-4)
+
+
+def test_int8_and_bf16_maps_follow_fp32(trained: tuple[Path, Path]) -> None:
+    root, run = trained
+    reference = _maps(root, run, "torch").flatten().numpy()
+    for runtime in ("int8", "bf16"):
+        approx = _maps(root, run, runtime).flatten().numpy()
+        assert np.corrcoef(reference, approx)[0, 1] > 0.9, runtime
+        assert not np.allclose(reference, approx, atol=1e-6), runtime  # it is another path
+
+
+def test_stale_export_is_refused_and_auto_falls_back(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    state = load_file(copy / "model.safetensors")
+    state["student.conv1.bias"] += 1.0
+    save_file(state, copy / "model.safetensors")
+    assert Detector.load(copy, device="cpu").runtime == "torch"
+    with pytest.raises(SpecadError, match="does not match the model weights"):
+        Detector.load(copy, device="cpu", runtime="onnx")
+
+
+def test_runtime_errors_are_one_line(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    root, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / INT8_FILE).unlink()
+    with pytest.raises(SpecadError, match="no int8 export") as err:
+        Detector.load(copy, device="cpu", runtime="int8")
+    assert INT8_FILE in str(err.value)
+    with pytest.raises(SpecadError, match="unknown runtime"):
+        Detector.load(copy, device="cpu", runtime="fast")
+    (copy / ONNX_FILE).write_bytes(b"not onnx")
+    with pytest.raises(SpecadError, match="not a loadable ONNX model"):
+        Detector.load(copy, device="cpu", runtime="onnx")
+    rx = fit_rx(load_dataset(root))
+    with pytest.raises(SpecadError, match="applies to EfficientAD"):
+        rx.use_runtime("onnx")
+
+
+def test_cli_export_and_evaluate_with_a_runtime(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    root, run = trained
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("model.safetensors", "model.json"):
+        shutil.copy(run / name, copy / name)
+    done = specad("export", str(copy), "--int8", "--data", str(root))
+    assert "onnx: largest map difference" in done.stdout and "int8:" in done.stdout
+    assert (copy / ONNX_FILE).is_file() and (copy / INT8_FILE).is_file()
+    done = specad("evaluate", str(copy), str(root), "--json", "--runtime", "int8")
+    assert json.loads(done.stdout)["runtime"] == "int8"
+
+    done = specad("export", str(copy), "--format", "tflite", ok=False)
+    assert "unknown export format" in done.stderr
+    done = specad("export", str(tmp_path / "missing"), ok=False)
+    assert "missing/model.safetensors: model file not found" in done.stderr
+    done = specad("evaluate", str(copy), str(root), "--runtime", "fast", ok=False)
+    assert "unknown runtime 'fast'" in done.stderr
+
+
+def test_export_can_be_switched_off(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds")
+    train(tiny_config(root, "train.steps=2", "train.export=[]"), tmp_path / "run", progress=False)
+    assert not list((tmp_path / "run").glob("*.onnx"))
