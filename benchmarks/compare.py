@@ -52,27 +52,32 @@ def _ratio(c: dict[str, Any], anomalib: list[dict[str, Any]]) -> float | None:
     return None if ref is None else _speed(c) / _speed(ref)
 
 
-def _peak(c: dict[str, Any], peaks: dict[str, float]) -> float:
-    """The matmul ceiling in the path's dtype; the default path may use either, so the higher."""
-    if c["path"] == "detector":
-        return max(peaks.values())
-    return peaks["bf16" if "bf16" in c["path"] else "fp32"]
+def _peak(c: dict[str, Any], peaks: dict[str, float]) -> float | None:
+    """The matmul ceiling in the dtype the case computes in; none is measured for int8."""
+    runtime = c.get("runtime", c["path"])
+    if runtime == "int8":
+        return None
+    return peaks["bf16" if "bf16" in runtime else "fp32"]
 
 
 def _row(c: dict[str, Any], peaks: dict[str, float], anomalib: list[dict[str, Any]]) -> list[str]:
-    head = [c["side"], c["model"], c["path"], str(c["channels"]), c["task"], str(c["batch"])]
+    path = c["path"]
+    if c.get("runtime", path) != path:  # the default path: say what it chose
+        path = f"{path} ({c['runtime']})"
+    head = [c["side"], c["model"], path, str(c["channels"]), c["task"], str(c["batch"])]
     if "error" in c:
         return head + [f"error: {c['error']}"] + [""] * (len(COLUMNS) - len(head) - 1)
     gflops = c["flops"] / c["median_s"] / 1e9
     ratio = _ratio(c, anomalib) if c["side"] == "specad" else None
     speed = _speed(c)
+    peak = _peak(c, peaks)
     return head + [
         f"{c['median_s'] * 1e3:.0f}",
         f"{speed:.2f} img/s" if c["task"] == "infer" else f"{speed:.2f} s",
         "–" if ratio is None else f"{ratio:.2f}×",
         f"{c['flops'] / c['batch'] / 1e9:.1f}",
         f"{gflops:.1f}",
-        f"{100 * gflops / _peak(c, peaks):.0f}%",
+        "–" if peak is None else f"{100 * gflops / peak:.0f}%",
         f"{c['rss_peak_mb'] - c['rss_base_mb']:.0f}",
     ]
 
@@ -154,9 +159,11 @@ def report(specad: dict[str, Any], anomalib: dict[str, Any], tta: dict[str, Any]
     lines += [
         "specad/anomalib: images/s ratio for infer rows, s/step ratio for train rows, against "
         "anomalib's fp32 row of the same task and batch. GFLOP/img: counted by "
-        "`torch.utils.flop_counter.FlopCounterMode` (train: forward + backward of one step). "
-        "% of peak: against the matmul peak in the path's dtype. RSS +MB: peak resident memory "
-        "of the case's own process over that process after its imports.",
+        "`torch.utils.flop_counter.FlopCounterMode` on the torch model (train: forward + "
+        "backward of one step); onnxruntime paths do the same arithmetic, so GFLOP/s for them "
+        "is that count over their time (for int8, integer operations). % of peak: against the "
+        "matmul peak in the path's dtype (none is measured for int8). RSS +MB: peak resident "
+        "memory of the case's own process over that process after its imports.",
         "",
         "## Targets (3 channels)",
         "",

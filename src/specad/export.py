@@ -62,7 +62,7 @@ def export_onnx(
             torch.onnx.export(
                 model,
                 (dummy,),
-                str(tmp.with_suffix(".onnx")),
+                str(tmp),
                 input_names=[INPUT],
                 output_names=[OUTPUT],
                 dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
@@ -72,7 +72,6 @@ def export_onnx(
         except Exception as err:  # the exporter raises many types, all meaning "unsupported"
             reason = str(err).splitlines()[0][:160]
             raise SpecadError(f"this model cannot be exported to ONNX ({reason})", out) from err
-        tmp.with_suffix(".onnx").replace(tmp)
         _stamp(tmp, digest)
     return out
 
@@ -102,7 +101,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray], dige
             quant_pre_process(str(fp32), str(pre))
             quantize_static(
                 str(pre),
-                str(tmp.with_suffix(".onnx")),
+                str(tmp),
                 Reader(),
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
@@ -111,7 +110,6 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray], dige
             )
         finally:
             pre.unlink(missing_ok=True)
-        tmp.with_suffix(".onnx").replace(tmp)
         _stamp(tmp, digest)
     return out
 
