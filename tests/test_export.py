@@ -17,7 +17,7 @@ from test_train import tiny_config
 from specad.data import load_dataset
 from specad.errors import SpecadError
 from specad.export import INT8_FILE, ONNX_FILE
-from specad.infer import Detector, fit_rx
+from specad.infer import Detector, cpu_has_vnni, fit_rx, fit_threshold
 from specad.train import load_inputs, train
 
 
@@ -25,7 +25,7 @@ from specad.train import load_inputs, train
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = make_dataset(tmp_path_factory.mktemp("d") / "ds")
     run = tmp_path_factory.mktemp("r") / "run"
-    cfg = tiny_config(root, "train.steps=20", "train.export=[onnx,int8]")
+    cfg = tiny_config(root, "train.steps=20")  # exports onnx and int8 by default
     train(cfg, run, progress=False)
     return root, run
 
@@ -45,12 +45,30 @@ def test_training_writes_both_exports(trained: tuple[Path, Path]) -> None:
     assert (run / ONNX_FILE).is_file() and (run / INT8_FILE).is_file()
 
 
-def test_auto_runs_the_fp32_onnx_export_with_torch_maps(trained: tuple[Path, Path]) -> None:
+def test_onnx_export_gives_the_torch_maps(trained: tuple[Path, Path]) -> None:
     root, run = trained
-    assert Detector.load(run, device="cpu").runtime == "onnx"  # never int8 unasked
     reference = _maps(root, run, "torch")
     assert reference.abs().max() > 0.01  # a real map, so the comparison means something
     assert torch.allclose(_maps(root, run, "onnx"), reference, atol=1e-4)
+
+
+def test_auto_picks_int8_on_vnni_cpus_with_its_own_threshold(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root, run = trained
+    det = Detector.load(run, device="cpu")
+    assert det.runtime == ("int8" if cpu_has_vnni() else "onnx")
+    int8 = Detector.load(run, device="cpu", runtime="int8")
+    scores = int8.maps(_val(root, int8)).amax(dim=(1, 2, 3)).numpy()
+    assert int8.threshold == pytest.approx(fit_threshold(scores, 0.01))
+    assert int8.threshold != Detector.load(run, device="cpu", runtime="onnx").threshold
+
+    copy = tmp_path / "run"  # an int8 export without its threshold is never chosen by itself
+    shutil.copytree(run, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    del meta["extra"]["int8_threshold"]
+    (copy / "model.json").write_text(json.dumps(meta))
+    assert Detector.load(copy, device="cpu").runtime == "onnx"
 
 
 def test_int8_and_bf16_maps_follow_fp32(trained: tuple[Path, Path]) -> None:

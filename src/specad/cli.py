@@ -247,7 +247,10 @@ def export_cmd(
         Path | None, typer.Option(help="Dataset for calibration (default: the training one).")
     ] = None,
 ) -> None:
-    """Write model.onnx (and model.int8.onnx) beside the model, for the fast CPU runtimes."""
+    """Write model.onnx (and model.int8.onnx) beside the model, for the fast CPU runtimes.
+
+    int8 is calibrated on training images and gets its own threshold from the validation ones.
+    """
     from specad.data import load_dataset
     from specad.infer import Detector
     from specad.train import calibration_images, load_inputs
@@ -255,14 +258,16 @@ def export_cmd(
     if fmt != "onnx":
         fail(f"unknown export format '{fmt}' (only 'onnx')")
     det = Detector.load(model, device="cpu", runtime="torch")
-    images = None
+    images = validation = None
     if int8 or data is not None:
         root = data or Path(det.meta.config.get("data", {}).get("root", ""))
         if not str(root) or not root.is_dir():
             fail(f"{root}: calibration dataset not found; pass --data DIR")
-        train = load_dataset(root).require("train")
-        images = load_inputs(det.meta.preprocess, calibration_images(train)).x
-    diffs = det.export(model, images, int8=int8)
+        ds = load_dataset(root)
+        images = load_inputs(det.meta.preprocess, calibration_images(ds.require("train"))).x
+        validation = load_inputs(det.meta.preprocess, ds.require("val")).x
+    far = det.meta.config.get("train", {}).get("threshold_far", 0.01)
+    diffs = det.export(model, images, int8=int8, validation=validation, far=far)
     for name, diff in diffs.items():
         out.print(f"{name}: largest map difference from torch fp32 {diff:.3g}")
 

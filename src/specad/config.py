@@ -55,7 +55,7 @@ class TrainConfig(Strict):
     device: str = "auto"
     bf16: Literal["auto", "on", "off"] = "auto"
     cache_teacher: bool = True
-    export: list[Literal["onnx", "int8"]] = ["onnx"]
+    export: list[Literal["onnx", "int8"]] = ["onnx", "int8"]
     log_every: int = Field(25, ge=1)
     val_every: int = Field(0, ge=0)
     checkpoint_every: int = Field(100, ge=1)

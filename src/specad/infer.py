@@ -39,11 +39,30 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def _cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
 def cpu_has_amx() -> bool:
     """AMX tiles make bf16 convolutions several times faster than fp32; AVX-512 bf16 alone
     measured slower than fp32 here (benchmarks/results.md), so only AMX earns bf16 by default."""
-    cpuinfo = Path("/proc/cpuinfo")
-    return cpuinfo.is_file() and "amx_bf16" in cpuinfo.read_text()
+    return "amx_bf16" in _cpu_flags()
+
+
+def cpu_has_vnni() -> bool:
+    """VNNI int8 dot products: the int8 export ran 2.7x faster than fp32 onnxruntime with them."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
+
+
+def fit_threshold(val_scores: np.ndarray, far: float) -> float:
+    """The image-score threshold that flags a fraction ``far`` of normal validation images."""
+    return float(np.quantile(val_scores, 1 - far, method="higher"))
 
 
 @dataclass
@@ -100,9 +119,10 @@ class Detector:
         """Pick how EfficientAD maps are computed; ``model_path`` locates the ONNX exports.
 
         torch: eager, channels_last; bf16: the same under bf16 autocast; onnx / int8: the fp32
-        or int8 export run by onnxruntime on the CPU. ``auto`` is the fp32 ONNX export on a CPU
-        when one made from these weights is there, else torch (bf16 on CPUs with AMX); torch on
-        a GPU. int8 is faster still but never automatic: its maps are not those of fp32.
+        or int8 export run by onnxruntime on the CPU. ``auto`` on a CPU takes the first export
+        made from these very weights: int8 (only on CPUs with VNNI, and only if it has its own
+        threshold, fitted at export on validation images), then onnx; otherwise torch, under
+        bf16 on CPUs with AMX. On a GPU it is torch.
         """
         if runtime not in RUNTIMES:
             raise SpecadError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}")
@@ -112,11 +132,14 @@ class Detector:
             return self
         self._runner, self.runtime = None, runtime
         if runtime == "auto":
-            if self.device.type == "cpu" and model_path is not None:
+            exports = ["onnx"]
+            if cpu_has_vnni() and "int8_threshold" in self.meta.extra:
+                exports.insert(0, "int8")
+            for candidate in exports if self.device.type == "cpu" and model_path else []:
                 try:
-                    return self.use_runtime("onnx", model_path)
-                except SpecadError:  # no export, or a stale one: fall back to torch
-                    pass
+                    return self.use_runtime(candidate, model_path)
+                except SpecadError:  # no export, or a stale one: try the next
+                    continue
             self.runtime = "bf16" if self.device.type == "cpu" and cpu_has_amx() else "torch"
             return self
         if runtime in ("onnx", "int8"):
@@ -137,6 +160,9 @@ class Detector:
 
     @property
     def threshold(self) -> float:
+        """The calibrated threshold; int8 maps differ from fp32, so int8 has its own."""
+        if self.runtime == "int8" and "int8_threshold" in self.meta.extra:
+            return float(self.meta.extra["int8_threshold"])
         return self.meta.threshold
 
     # ------------------------------------------------------------------ maps on model input
@@ -147,11 +173,15 @@ class Detector:
         if self._runner is not None:
             return self._runner(x)
         if self.kind == "efficientad":
-            x = x.to(self.device, memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.runtime == "bf16"):
-                return self.model.anomaly_map(x).float().cpu()
+            return self._torch_maps(x, bf16=self.runtime == "bf16")
         maps = [self.model.score_map(xi.permute(1, 2, 0).numpy()) for xi in x.cpu()]
         return torch.from_numpy(np.stack(maps)[:, None].astype(np.float32))
+
+    @torch.inference_mode()
+    def _torch_maps(self, x: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+        x = x.to(self.device, memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
+            return self.model.anomaly_map(x).float().cpu()
 
     # ------------------------------------------------------------------ cubes in, predictions out
 
@@ -239,13 +269,21 @@ class Detector:
         return path
 
     def export(
-        self, model_path: str | Path, images: torch.Tensor | None = None, int8: bool = False
+        self,
+        model_path: str | Path,
+        images: torch.Tensor | None = None,
+        *,
+        int8: bool = False,
+        validation: torch.Tensor | None = None,
+        far: float = 0.01,
     ) -> dict[str, float]:
         """Write ``model.onnx`` (and ``model.int8.onnx``) beside the saved model file.
 
         ``images`` are preprocessed normal images [B, C, S, S]: the int8 calibration set and the
-        parity check. Returns each export's largest absolute map difference from this
-        detector's own maps on them; fp32 exports that differ by more than 1e-3 are refused.
+        parity check. With ``validation`` images the int8 export gets its own threshold, at the
+        same false-alarm rate ``far`` as the model's, saved in ``model.json``; only then does
+        ``auto`` choose it. Returns each export's largest absolute map difference from the torch
+        fp32 maps on ``images``; an fp32 export that differs by more than 1e-3 is refused.
         """
         from specad.export import (
             INT8_FILE,
@@ -267,20 +305,26 @@ class Detector:
             images = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
         digest = weights_digest(path)
         model = copy.deepcopy(self.model)
-        onnx = export_onnx(model, channels, size, path.with_name(ONNX_FILE), digest)
+        files = {"onnx": export_onnx(model, channels, size, path.with_name(ONNX_FILE), digest)}
         if int8:
             batches = (b.float().numpy() for b in images.split(1))
-            quantize_int8(onnx, path.with_name(INT8_FILE), batches, digest)
-        reference = torch.cat([self.maps(b) for b in images.split(8)])
-        diffs = {}
-        for name, file in (("onnx", onnx), ("int8", path.with_name(INT8_FILE) if int8 else None)):
-            if file is not None:
-                runner = OnnxRunner(file, digest)
-                maps = torch.cat([runner(b) for b in images.split(8)])
-                diffs[name] = float((maps - reference).abs().max())
+            files["int8"] = quantize_int8(files["onnx"], path.with_name(INT8_FILE), batches, digest)
+        reference = torch.cat([self._torch_maps(b) for b in images.split(8)])
+        diffs, runners = {}, {name: OnnxRunner(file, digest) for name, file in files.items()}
+        for name, runner in runners.items():
+            maps = torch.cat([runner(b) for b in images.split(8)])
+            diffs[name] = float((maps - reference).abs().max())
         if diffs["onnx"] > 1e-3:
-            onnx.unlink()
-            raise SpecadError(f"ONNX export's maps differ from torch by {diffs['onnx']:.2g}", onnx)
+            files["onnx"].unlink()
+            message = f"ONNX export's maps differ from torch by {diffs['onnx']:.2g}"
+            raise SpecadError(message, files["onnx"])
+        if int8:  # a new int8 file needs a new threshold, or none
+            self.meta.extra.pop("int8_threshold", None)
+        if int8 and validation is not None:
+            scores = torch.cat([runners["int8"](b) for b in validation.split(8)]).amax((1, 2, 3))
+            self.meta.extra["int8_threshold"] = fit_threshold(scores.numpy(), far)
+        with atomic_file(path.with_name(META_FILE)) as tmp:
+            tmp.write_text(self.meta.to_json())
         return diffs
 
     @classmethod
@@ -414,6 +458,6 @@ def fit_rx(
     meta = ModelMeta("rx", pre, float("inf"), chosen.bands, chosen.wavelengths, chosen.rgb)
     det = Detector(rx, meta, "cpu")
     val = run_split(det, dataset.require("val"))
-    meta.threshold = float(np.quantile(val.scores, 0.99, method="higher"))
+    meta.threshold = fit_threshold(val.scores, 0.01)
     meta.extra = {"val_scores": val.scores.tolist()}
     return det

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from specad.config import Config, dump_config
 from specad.data import Dataset, PenaltySet, Preprocess, load_dataset, read_mask, select_channels
 from specad.errors import SpecadError
-from specad.infer import Detector, ModelMeta, cpu_has_amx, pick_device
+from specad.infer import Detector, ModelMeta, cpu_has_amx, fit_threshold, pick_device
 from specad.io import atomic_file, read_cube, refuse_nonempty
 from specad.models.build import build_efficientad
 from specad.models.efficientad import EfficientAD, ae_augment
@@ -215,12 +215,13 @@ def train(
     model.eval()
     model.fit_quantiles(_batches(val_x, 8, device))
     val_scores = _scores(model, val_x, device)
-    meta.threshold = float(np.quantile(val_scores, 1 - cfg.train.threshold_far, method="higher"))
+    meta.threshold = fit_threshold(val_scores, cfg.train.threshold_far)
     meta.extra = {"val_scores": val_scores.tolist(), "steps": step}
     detector = Detector(model, meta, device)
     path = detector.save(out / "model.safetensors")
     if cfg.train.export:
-        _export(detector, path, calibration_images(train_x), "int8" in cfg.train.export)
+        int8 = "int8" in cfg.train.export
+        _export(detector, path, calibration_images(train_x), int8, val_x, cfg.train.threshold_far)
     return path
 
 
@@ -229,10 +230,17 @@ def calibration_images(x: Sequence, count: int = 32) -> Sequence:
     return x[:: max(1, len(x) // count)][:count]
 
 
-def _export(detector: Detector, path: Path, images: torch.Tensor, int8: bool) -> None:
+def _export(
+    detector: Detector,
+    path: Path,
+    images: torch.Tensor,
+    int8: bool,
+    validation: torch.Tensor,
+    far: float,
+) -> None:
     """The fast CPU runtimes' files; a failure costs speed, never the trained model."""
     try:
-        detector.export(path, images, int8=int8)
+        detector.export(path, images, int8=int8, validation=validation, far=far)
     except SpecadError as err:
         tqdm.write(f"warning: ONNX export skipped ({err})", file=sys.stderr)
 
