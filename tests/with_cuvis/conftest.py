@@ -69,8 +69,9 @@ def batch(cubes: list[Cube]) -> torch.Tensor:
 
 
 def reference(model_path: Path, cubes: list[Cube], **kwargs: object) -> dict[str, np.ndarray]:
-    """What ``specad predict`` gives (Detector.predict, one cube at a time), as port arrays."""
-    detector = Detector.load(model_path, device="cpu")
+    """What ``specad predict --runtime torch`` gives (Detector.predict, one cube at a time), as
+    port arrays; nodes run torch, whose weights they carry in their state_dict."""
+    detector = Detector.load(model_path, device="cpu", runtime="torch")
     preds = [detector.predict(c, **kwargs) for c in cubes]
     return {
         "anomaly_map": np.stack([p.anomaly_map for p in preds])[..., None],
