@@ -67,11 +67,15 @@ def _model(c: harness.Case) -> EfficientAD:
 
 
 def _export(path: Path, channels: int, int8: bool) -> None:
-    """The exports ``specad train`` writes; run in a child so their memory is not counted."""
+    """The exports ``specad train`` writes; run in a child so their memory is not counted.
+
+    Random images stand in for the calibration and validation ones: speed does not depend on
+    them, and the int8 threshold they give only has to exist for ``auto`` to choose int8.
+    """
     det = Detector.load(path, device="cpu", runtime="torch")
-    calibration = harness.random_images(8, channels, seed=2)  # speed does not depend on it
+    images = harness.random_images(8, channels, seed=2)
     with contextlib.suppress(SpecadError):  # as `specad train`: unexportable models run on torch
-        det.export(path, calibration, int8=int8)
+        det.export(path, images, int8=int8, validation=images if int8 else None)
 
 
 def _detector(model: EfficientAD, c: harness.Case, folder: Path) -> Detector:
@@ -84,7 +88,7 @@ def _detector(model: EfficientAD, c: harness.Case, folder: Path) -> Detector:
     meta = ModelMeta("efficientad", pre, float("inf"), bands, None, None, config)
     path = Detector(model, meta, "cpu").save(folder / "model.safetensors")
     child = multiprocessing.get_context("spawn").Process(
-        target=_export, args=(path, channels, c["path"] == "int8")
+        target=_export, args=(path, channels, c["path"] in ("int8", "detector"))
     )
     child.start()
     child.join()
