@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 SIZE = 256  # image side of every case, as in the paper
 OUT = Path(__file__).resolve().parent / "out"
 RESULT_TAG = "BENCH-RESULT "  # marks the child's result line among whatever else it prints
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 
 Case = dict[str, Any]  # task, model, path, channels, batch: JSON-friendly for the child's argv
 Prepare = Callable[[Case], Callable[[], object]]
