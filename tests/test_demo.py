@@ -21,6 +21,12 @@ def test_demo_writes_a_report_with_every_class_and_both_models(tmp_path: Path) -
     assert index == out / "report" / "index.html" and index.is_file()
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"efficientad", "rx"}
+    # the report runs what `auto` picks: an export if training could write one, else torch
+    exported = (out / "run" / "model.onnx").is_file()
+    assert exported != ("warning: ONNX export skipped" in done.stderr)
+    runtimes = {"int8", "onnx"} if exported else {"torch"}
+    assert metrics["models"]["efficientad"]["runtime"] in runtimes
+    assert metrics["models"]["rx"]["runtime"] == "numpy"
     classes = json.loads((out / "tray6" / "classes.json").read_text())
     html = index.read_text()
     for name in classes.values():

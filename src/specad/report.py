@@ -144,6 +144,7 @@ class Run:
     test: SplitResults
     metrics: dict[str, Any]
     curves: dict[str, Any]
+    runtime: str  # how the maps were computed (torch, onnx, int8, ...): int8 maps differ
 
     @property
     def threshold(self) -> float:
@@ -182,7 +183,7 @@ def _run_dataset(
         val_res = run_split(det, val, tiled=cfg.tiled, progress=progress)
         summary = evaluate_split(res, val_res, cfg.far)
         crv = curves(res.scores, res.maps, res.masks, res.class_names, max_pixels=CURVE_PIXELS)
-        runs.append(Run(model, det.kind, res, summary, crv))
+        runs.append(Run(model, det.kind, res, summary, crv, det.runtime))
     return DatasetRuns(name, ds, runs)
 
 
@@ -240,7 +241,13 @@ def _metrics_json(cfg: ReportConfig, results: list[DatasetRuns]) -> dict[str, An
     for dr in results:
         for run in dr.runs:
             entry = models.setdefault(
-                run.model, {"kind": run.kind, "source": cfg.models[run.model], "datasets": {}}
+                run.model,
+                {
+                    "kind": run.kind,
+                    "runtime": run.runtime,
+                    "source": cfg.models[run.model],
+                    "datasets": {},
+                },
             )
             entry["datasets"][dr.name] = run.metrics
     return {"specad": __version__, "far": cfg.far, "models": models}
@@ -998,7 +1005,8 @@ def _index_html(cfg: ReportConfig, results: list[DatasetRuns], sections: list[st
         f'<a href="#images-{dr.name}">per-image pages</a></li>'
         for dr in results
     )
-    models = ", ".join(html.escape(m) for m in cfg.models)
+    runtimes = {run.model: run.runtime for dr in results for run in dr.runs}
+    models = ", ".join(f"{html.escape(m)} ({html.escape(runtimes[m])})" for m in cfg.models)
     stamp = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     body = (
         "<h1>Anomaly-detection report</h1>"
