@@ -110,6 +110,8 @@ def test_runtime_errors_are_one_line(trained: tuple[Path, Path], tmp_path: Path)
     rx = fit_rx(load_dataset(root))
     with pytest.raises(SpecadError, match="applies to EfficientAD"):
         rx.use_runtime("onnx")
+    with pytest.raises(SpecadError, match="needs an EfficientAD model"):
+        rx.export(rx.save(tmp_path / "rx"))
 
 
 def test_cli_export_and_evaluate_with_a_runtime(trained: tuple[Path, Path], tmp_path: Path) -> None:
