@@ -132,6 +132,8 @@ def test_cli_export_and_evaluate_with_a_runtime(trained: tuple[Path, Path], tmp_
     assert "missing/model.safetensors: model file not found" in done.stderr
     done = specad("evaluate", str(copy), str(root), "--runtime", "fast", ok=False)
     assert "unknown runtime 'fast'" in done.stderr
+    done = specad("evaluate", "rx", str(root), "--runtime", "int8", ok=False)
+    assert "runtime 'int8' applies to EfficientAD models" in done.stderr
 
 
 def test_export_can_be_switched_off(tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ def _load_detector(model: str, dataset: Path | None, device: str, runtime: str =
             fail("--model rx needs a dataset to fit on; save one with `specad rx fit`")
         from specad.data import load_dataset
 
-        return fit_rx(load_dataset(dataset))
+        return fit_rx(load_dataset(dataset)).use_runtime(runtime)
     return Detector.load(model, device=device, runtime=runtime)
 
 
