@@ -56,10 +56,10 @@ def test_predict_writes_maps_overlays_scores_and_skips_bad_cubes(run, tmp_path: 
     assert "broken.tif: cannot read cube" in done.stderr
     rows = list(csv.DictReader((out / "scores.csv").open()))
     assert len(rows) == 7
-    stem = Path(rows[0]["file"]).stem
-    amap = tifffile.imread(out / "maps" / f"{stem}.tif")
+    amap = tifffile.imread(out / rows[0]["map"])
     assert amap.dtype == np.float32 and amap.shape == (64, 64)
-    assert (out / "overlays" / f"{stem}.png").is_file()
+    name = Path(rows[0]["map"]).relative_to("maps").with_suffix(".png")
+    assert (out / "overlays" / name).is_file()
 
 
 def test_predict_refuses_to_overwrite(run, tmp_path: Path) -> None:

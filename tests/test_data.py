@@ -85,7 +85,7 @@ def test_check_reports_every_problem(tiny_dataset: Path) -> None:
     problems = "\n".join(check_dataset(tiny_dataset).problems)
     assert "channel counts differ" in problems
     assert "square000.png: mask is 10x10 but its cube is 64x64" in problems
-    assert "square001.png: mask ids [9] are missing from classes.json" in problems
+    assert "square001.png: mask ids [9] are not in the dataset's class list" in problems
     assert "nan.npy: 24576 NaN/Inf values" in problems
     assert "cut.tif: cannot read cube" in problems
 

@@ -54,11 +54,13 @@ def synth(
 
 
 @dataset_app.command("check")
-def dataset_check(root: Annotated[Path, typer.Argument(help="Dataset folder.")]) -> None:
+def dataset_check(
+    root: Annotated[Path, typer.Argument(help="Dataset folder.")], layout: Layout = None
+) -> None:
     """Validate a dataset and print a summary; exit 2 if any problem is found."""
     from specad.data import check_dataset
 
-    report = check_dataset(root)
+    report = check_dataset(root, layout)
     table = Table(title=f"{report.root} ({report.layout} layout)")
     table.add_column("split")
     table.add_column("class")
@@ -70,7 +72,7 @@ def dataset_check(root: Annotated[Path, typer.Argument(help="Dataset folder.")])
     out.print(f"bands: {', '.join(report.bands) or '-'}")
     wl = ", ".join(f"{w:g}" for w in report.wavelengths) if report.wavelengths else "unknown"
     out.print(f"wavelengths (nm): {wl}")
-    out.print(f"sizes (HxW): {', '.join(f'{h}x{w}' for h, w in report.sizes) or '-'}")
+    out.print(f"sizes (HxW): {report.size_summary()}")
     out.print(f"stored dtype: {', '.join(report.dtypes) or '-'}")
     out.print(f"value range: {report.value_range[0]:.4g} .. {report.value_range[1]:.4g}")
     out.print(f"classes: {', '.join(f'{i}={n}' for i, n in sorted(report.classes.items()))}")
@@ -116,21 +118,17 @@ def _load_detector(model: str, dataset: Path | None, device: str, runtime: str =
     return Detector.load(model, device=device, runtime=runtime)
 
 
-def _expand_inputs(inputs: list[Path]) -> list[Path]:
-    from specad.io import CUBE_SUFFIXES
-
-    files: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            files += sorted(
-                p for p in item.rglob("*") if p.suffix.lower() in CUBE_SUFFIXES and p.is_file()
-            )
-        else:
-            files.append(item)
-    return files
-
-
 Device = Annotated[str, typer.Option(help="auto (CUDA, then CPU), cpu, cuda, cuda:1 ...")]
+Variable = Annotated[
+    str | None, typer.Option(help="Array to read from .mat/.npz files (default: largest 3-D).")
+]
+Layout = Annotated[
+    str | None,
+    typer.Option(
+        help="Stored axis order of plain arrays: hwc, chw, whc, cwh, hcw or wch (default: the "
+        "format's convention; guessed, with a note, for .npy/.npz and bare TIFF arrays)."
+    ),
+]
 Runtime = Annotated[
     str,
     typer.Option(
@@ -146,57 +144,33 @@ def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Cube files or folders.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to create.")],
     tiled: Annotated[bool, typer.Option(help="Native-resolution overlapping tiles.")] = False,
+    variable: Variable = None,
+    layout: Layout = None,
     device: Device = "auto",
     runtime: Runtime = "auto",
     force: Force = False,
 ) -> None:
-    """Score cubes: float32 TIFF maps, PNG overlays and scores.csv. Bad cubes are skipped."""
-    import csv
-
-    import tifffile
-    from PIL import Image
-    from tqdm import tqdm
-
-    from specad.io import atomic_dir, read_cube
-    from specad.visual import false_colour, overlay
+    """Score cubes: float32 TIFF maps, PNG overlays and scores.csv. Bad cubes are listed."""
+    from specad.predict import expand_inputs, predict_files
 
     det = _load_detector(model, None, device, runtime)
     err.print(f"runtime: {det.runtime}", highlight=False)
-    files = _expand_inputs(inputs)
-    if not files:
-        fail("no cube files among the inputs")
-    failed: list[str] = []
-    with atomic_dir(out_dir, force) as tmp:
-        (tmp / "maps").mkdir()
-        (tmp / "overlays").mkdir()
-        with open(tmp / "scores.csv", "w", newline="") as f:
-            rows = csv.writer(f)
-            rows.writerow(["file", "score", "anomalous", "threshold"])
-            for path in tqdm(files, unit="cube"):
-                try:
-                    cube = read_cube(path)
-                    pred = det.predict(cube, tiled=tiled, paths=[path])
-                except SpecadError as e:
-                    failed.append(str(e))
-                    continue
-                tifffile.imwrite(tmp / "maps" / f"{path.stem}.tif", pred.anomaly_map)
-                rgb = false_colour(cube.data, cube.rgb or (0, 0, 0))
-                Image.fromarray(overlay(rgb, pred.anomaly_map, det.threshold)).save(
-                    tmp / "overlays" / f"{path.stem}.png"
-                )
-                rows.writerow(
-                    [
-                        str(path),
-                        f"{pred.score:.6g}",
-                        int(pred.score > det.threshold),
-                        f"{det.threshold:.6g}",
-                    ]
-                )
-    out.print(f"wrote {out_dir} ({len(files) - len(failed)} cubes)")
-    if failed:
-        for line in failed:
+    files = expand_inputs(inputs)
+    run = predict_files(
+        det,
+        files,
+        out_dir,
+        tiled=tiled,
+        force=force,
+        variable=variable,
+        layout=layout,
+        progress=True,
+    )
+    out.print(f"wrote {run.out} ({run.scored} cubes)")
+    if run.failed:
+        for line in run.failed:
             err.print(f"skipped: {line}", markup=False, highlight=False, soft_wrap=True)
-        fail(f"{len(failed)} of {len(files)} inputs could not be read")
+        fail(f"{len(run.failed)} of {len(files)} inputs could not be scored")
 
 
 @app.command()
@@ -206,6 +180,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
     far: Annotated[float, typer.Option(help="Normal-image false-alarm rate.")] = 0.01,
     tiled: Annotated[bool, typer.Option(help="Native-resolution overlapping tiles.")] = False,
+    layout: Layout = None,
     device: Device = "auto",
     runtime: Runtime = "auto",
 ) -> None:
@@ -215,7 +190,7 @@ def evaluate(
     from specad.data import load_dataset
     from specad.evaluate import evaluate_detector
 
-    ds = load_dataset(dataset)
+    ds = load_dataset(dataset, layout)
     det = _load_detector(model, dataset, device, runtime)
     metrics = evaluate_detector(det, ds, far=far, tiled=tiled, progress=not as_json)
     metrics["runtime"] = det.runtime
@@ -455,12 +430,28 @@ def report(
     out.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)
 
 
+def _note(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Library warnings (e.g. a guessed cube layout) as one ``note:`` line, not a traceback."""
+    err.print(f"note: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
-    """Entry point: run the app, mapping user errors to one line and exit code 2."""
+    """Entry point: run the app, mapping user errors to one line and exit code 2.
+
+    An ``OSError`` that escapes (disk full, permissions) is the environment, not a bug: it is
+    one line naming the file as well.
+    """
+    import warnings
+
+    warnings.showwarning = _note
     try:
         app()
     except SpecadError as e:
         err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"error: {where}{e.strerror or e}", markup=False, highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

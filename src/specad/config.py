@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from specad.errors import SpecadError
 
@@ -25,7 +25,8 @@ class Normalization(Strict):
 class DataConfig(Strict):
     root: Path
     channels: Literal["all", "rgb", "swir"] | list[int | float | str] = "all"
-    image_size: int = Field(256, ge=32)
+    image_size: int = Field(256, ge=16)
+    layout: Literal["hwc", "chw", "whc", "cwh", "hcw", "wch"] | None = None
     normalize: Literal["train", "none"] | Normalization = "train"
     flips: bool = False
     rot90: bool = False
@@ -62,11 +63,27 @@ class TrainConfig(Strict):
     threshold_far: float = Field(0.01, gt=0, lt=1)
 
 
+def min_image_size(model: ModelConfig) -> int:
+    """Smallest input side the model accepts (measured): an unpadded PDN's 4x4 kernels need
+    34 px; padded PDNs and the EfficientNet-Lite0 teacher work from 16."""
+    return 34 if model.teacher != "efficientnet-lite0" and not model.padding else 16
+
+
 class Config(Strict):
     data: DataConfig
     model: ModelConfig = ModelConfig()
     penalty: PenaltyConfig = PenaltyConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _image_fits_model(self) -> Config:
+        least = min_image_size(self.model)
+        if self.data.image_size < least:
+            raise ValueError(
+                f"data.image_size {self.data.image_size} is too small for this model "
+                f"(minimum {least} px)"
+            )
+        return self
 
 
 def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
@@ -90,7 +107,8 @@ def validate(model: type[ModelT], raw: dict[str, Any], path: Path | None) -> Mod
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "config"
         more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise SpecadError(f"{where}: {first['msg']}{more}", path) from err
+        message = first["msg"].removeprefix("Value error, ")
+        raise SpecadError(f"{where}: {message}{more}", path) from err
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, **base: Any) -> Config:
@@ -100,7 +118,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, **b
         path = Path(path)
         raw = read_yaml_mapping(path)
         root = raw.get("data", {}).get("root") if isinstance(raw.get("data"), dict) else None
-        if root is not None and not Path(root).is_absolute() and not Path(root).exists():
+        if isinstance(root, str) and not Path(root).is_absolute() and not Path(root).exists():
             raw["data"]["root"] = str(path.parent / root)  # relative to the config's folder
     for item in overrides or []:
         _apply_override(raw, item)

@@ -31,16 +31,25 @@ OK_MARK = "_ok_ok_"
 
 @dataclass(frozen=True)
 class Sample:
-    """One cube of a dataset and where its mask lives (None for normal cubes)."""
+    """One cube of a dataset and where its mask lives (None for normal cubes).
+
+    ``class_ids`` are the ids its mask may hold (None: any, when the dataset lists no classes);
+    ``layout`` is the cubes' stored axis order when the dataset sets one (see ``read_cube``).
+    """
 
     path: Path
     split: str
     label: str
     mask: Path | None = None
+    class_ids: frozenset[int] | None = None
+    layout: str | None = None
 
     @property
     def anomalous(self) -> bool:
         return self.label != GOOD
+
+    def read(self) -> Cube:
+        return read_cube(self.path, layout=self.layout)
 
 
 @dataclass
@@ -76,20 +85,43 @@ def _cube_files(folder: Path) -> list[Path]:
     )
 
 
-def load_dataset(root: str | Path) -> Dataset:
-    """Discover a dataset's samples; the layout is recognised from the folders present."""
+def load_dataset(root: str | Path, layout: str | None = None) -> Dataset:
+    """Discover a dataset's samples; the layout is recognised from the folders present.
+
+    A defect folder that ``classes.json`` does not name is an error here, for every command.
+    """
+    ds, problems = discover_dataset(root, layout)
+    if problems:
+        raise SpecadError(problems[0])
+    return ds
+
+
+def discover_dataset(root: str | Path, layout: str | None = None) -> tuple[Dataset, list[str]]:
+    """The dataset and its structural problems, for callers that list them all (``check``)."""
     root = Path(root)
     if not root.is_dir():
         raise SpecadError("dataset folder not found", root)
     if (root / "train").is_dir() or (root / "test").is_dir():
-        return _load_specad(root)
-    return _load_cuvis_example(root)
+        ds = _load_specad(root, layout)
+    else:
+        ds = _load_cuvis_example(root, layout)
+    problems = []
+    if ds.layout == "specad" and (root / "classes.json").is_file():
+        names = set(ds.classes.values())
+        for label in ds.defect_names:
+            if label not in names:
+                problems.append(
+                    f"{root / 'test' / label}: defect class '{label}' is not named in "
+                    f"{root / 'classes.json'}"
+                )
+    return ds, problems
 
 
-def _load_specad(root: Path) -> Dataset:
+def _load_specad(root: Path, layout: str | None) -> Dataset:
     classes = _read_classes(root / "classes.json")
+    ids = frozenset(classes) if (root / "classes.json").is_file() else None
     samples = [
-        Sample(p, split, GOOD)
+        Sample(p, split, GOOD, layout=layout)
         for split in ("train", "val")
         for p in _cube_files(root / split / GOOD)
     ]
@@ -98,7 +130,7 @@ def _load_specad(root: Path) -> Dataset:
         label = folder.name
         for p in _cube_files(folder):
             mask = root / "ground_truth" / label / f"{p.stem}.png" if label != GOOD else None
-            samples.append(Sample(p, "test", label, mask))
+            samples.append(Sample(p, "test", label, mask, ids, layout))
     return Dataset(root, samples, classes, "specad")
 
 
@@ -108,22 +140,24 @@ def _read_classes(path: Path) -> dict[int, str]:
     try:
         raw = json.loads(path.read_text())
         classes = {int(k): str(v) for k, v in raw.items()}
-    except (ValueError, AttributeError) as err:
+    except (ValueError, AttributeError, RecursionError) as err:
         raise SpecadError(f"not a JSON object of id -> class name ({err})", path) from err
     classes.setdefault(0, "background")
     return classes
 
 
-def _load_cuvis_example(root: Path) -> Dataset:
-    classes = _read_annotations(root / "annotations.json")
+def _load_cuvis_example(root: Path, layout: str | None) -> Dataset:
+    annotations = root / "annotations.json"
+    classes = _read_annotations(annotations)
+    ids = frozenset(classes) if annotations.is_file() else None
     samples = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         for p in _cube_files(folder):
             if OK_MARK in p.name:
-                samples.append(Sample(p, _hash_split(p.name), GOOD))
+                samples.append(Sample(p, _hash_split(p.name), GOOD, layout=layout))
             else:
                 mask = p.with_name(f"{p.stem}_0_RGB_mask.png")
-                samples.append(Sample(p, "test", folder.name, mask))
+                samples.append(Sample(p, "test", folder.name, mask, ids, layout))
     if not samples:
         raise SpecadError(
             "no cubes found: expected train/ val/ test/ folders, or one folder per defect", root
@@ -146,7 +180,7 @@ def _read_annotations(path: Path) -> dict[int, str]:
             classes = {int(c["id"]): str(c["name"]) for c in raw["categories"]}
         else:
             classes = {int(k): str(v) for k, v in raw.items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
         raise SpecadError(f"cannot read class ids ({err})", path) from err
     classes.setdefault(0, "background")
     return classes
@@ -167,12 +201,22 @@ def read_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
         raise SpecadError(f"cannot read mask ({type(err).__name__})", sample.mask) from err
     if mask.ndim == 3:
         mask = mask[..., 0]
+    if mask.ndim != 2 or mask.dtype.kind not in "uib":
+        raise SpecadError(f"not a class-id mask (shape {mask.shape}, {mask.dtype})", sample.mask)
     if mask.shape != tuple(shape):
         raise SpecadError(
             f"mask is {mask.shape[0]}x{mask.shape[1]} but its cube is {shape[0]}x{shape[1]}",
             sample.mask,
         )
-    return mask.astype(np.int64)
+    mask = mask.astype(np.int64)
+    if sample.class_ids is not None:
+        unknown = sorted(set(np.unique(mask).tolist()) - sample.class_ids)
+        if unknown:
+            raise SpecadError(
+                f"mask ids {unknown} are not in the dataset's class list (classes.json)",
+                sample.mask,
+            )
+    return mask
 
 
 # --------------------------------------------------------------------------- channel selection
@@ -234,7 +278,7 @@ class CheckReport:
     root: Path
     counts: dict[tuple[str, str], int]
     channels: list[int]
-    sizes: list[tuple[int, int]]
+    sizes: dict[tuple[int, int], int]
     dtypes: list[str]
     value_range: tuple[float, float]
     wavelengths: list[float] | None
@@ -247,24 +291,38 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def size_summary(self, most: int = 5) -> str:
+        """``HxW`` of every size, or the commonest few and the range when there are many."""
+        if len(self.sizes) <= most:
+            return ", ".join(f"{h}x{w}" for h, w in sorted(self.sizes)) or "-"
+        common = sorted(self.sizes.items(), key=lambda kv: -kv[1])[:most]
+        hs = [h for h, _ in self.sizes]
+        ws = [w for _, w in self.sizes]
+        return (
+            f"{len(self.sizes)} different sizes, heights {min(hs)}..{max(hs)}, widths "
+            f"{min(ws)}..{max(ws)}; commonest "
+            + ", ".join(f"{h}x{w} ({n})" for (h, w), n in common)
+        )
 
-def check_dataset(root: str | Path) -> CheckReport:
+
+def check_dataset(root: str | Path, layout: str | None = None) -> CheckReport:
     """Read every cube and mask once and list every problem, instead of stopping at the first."""
-    ds = load_dataset(root)
-    problems: list[str] = []
+    ds, problems = discover_dataset(root, layout)
     counts: Counter[tuple[str, str]] = Counter((s.split, s.label) for s in ds.samples)
     for split in ("train", "val"):
         if not ds.split(split):
             problems.append(f"{ds.root / split / GOOD}: the '{split}' split is empty or missing")
     if not ds.split("test"):
         problems.append(f"{ds.root / 'test'}: the 'test' split is empty or missing")
-    channels, sizes, dtypes = Counter(), Counter(), Counter()
+    channels: Counter[int] = Counter()
+    sizes: Counter[tuple[int, int]] = Counter()
+    dtypes: Counter[str] = Counter()
     lo, hi = np.inf, -np.inf
     wavelengths: list[float] | None = None
     bands: list[str] = []
     for s in ds.samples:
         try:
-            cube = read_cube(s.path)
+            cube = s.read()
         except SpecadError as err:
             problems.append(str(err))
             continue
@@ -275,7 +333,10 @@ def check_dataset(root: str | Path) -> CheckReport:
         if not bands:
             bands, wavelengths = cube.bands, cube.wavelengths
         if s.anomalous:
-            problems += _mask_problems(s, cube.shape[:2], ds.classes)
+            try:
+                read_mask(s, cube.shape[:2])
+            except SpecadError as err:
+                problems.append(str(err))
     if len(channels) > 1:
         detail = ", ".join(f"{n} cubes with {c}" for c, n in sorted(channels.items()))
         problems.append(f"{ds.root}: channel counts differ within the dataset ({detail})")
@@ -283,7 +344,7 @@ def check_dataset(root: str | Path) -> CheckReport:
         ds.root,
         dict(counts),
         sorted(channels),
-        sorted(sizes),
+        dict(sizes),
         sorted(dtypes),
         (lo, hi) if np.isfinite(lo) else (float("nan"), float("nan")),
         wavelengths,
@@ -292,17 +353,6 @@ def check_dataset(root: str | Path) -> CheckReport:
         ds.layout,
         problems,
     )
-
-
-def _mask_problems(sample: Sample, shape: tuple[int, int], classes: dict[int, str]) -> list[str]:
-    try:
-        mask = read_mask(sample, shape)
-    except SpecadError as err:
-        return [str(err)]
-    unknown = sorted(set(np.unique(mask).tolist()) - set(classes))
-    if unknown:
-        return [f"{sample.mask}: mask ids {unknown} are missing from classes.json"]
-    return []
 
 
 def _stored_dtype(path: Path) -> str:

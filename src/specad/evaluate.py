@@ -47,7 +47,10 @@ def evaluate_detector(
 
 
 def scene_scores(
-    file: str | Path, truth: str | None = None, variable: str | None = None
+    file: str | Path,
+    truth: str | None = None,
+    variable: str | None = None,
+    layout: str | None = None,
 ) -> tuple[np.ndarray, float | None]:
     """Global RX of one scene against its own background, and pixel AUROC when truth is given.
 
@@ -56,11 +59,16 @@ def scene_scores(
     from specad.models.rx import rx_scene
 
     file = Path(file)
-    cube = read_cube(file, variable=variable)
-    score_map = rx_scene(cube.data)
+    cube = read_cube(file, variable=variable, layout=layout)
+    try:
+        score_map = rx_scene(cube.data)
+    except SpecadError as err:  # the detector's own errors do not know the file
+        if err.path is not None:
+            raise
+        raise SpecadError(str(err), file) from err
     if truth is None:
         return score_map, None
-    mask = _truth_mask(file, truth)
+    mask = read_truth(file, truth)
     if mask.shape != score_map.shape:
         raise SpecadError(
             f"truth mask is {mask.shape[0]}x{mask.shape[1]}, the scene is "
@@ -70,18 +78,21 @@ def scene_scores(
     return score_map, float(pixel_auroc([score_map], [mask]))
 
 
-def _truth_mask(file: Path, truth: str) -> np.ndarray:
+def read_truth(file: Path, truth: str) -> np.ndarray:
+    """A scene's (H, W) truth: a mask image, or a variable of the scene's own ``.mat``/``.npz``
+    read by the same reader as the cube (MATLAB v5 and v7.3 alike)."""
     path = Path(truth)
     if path.is_file():
         from PIL import Image
 
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L")) > 0
-    if file.suffix.lower() == ".mat":
-        import scipy.io
-
-        arrays = scipy.io.loadmat(file)
-        if truth not in arrays:
-            raise SpecadError(f"no truth variable '{truth}' and no such mask file", file)
-        return np.asarray(arrays[truth]) > 0
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("L")) > 0
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
+            raise SpecadError(f"cannot read truth mask ({type(err).__name__})", path) from err
+    if file.suffix.lower() in (".mat", ".npz"):
+        data = read_cube(file, variable=truth, layout="hwc").data
+        if data.shape[2] != 1:
+            raise SpecadError(f"truth variable '{truth}' is not 2-D ({data.shape})", file)
+        return data[:, :, 0] > 0
     raise SpecadError("truth mask file not found", truth)

@@ -20,7 +20,7 @@ import torch
 from specad import __version__
 from specad.data import Dataset, Preprocess, Sample, read_mask, resize
 from specad.errors import SpecadError
-from specad.io import Cube, atomic_file, read_cube
+from specad.io import Cube, atomic_file
 
 MODEL_FILE, META_FILE = "model.safetensors", "model.json"
 RUNTIMES = ("auto", "torch", "bf16", "onnx", "int8")
@@ -223,6 +223,13 @@ class Detector:
                     resize(m[None], c.shape[:2])[0, 0].numpy()
                     for m, c in zip(out, chunk, strict=True)
                 ]
+        for m, p in zip(maps, paths, strict=True):
+            if not np.isfinite(m).all():
+                raise SpecadError(
+                    "the anomaly map is not finite (cube values far outside what the model "
+                    "was trained on?)",
+                    p or "cube",
+                )
         preds = [self._prediction(m) for m in maps]
         return preds[0] if single else preds
 
@@ -346,8 +353,9 @@ class Detector:
                 raise SpecadError("model file not found", p)
         try:
             meta = ModelMeta.from_json(meta_path.read_text())
-        except (ValueError, TypeError, KeyError) as err:
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise SpecadError(f"corrupt model metadata ({err})", meta_path) from err
+        _check_meta(meta, meta_path)
         if meta.kind == "rx":
             from specad.models.rx import RX
 
@@ -362,14 +370,48 @@ class Detector:
         return cls(model, meta, device).use_runtime(runtime, path)
 
 
+def _check_meta(meta: ModelMeta, path: Path) -> None:
+    """Refuse metadata that would score nonsense: bad channels, sizes or normalisation."""
+    pre = meta.preprocess
+    if not isinstance(pre.source_channels, int) or pre.source_channels < 1:
+        raise SpecadError(f"preprocess.source_channels is {pre.source_channels!r}", path)
+    if not pre.channels or not all(
+        isinstance(c, int) and 0 <= c < pre.source_channels for c in pre.channels
+    ):
+        raise SpecadError(
+            f"preprocess.channels {pre.channels} are not indices of a "
+            f"{pre.source_channels}-channel cube",
+            path,
+        )
+    if not isinstance(pre.image_size, int) or pre.image_size < 0:
+        raise SpecadError(f"preprocess.image_size is {pre.image_size!r}", path)
+    for name, values in (("mean", pre.mean), ("std", pre.std)):
+        if values is None:
+            continue
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.shape != (len(pre.channels),) or not np.isfinite(arr).all():
+            raise SpecadError(f"preprocess.{name} is not {len(pre.channels)} finite numbers", path)
+    if pre.std is not None and min(pre.std) <= 0:
+        raise SpecadError("preprocess.std has a zero or negative entry", path)
+    thresholds = [meta.threshold, meta.extra.get("int8_threshold", 0.0)]
+    if not all(isinstance(t, int | float) and np.isfinite(t) for t in thresholds):
+        raise SpecadError("the threshold is not a finite number", path)
+
+
 def _rebuild_efficientad(meta: ModelMeta, state: dict[str, torch.Tensor], path: Path) -> Any:
-    from specad.config import Config
+    from specad.config import Config, validate
     from specad.models.build import build_efficientad
 
-    cfg = Config.model_validate(meta.config)
-    model = build_efficientad(
-        cfg.model, len(meta.preprocess.channels), meta.preprocess.image_size, meta.wavelengths
-    )
+    meta_path = path.with_name(META_FILE)
+    cfg = validate(Config, meta.config, meta_path)
+    try:
+        model = build_efficientad(
+            cfg.model, len(meta.preprocess.channels), meta.preprocess.image_size, meta.wavelengths
+        )
+    except (RuntimeError, ValueError) as err:
+        raise SpecadError(
+            f"cannot build the model it describes ({str(err).splitlines()[0]})", meta_path
+        ) from err
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -428,17 +470,16 @@ def run_split(
     from tqdm import tqdm
 
     scores, maps, masks = [], [], []
-    bar = tqdm(total=len(samples), disable=not progress, unit="cube")
-    for i in range(0, len(samples), batch_size):
-        chunk = samples[i : i + batch_size]
-        cubes = [read_cube(s.path) for s in chunk]
-        preds = detector.predict(cubes, tiled=tiled, paths=[s.path for s in chunk])
-        for s, c, p in zip(chunk, cubes, preds, strict=True):  # type: ignore[arg-type]
-            scores.append(p.score)
-            maps.append(p.anomaly_map)
-            masks.append(read_mask(s, c.shape[:2]))
-        bar.update(len(chunk))
-    bar.close()
+    with tqdm(total=len(samples), disable=not progress, unit="cube") as bar:  # closed on error
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i : i + batch_size]
+            cubes = [s.read() for s in chunk]
+            preds = detector.predict(cubes, tiled=tiled, paths=[s.path for s in chunk])
+            for s, c, p in zip(chunk, cubes, preds, strict=True):  # type: ignore[arg-type]
+                scores.append(p.score)
+                maps.append(p.anomaly_map)
+                masks.append(read_mask(s, c.shape[:2]))
+            bar.update(len(chunk))
     return SplitResults(list(samples), np.asarray(scores, dtype=np.float64), maps, masks)
 
 
@@ -450,11 +491,11 @@ def fit_rx(
     from specad.models.rx import RX
 
     train = dataset.require("train")
-    first = read_cube(train[0].path)
+    first = train[0].read()
     idx = select_channels(first, channels, train[0].path)
     pre = Preprocess(first.channels, idx, 0)
     rx = RX(shrinkage=shrinkage).fit(
-        pre.select(read_cube(s.path), s.path)
+        pre.select(s.read(), s.path)
         for s in train  # type: ignore[arg-type]
     )
     chosen = first.select(idx)

@@ -7,11 +7,15 @@ counts into reflectance is an explicit step (:func:`to_reflectance`), because th
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import glob
 import json
 import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +30,8 @@ SWIR_MIN_NM = 900.0
 RGB_PRIMARIES_NM = (650.0, 550.0, 450.0)
 
 CUBE_SUFFIXES = (".tif", ".tiff", ".npy", ".npz", ".hdr", ".mat", ".cu3s")
+LAYOUTS = ("hwc", "chw", "whc", "cwh", "hcw", "wch")
+"""Axis orders of a stored 3-D array: ``chw`` is band-first, ``whc`` MATLAB-style transposed."""
 
 
 @dataclass
@@ -106,11 +112,23 @@ def _tmp_sibling(path: Path) -> Path:
     return Path(name)
 
 
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s folder, or say in one line why it cannot be (a file, no permission)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    except OSError as err:
+        raise SpecadError(
+            f"cannot write here ({err.strerror or err}: {err.filename or path.parent})", path
+        ) from err
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     tmp = _tmp_sibling(path)
     try:
         yield tmp
@@ -128,40 +146,91 @@ def refuse_nonempty(out: Path, force: bool) -> None:
 
 
 @contextmanager
-def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
-    """Build a folder under a temporary name and swap it in at the end.
+def reserve_output(out: str | Path) -> Iterator[Path]:
+    """Hold the name ``out`` for this process alone while it writes there.
 
-    A failure leaves the old folder (if any) untouched and no partial output behind.
+    An advisory lock on ``.NAME.lock`` beside it, which the kernel drops when the process dies
+    (even by ``kill -9``), so a second writer fails at once with one line. Holding it also
+    proves that any ``.NAME.*.part`` / ``.NAME.*.old`` left beside ``out`` belongs to an earlier,
+    killed run: those are removed.
     """
     out = Path(out)
-    refuse_nonempty(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a shared report from other users
+    lock = out.parent / f".{out.name}.lock"
+    _make_parent(lock)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        os.close(fd)
+        raise SpecadError("another specad command is writing this output now", out) from err
+    try:
+        for pattern in (".part", ".old"):
+            for stale in out.parent.glob(f".{glob.escape(out.name)}.*{pattern}"):
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+        yield out
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+@contextmanager
+def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
+    """Build a folder under a temporary name and rename it to ``out`` at the end.
+
+    A failure leaves the old folder (if any) untouched and no partial output behind. Without
+    ``force`` the final rename never replaces content: if something appeared at ``out`` while
+    the command ran, it is kept and the command fails. With ``force`` an existing ``out`` is
+    replaced.
+    """
+    out = Path(out)
+    with reserve_output(out):
+        refuse_nonempty(out, force)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a shared report from other users
+        try:
+            yield tmp
+            _publish(tmp, out, force)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, out: Path, force: bool) -> None:
+    if force and (out.exists() or out.is_symlink()):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    try:
+        os.rename(tmp, out)  # succeeds onto nothing or an empty folder, never over content
+    except OSError as err:
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise SpecadError(
+                "appeared while this command ran and was kept; nothing was written "
+                "(use --force to replace it)",
+                out,
+            ) from err
+        raise
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def read_cube(path: str | Path, variable: str | None = None) -> Cube:
+def read_cube(path: str | Path, variable: str | None = None, layout: str | None = None) -> Cube:
     """Read a cube from TIFF, NumPy, ENVI, MATLAB or Cubert ``.cu3s``.
 
     ``variable`` names the array inside a ``.mat``/``.npz`` file; by default the largest 3-D
-    numeric array is taken. Values are checked for NaN/Inf.
+    numeric array is taken. ``layout`` (one of :data:`LAYOUTS`) is the stored axis order of a
+    plain array; without it MATLAB files are H x W x B (MATLAB's convention), TIFF follows the
+    axes its writer recorded, and only arrays with no convention (NumPy files, TIFFs written
+    from a bare array) are guessed from their shape, with a :class:`LayoutGuess` warning.
+    ENVI and ``.cu3s`` describe their own layout and ignore it. Values are checked for NaN/Inf.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -182,21 +251,55 @@ def read_cube(path: str | Path, variable: str | None = None) -> Cube:
             f"{', '.join(CUBE_SUFFIXES)})",
             path,
         )
+    if layout is not None and layout not in LAYOUTS:
+        raise SpecadError(f"unknown layout '{layout}' (use one of {', '.join(LAYOUTS)})")
     if not path.is_file():
         raise SpecadError("no such file", path)
     try:
         if suffix in (".npz", ".mat"):
-            cube = readers[suffix](path, variable)
-        else:
+            cube = readers[suffix](path, variable, layout)
+        elif suffix in (".hdr", ".cu3s"):
             cube = readers[suffix](path)
+        else:
+            cube = readers[suffix](path, layout)
     except SpecadError:
         raise
     except Exception as err:  # noqa: BLE001 - any library failure means an unreadable file
         raise SpecadError(f"cannot read cube ({type(err).__name__}: {err})", path) from err
+    if 0 in cube.shape:
+        raise SpecadError(f"the cube is empty ({'x'.join(map(str, cube.shape))})", path)
     if not np.isfinite(cube.data).all():
         bad = int((~np.isfinite(cube.data)).sum())
         raise SpecadError(f"{bad} NaN/Inf values in the cube", path)
     return cube
+
+
+class LayoutGuess(UserWarning):
+    """A cube's axis order was guessed from its shape; ``layout=`` (``--layout``) sets it."""
+
+
+def _apply_layout(data: np.ndarray, layout: str | None, path: Path) -> np.ndarray:
+    """(H, W, C) float32 from a stored array; ``layout=None`` guesses from the shape.
+
+    The guess takes an axis smaller than both others as the band axis (cubes have fewer bands
+    than pixels per side in practice), preferring the last, and says so once per process.
+    """
+    if data.dtype.kind not in "fiub":
+        raise SpecadError(f"unsupported data type {data.dtype}", path)
+    if data.ndim == 2:
+        return data[:, :, None].astype(np.float32)
+    if data.ndim != 3:
+        raise SpecadError(f"expected a 3-D cube, got shape {data.shape}", path)
+    if layout is None:
+        layout = "chw" if data.shape[0] < min(data.shape[1:]) else "hwc"
+        warnings.warn(
+            LayoutGuess(
+                f"cube layout guessed as '{layout}' from the array shape (the smallest axis is "
+                "taken as bands); pass --layout (or layout=) to set it"
+            ),
+            stacklevel=3,
+        )
+    return data.transpose([layout.index(axis) for axis in "hwc"]).astype(np.float32)
 
 
 def _meta_kwargs(meta: dict | None) -> dict:
@@ -210,66 +313,88 @@ def _meta_kwargs(meta: dict | None) -> dict:
     }
 
 
-def _read_tiff(path: Path) -> Cube:
+def _read_tiff(path: Path, layout: str | None) -> Cube:
+    """Pages are bands unless the writer recorded the axes (``S``/``C`` = samples/channels).
+
+    A bare array written by ``tifffile.imwrite(path, cube)`` records only its shape, so its
+    layout is the array's own: taken from ``layout`` or guessed, never pages-as-bands.
+    """
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         data = series.asarray()
         axes = series.axes
-        if len(tif.series) > 1 and all(s.shape == series.shape for s in tif.series):
+        stacked = len(tif.series) > 1 and all(s.shape == series.shape for s in tif.series)
+        if stacked:
             data = np.stack([s.asarray() for s in tif.series])  # one 2-D image per band
             axes = "Q" + axes
         meta = tif.shaped_metadata[0] if tif.shaped_metadata else None
-    if data.ndim == 2:
-        data = data[:, :, None]
-    elif data.ndim == 3 and axes[-1] not in "SC":
-        data = np.moveaxis(data, 0, -1)  # multi-page: one page per band
-    elif data.ndim != 3:
+    spectral = _meta_kwargs((meta or {}).get("spectral"))
+    if data.ndim == 2 or layout is not None:
+        return Cube(_apply_layout(data, layout, path), **spectral)
+    if data.ndim != 3:
         raise SpecadError(f"TIFF has {data.ndim} dimensions ({axes}); expected 2 or 3", path)
-    spectral = (meta or {}).get("spectral")
-    return Cube(data.astype(np.float32), **_meta_kwargs(spectral))
+    bare = meta is not None and "axes" not in meta and not stacked and "S" not in axes
+    if bare:  # tifffile.imwrite(path, array): pages of the array's first axis, shape recorded
+        return Cube(_apply_layout(data, None, path), **spectral)
+    band_axis = axes.find("S") if "S" in axes else axes.find("C") if "C" in axes else 0
+    return Cube(np.moveaxis(data, band_axis, -1).astype(np.float32), **spectral)
 
 
-def _read_npy(path: Path) -> Cube:
+def _read_npy(path: Path, layout: str | None) -> Cube:
     data = np.load(path, allow_pickle=False)
-    return Cube(_as_hwc(data, path))
+    return Cube(_apply_layout(data, layout, path))
 
 
-def _read_npz(path: Path, variable: str | None) -> Cube:
+def _read_npz(path: Path, variable: str | None, layout: str | None) -> Cube:
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     data = _pick_variable(arrays, variable, path)
     meta = json.loads(str(arrays["meta"])) if "meta" in arrays else None
-    return Cube(_as_hwc(data, path), **_meta_kwargs(meta))
+    if meta is not None and layout is None:
+        layout = "hwc"  # written by write_cube
+    return Cube(_apply_layout(data, layout, path), **_meta_kwargs(meta))
 
 
-def _read_mat(path: Path, variable: str | None) -> Cube:
+def read_mat_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every numeric array of a MATLAB v5 or v7.3 file, in MATLAB's own axis order.
+
+    v7.3 files are HDF5, where h5py sees MATLAB's column-major arrays transposed; they are
+    transposed back so that an H x W x B cube (or an H x W truth map) reads the same from both.
+    """
     import h5py
     import scipy.io
 
-    h5 = h5py.is_hdf5(path)  # MATLAB v7.3 files are HDF5
-    if h5:
+    if h5py.is_hdf5(path):
         with h5py.File(path, "r") as f:
-            arrays = {k: f[k][()] for k in f if isinstance(f[k], h5py.Dataset)}
-    else:
-        arrays = {k: v for k, v in scipy.io.loadmat(path).items() if isinstance(v, np.ndarray)}
-    data = _pick_variable(arrays, variable, path)
-    if h5:  # h5py sees MATLAB's column-major arrays transposed
-        data = data.T
+            return {
+                k: np.asarray(f[k][()]).T
+                for k in f
+                if isinstance(f[k], h5py.Dataset) and f[k].dtype.kind in "fiub"
+            }
+    return {
+        k: v
+        for k, v in scipy.io.loadmat(path).items()
+        if isinstance(v, np.ndarray) and v.dtype.kind in "fiub"
+    }
+
+
+def _read_mat(path: Path, variable: str | None, layout: str | None) -> Cube:
+    arrays = read_mat_arrays(path)
+    data = _apply_layout(_pick_variable(arrays, variable, path), layout or "hwc", path)
     wavelengths = None
     for key in ("wavelength", "wavelengths", "wl", "lambda"):
-        if key in arrays and arrays[key].size == min(data.shape):
+        if key in arrays and arrays[key].size == data.shape[2]:
             wavelengths = [float(w) for w in np.ravel(arrays[key])]
-    return Cube(_as_hwc(data, path), wavelengths=wavelengths)
+    return Cube(data, wavelengths=wavelengths)
 
 
 def _pick_variable(arrays: dict[str, np.ndarray], variable: str | None, path: Path) -> np.ndarray:
+    names = ", ".join(sorted(k for k in arrays if not k.startswith("__"))) or "none"
     if variable is not None:
         if variable not in arrays:
-            raise SpecadError(
-                f"no variable '{variable}' (has: {', '.join(sorted(arrays)) or 'none'})", path
-            )
+            raise SpecadError(f"no variable '{variable}' (has: {names})", path)
         return arrays[variable]
     candidates = [
         (v.size, k)
@@ -277,25 +402,8 @@ def _pick_variable(arrays: dict[str, np.ndarray], variable: str | None, path: Pa
         if v.ndim == 3 and v.dtype.kind in "fiu" and not k.startswith("__")
     ]
     if not candidates:
-        raise SpecadError("no 3-D numeric array found; name it with --variable", path)
+        raise SpecadError(f"no 3-D numeric array found (variables: {names})", path)
     return arrays[max(candidates)[1]]
-
-
-def _as_hwc(data: np.ndarray, path: Path) -> np.ndarray:
-    """Accept (H, W, C) or band-first (C, H, W)/(C, W, H) layouts.
-
-    Spectral cubes have fewer bands than pixels per side in practice, so a first axis much smaller
-    than the other two is taken as the band axis.
-    """
-    if data.dtype.kind not in "fiub":
-        raise SpecadError(f"unsupported data type {data.dtype}", path)
-    if data.ndim == 2:
-        return data[:, :, None].astype(np.float32)
-    if data.ndim != 3:
-        raise SpecadError(f"expected a 3-D cube, got shape {data.shape}", path)
-    if data.shape[0] < min(data.shape[1:]) and data.shape[2] >= data.shape[0]:
-        data = np.moveaxis(data, 0, -1)
-    return data.astype(np.float32)
 
 
 def _read_envi(path: Path) -> Cube:

@@ -256,6 +256,11 @@ def per_class(
 # ---------------------------------------------------------------------------- thresholds
 
 
+def is_anomalous(score: float, threshold: float) -> bool:
+    """The one comparison every command uses: flagged when ``score >= threshold``."""
+    return bool(score >= threshold)
+
+
 def threshold_at_far(normal_scores: Any, far: float = 0.01) -> float:
     """The score threshold with false-alarm rate ``far`` on normal (validation / good) images.
 

@@ -39,7 +39,7 @@ from specad.config import read_yaml_mapping, validate
 from specad.data import Dataset, load_dataset, select_channels
 from specad.evaluate import evaluate_split
 from specad.infer import Detector, SplitResults, fit_rx, run_split
-from specad.io import Cube, atomic_dir, read_cube
+from specad.io import Cube, atomic_dir
 from specad.metrics import AUPRO_FPR_LIMIT, Curves, curves
 from specad.visual import false_colour
 
@@ -631,7 +631,7 @@ def _write_pages(
     needed = sorted(set().union(*(r.keys() for r in ranks.values())))
     samples, masks = dr.runs[0].test.samples, dr.runs[0].test.masks
     for i in tqdm(needed, disable=not progress, unit="page", desc=f"pages for {dr.name}"):
-        view = _cube_view(read_cube(samples[i].path), masks[i], cfg.swir_bands, samples[i].path)
+        view = _cube_view(samples[i].read(), masks[i], cfg.swir_bands, samples[i].path)
         for run in dr.runs:
             if i not in ranks[run.model]:
                 continue

@@ -22,7 +22,7 @@ from specad.config import Config, dump_config
 from specad.data import Dataset, PenaltySet, Preprocess, load_dataset, read_mask, select_channels
 from specad.errors import SpecadError
 from specad.infer import Detector, ModelMeta, cpu_has_amx, fit_threshold, pick_device
-from specad.io import atomic_file, read_cube, refuse_nonempty
+from specad.io import atomic_file, refuse_nonempty, reserve_output
 from specad.models.build import build_efficientad
 from specad.models.efficientad import EfficientAD, ae_augment
 
@@ -43,7 +43,7 @@ def prepare(cfg: Config, ds: Dataset) -> tuple[Preprocess, ModelMeta, torch.Tens
     the normalised training input (loaded anyway to fit it)."""
     train = ds.require("train")
     ds.require("val")
-    first = read_cube(train[0].path)
+    first = train[0].read()
     channels = select_channels(first, cfg.data.channels, train[0].path)
     pre = Preprocess(first.channels, channels, cfg.data.image_size)
     raw = load_inputs(pre, train).x  # not yet normalised: mean/std unset
@@ -111,7 +111,7 @@ def _cache_teacher(cfg: Config, n_images: int, model: EfficientAD) -> bool:
 def load_inputs(pre: Preprocess, samples: list, with_masks: bool = False) -> Inputs:
     xs, labels, masks = [], [], []
     for s in samples:
-        cube = read_cube(s.path)
+        cube = s.read()
         xs.append(pre.cube_tensor(cube, s.path))
         labels.append(s.label)
         if with_masks:
@@ -142,6 +142,13 @@ def train(
     tests of ``resume``); the model file is only written when all steps are done.
     """
     out = Path(out)
+    with reserve_output(out):  # one writer per run folder; a second one fails at once
+        return _train(cfg, out, resume, force, stop_after, progress)
+
+
+def _train(
+    cfg: Config, out: Path, resume: bool, force: bool, stop_after: int | None, progress: bool
+) -> Path:
     ckpt_path = out / CHECKPOINT
     if resume and not ckpt_path.is_file():
         raise SpecadError("no checkpoint to resume from", ckpt_path)
@@ -151,7 +158,7 @@ def train(
     device = pick_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
 
-    ds = load_dataset(cfg.data.root)
+    ds = load_dataset(cfg.data.root, cfg.data.layout)
     pre, meta, train_x = prepare(cfg, ds)
     val_x = load_inputs(pre, ds.require("val")).x
 

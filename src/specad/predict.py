@@ -1,0 +1,127 @@
+"""Scoring a list of cube files into an output folder: maps, overlays and ``scores.csv``.
+
+The folder is built under a temporary name and published at the end (:func:`specad.io.atomic_dir`),
+so a run that fails, or is killed, leaves nothing that looks complete. Each input keeps its path
+relative to the inputs' common folder, so ``test/good/000.tif`` and ``test/crack/000.tif`` get
+two maps, one per ``scores.csv`` row.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from specad.errors import SpecadError
+from specad.infer import Detector
+from specad.io import CUBE_SUFFIXES, atomic_dir, read_cube
+from specad.metrics import is_anomalous
+
+
+@dataclass
+class PredictRun:
+    """What a prediction run wrote, and the inputs it could not score (one line each)."""
+
+    out: Path
+    scored: int
+    failed: list[str] = field(default_factory=list)
+
+
+def expand_inputs(inputs: Sequence[Path]) -> list[Path]:
+    """Cube files among ``inputs`` (folders searched recursively), each once, in a stable order."""
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files += sorted(
+                p for p in item.rglob("*") if p.suffix.lower() in CUBE_SUFFIXES and p.is_file()
+            )
+        else:
+            files.append(item)
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def output_names(files: Sequence[Path]) -> list[Path]:
+    """A collision-free relative name per input (no suffix): its path below the common folder.
+
+    Two inputs that differ only in their format (``a.tif``, ``a.npy``) keep the suffix in it.
+    """
+    resolved = [f.resolve() for f in files]
+    if not resolved:
+        return []
+    common = Path(os.path.commonpath([p.parent for p in resolved]))
+    rel = [p.relative_to(common) for p in resolved]
+    stems = [r.with_suffix("") for r in rel]
+    clashes = {s for s in stems if stems.count(s) > 1}
+    return [r if s in clashes else s for r, s in zip(rel, stems, strict=True)]
+
+
+def predict_files(
+    detector: Detector,
+    files: Sequence[Path],
+    out: Path,
+    *,
+    tiled: bool = False,
+    force: bool = False,
+    variable: str | None = None,
+    layout: str | None = None,
+    progress: bool = False,
+) -> PredictRun:
+    """Score ``files`` and publish ``out`` with ``maps/``, ``overlays/`` and ``scores.csv``.
+
+    An input that cannot be read or scored (including a non-finite map) is listed in
+    ``failed`` and gets no row; if none can be scored, nothing is written and this raises.
+    """
+    import tifffile
+    from PIL import Image
+    from tqdm import tqdm
+
+    from specad.visual import false_colour, overlay
+
+    if not files:
+        raise SpecadError("no cube files among the inputs")
+    names = output_names(files)
+    failed: list[str] = []
+    threshold = detector.threshold
+    with atomic_dir(out, force) as tmp:
+        with open(tmp / "scores.csv", "w", newline="") as f:
+            rows = csv.writer(f)
+            rows.writerow(["file", "map", "score", "anomalous", "threshold"])
+            for path, name in tqdm(
+                list(zip(files, names, strict=True)), unit="cube", disable=not progress
+            ):
+                try:
+                    cube = read_cube(path, variable=variable, layout=layout)
+                    pred = detector.predict(cube, tiled=tiled, paths=[path])
+                except SpecadError as e:
+                    failed.append(str(e))
+                    continue
+                map_file = Path("maps") / f"{name}.tif"
+                (tmp / map_file).parent.mkdir(parents=True, exist_ok=True)
+                tifffile.imwrite(tmp / map_file, pred.anomaly_map)
+                png = tmp / "overlays" / f"{name}.png"
+                png.parent.mkdir(parents=True, exist_ok=True)
+                rgb = false_colour(cube.data, cube.rgb or (0, 0, 0))
+                Image.fromarray(overlay(rgb, pred.anomaly_map, threshold)).save(png)
+                rows.writerow(
+                    [
+                        str(path),
+                        map_file.as_posix(),
+                        f"{pred.score:.6g}",
+                        int(is_anomalous(pred.score, threshold)),
+                        f"{threshold:.6g}",
+                    ]
+                )
+        if len(failed) == len(files):
+            raise SpecadError(
+                f"none of the {len(files)} inputs could be scored (first: {failed[0]})"
+            )
+    return PredictRun(out, len(files) - len(failed), failed)

@@ -1,0 +1,357 @@
+"""The bad-input and fault matrix: each numbered failure of issue 11, held by one test or more.
+
+Most tests use an RX model fitted in a second (it goes through the same Detector, model files
+and prediction path as EfficientAD); the CLI is run as a user runs it, in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import scipy.io
+import tifffile
+from conftest import make_dataset
+from PIL import Image
+
+from specad.config import load_config
+from specad.data import check_dataset, load_dataset, read_mask
+from specad.errors import SpecadError
+from specad.evaluate import scene_scores
+from specad.infer import Detector, fit_rx
+from specad.io import Cube, atomic_dir, read_cube, reserve_output, write_cube
+from specad.predict import predict_files
+
+
+def specad(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "specad", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def one_line_failure(done: subprocess.CompletedProcess, *needles: str) -> None:
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+@pytest.fixture(scope="module")
+def rx_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = make_dataset(tmp_path_factory.mktemp("d") / "ds", size=32)
+    model = tmp_path_factory.mktemp("m") / "rx"
+    fit_rx(load_dataset(root)).save(model)
+    return root, model
+
+
+# 1 ------------------------------------------------------------------ outputs never replace
+
+
+def test_folder_created_during_the_run_is_kept(tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    with pytest.raises(SpecadError, match="appeared while this command ran"):
+        with atomic_dir(out) as tmp:
+            (tmp / "result.txt").write_text("new")
+            out.mkdir()  # the user, meanwhile
+            (out / "precious.txt").write_text("x")
+    assert (out / "precious.txt").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no .part, no lock left
+
+
+def test_force_replaces_and_an_empty_folder_is_used(tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    out.mkdir()
+    with atomic_dir(out) as tmp:
+        (tmp / "a").write_text("1")
+    (out / "b").write_text("old")
+    with atomic_dir(out, force=True) as tmp:
+        (tmp / "a").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == ["a"] and (out / "a").read_text() == "2"
+
+
+def test_second_writer_fails_at_once(tmp_path: Path, rx_model) -> None:
+    root, model = rx_model
+    out = tmp_path / "pout"
+    with reserve_output(out):
+        with pytest.raises(SpecadError, match="another specad command is writing"):
+            with atomic_dir(out):
+                pass
+        done = specad("predict", str(model), str(root / "test"), "--out", str(out))
+    one_line_failure(done, "pout", "another specad command is writing")
+    assert not out.exists()
+
+
+def test_two_concurrent_writers_one_wins(tmp_path: Path) -> None:
+    out, results = tmp_path / "x", []
+    inside = threading.Event()
+    release = threading.Event()
+
+    def slow() -> None:
+        with atomic_dir(out) as tmp:
+            (tmp / "who").write_text("slow")
+            inside.set()
+            release.wait(10)
+        results.append("slow")
+
+    t = threading.Thread(target=slow)
+    t.start()
+    inside.wait(10)
+    with pytest.raises(SpecadError), atomic_dir(out):
+        pass
+    release.set()
+    t.join()
+    assert results == ["slow"] and (out / "who").read_text() == "slow"
+
+
+def test_stale_part_folders_of_killed_runs_are_removed(tmp_path: Path) -> None:
+    stale = tmp_path / ".x.k1ll3d.part"
+    (stale / "maps").mkdir(parents=True)
+    other = tmp_path / ".y.k1ll3d.part"  # another output's: not ours to touch
+    other.mkdir()
+    with atomic_dir(tmp_path / "x") as tmp:
+        (tmp / "f").write_text("1")
+    assert not stale.exists() and other.exists()
+
+
+# 2 ------------------------------------------------------------------ one map per row
+
+
+def test_same_file_names_in_two_folders_get_two_maps(tmp_path: Path, rx_model) -> None:
+    root, model = rx_model
+    det = Detector.load(model)
+    a, b = tmp_path / "dirA", tmp_path / "dirB"
+    cube = read_cube(next((root / "test" / "square").iterdir()))
+    write_cube(a / "000.tif", cube)
+    write_cube(b / "000.tif", Cube(cube.data[::-1].copy(), cube.bands, cube.wavelengths))
+    run = predict_files(det, [a / "000.tif", b / "000.tif"], tmp_path / "o")
+    rows = (tmp_path / "o" / "scores.csv").read_text().splitlines()[1:]
+    maps = sorted(p.relative_to(tmp_path / "o").as_posix() for p in (tmp_path / "o").rglob("*.tif"))
+    assert run.scored == 2 and len(rows) == 2
+    assert maps == ["maps/dirA/000.tif", "maps/dirB/000.tif"]
+    assert len(list((tmp_path / "o" / "overlays").rglob("*.png"))) == 2
+    first, second = (tifffile.imread(tmp_path / "o" / m) for m in maps)
+    assert not np.array_equal(first, second)
+
+
+# 3 ------------------------------------------------------------------ non-finite is never normal
+
+
+def test_extreme_pixel_is_an_error_naming_the_cube(tmp_path: Path, rx_model) -> None:
+    root, model = rx_model
+    cube = read_cube(next((root / "test" / "good").iterdir()))
+    cube.data[3, 4, 2] = 3e38
+    path = tmp_path / "hot.tif"
+    write_cube(path, cube)
+    with pytest.raises(SpecadError, match="hot.tif: the anomaly map is not finite"):
+        Detector.load(model).predict(read_cube(path), paths=[path])
+    done = specad("predict", str(model), str(path), "--out", str(tmp_path / "o"))
+    one_line_failure(done, "none of the 1 inputs could be scored", "hot.tif")
+    assert "hot.tif: the anomaly map is not finite" in done.stderr
+    assert not (tmp_path / "o").exists()  # nothing scored: nothing written
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda m: m["preprocess"].update(std=[0.0] * 6, mean=[0.0] * 6), "std"),
+        (lambda m: m["preprocess"].update(mean=[float("nan")] * 6, std=[1.0] * 6), "mean"),
+        (lambda m: m["preprocess"].update(channels=[0, 99]), "channels"),
+        (lambda m: m.update(threshold=float("nan")), "threshold"),
+    ],
+)
+def test_model_files_with_bad_normalisation_are_refused(tmp_path, rx_model, edit, needle) -> None:
+    _, model = rx_model
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    meta = json.loads((model / "model.json").read_text())
+    edit(meta)
+    (bad / "model.json").write_text(json.dumps(meta))
+    (bad / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes())
+    with pytest.raises(SpecadError, match=f"model.json: .*{needle}"):
+        Detector.load(bad)
+
+
+# 4 ------------------------------------------------------------------ one line, never a traceback
+
+
+def test_envi_with_zero_size_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "z.hdr").write_text("ENVI\nlines = 0\nsamples = 0\nbands = 3\ndata type = 4\n")
+    (tmp_path / "z.img").write_bytes(b"")
+    with pytest.raises(SpecadError, match="z.hdr: the cube is empty"):
+        read_cube(tmp_path / "z.hdr")
+
+
+def _efficientad_meta(tmp_path: Path, **config_model) -> Path:
+    from specad.config import Config
+
+    cfg = Config.model_validate({"data": {"root": "x", "image_size": 64}}).model_dump(mode="json")
+    cfg["model"].update(config_model)
+    meta = {
+        "kind": "efficientad",
+        "preprocess": {"source_channels": 6, "channels": [0, 1, 2], "image_size": 64},
+        "threshold": 1.0,
+        "bands": ["a", "b", "c"],
+        "wavelengths": None,
+        "rgb": None,
+        "config": cfg,
+    }
+    folder = tmp_path / "m"
+    folder.mkdir()
+    from safetensors.numpy import save_file
+
+    save_file({"x": np.zeros(1, np.float32)}, str(folder / "model.safetensors"))
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"size": "gigantic"}, "model.size"),
+        ({"teacher": 7}, "model.teacher"),
+    ],
+)
+def test_model_json_with_bad_config_is_one_line(tmp_path: Path, change, needle) -> None:
+    with pytest.raises(SpecadError, match=f"model.json: {needle}"):
+        Detector.load(_efficientad_meta(tmp_path, **change))
+
+
+def test_model_json_with_tiny_image_size_is_one_line(tmp_path: Path) -> None:
+    folder = _efficientad_meta(tmp_path)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["preprocess"]["image_size"] = 8
+    (folder / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(SpecadError, match="model.json: cannot build the model"):
+        Detector.load(folder)
+
+
+def test_out_below_a_file_or_unwritable_is_one_line(tmp_path: Path, rx_model) -> None:
+    root, model = rx_model
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out in (blocker / "x", Path("/proc/specad-test/x")):
+        one_line_failure(
+            specad("predict", str(model), str(root / "test"), "--out", str(out)), "cannot write"
+        )
+        one_line_failure(specad("synth", "--out", str(out), "--size", "32"), "cannot write")
+        one_line_failure(
+            specad("report", "--model", "rx", "--dataset", str(root), "--out", str(out)),
+            "cannot write",
+        )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"data": {"root": str(root), "image_size": 64}}))
+    one_line_failure(specad("train", "-c", str(cfg), "--out", str(blocker / "r")), "cannot write")
+
+
+def test_train_configs_that_cannot_work_are_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  root: [a, b]\n")
+    with pytest.raises(SpecadError, match="data.root"):
+        load_config(cfg)
+    cfg.write_text(f"data:\n  root: {tmp_path}\n  image_size: 32\n")
+    with pytest.raises(SpecadError, match="too small for this model \\(minimum 34 px\\)"):
+        load_config(cfg)
+    assert load_config(cfg, ["model.padding=true"]).data.image_size == 32
+
+
+# 5 ------------------------------------------------------------------ one dataset validation
+
+
+def test_unknown_mask_ids_fail_evaluate_like_check(tmp_path: Path, rx_model) -> None:
+    root = make_dataset(tmp_path / "ds", size=32)
+    mask = root / "ground_truth" / "square" / "square000.png"
+    Image.fromarray(np.full((32, 32), 9, np.uint8)).save(mask)
+    assert any("mask ids [9]" in p for p in check_dataset(root).problems)
+    ds = load_dataset(root)
+    sample = next(s for s in ds.samples if s.mask == mask)
+    with pytest.raises(SpecadError, match="square000.png: mask ids \\[9\\]"):
+        read_mask(sample, (32, 32))
+    _, model = rx_model
+    one_line_failure(specad("evaluate", str(model), str(root)), "square000.png", "mask ids [9]")
+
+
+def test_defect_folder_missing_from_classes_json(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", size=32)
+    (root / "test" / "square").rename(root / "test" / "blob")
+    (root / "ground_truth" / "square").rename(root / "ground_truth" / "blob")
+    with pytest.raises(SpecadError, match="defect class 'blob' is not named in"):
+        load_dataset(root)
+    assert any("'blob'" in p for p in check_dataset(root).problems)
+
+
+# 6 ------------------------------------------------------------------ smaller ones
+
+
+def test_many_sizes_are_summarised(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "ds", size=32)
+    for i in range(12):
+        write_cube(root / "train" / "good" / f"s{i}.tif", Cube(np.ones((20 + i, 30, 6))))
+    done = specad("dataset", "check", str(root))
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("sizes"))
+    assert "13 different sizes" in line and len(line) < 200
+
+
+def test_read_errors_do_not_suggest_missing_flags(tmp_path: Path) -> None:
+    scipy.io.savemat(tmp_path / "flat.mat", {"a": np.zeros((4, 4))})
+    with pytest.raises(SpecadError, match=r"no 3-D numeric array found \(variables: a\)"):
+        read_cube(tmp_path / "flat.mat")
+
+
+def test_scene_errors_name_the_file(tmp_path: Path) -> None:
+    np.save(tmp_path / "one.npy", np.ones((1, 1, 3), np.float32))
+    with pytest.raises(SpecadError, match="one.npy: RX needs at least 2"):
+        scene_scores(tmp_path / "one.npy")
+
+
+# 7 ------------------------------------------------------------------ TIFF as tifffile writes it
+
+
+def test_bare_tifffile_array_keeps_its_shape(tmp_path: Path) -> None:
+    cube = np.random.default_rng(0).random((64, 64, 6)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "c.tif", cube)
+    np.testing.assert_array_equal(read_cube(tmp_path / "c.tif").data, cube)
+    np.testing.assert_array_equal(read_cube(tmp_path / "c.tif", layout="hwc").data, cube)
+    tifffile.imwrite(tmp_path / "b.tif", cube.transpose(2, 0, 1))  # band-first, no axes
+    with pytest.warns(UserWarning, match="guessed as 'chw'"):
+        np.testing.assert_array_equal(read_cube(tmp_path / "b.tif").data, cube)
+
+
+# 8, 9 -------------------------------------------------------------- MATLAB as its authors store it
+
+
+def test_matlab_cube_smaller_in_pixels_than_bands_is_hwc(tmp_path: Path) -> None:
+    data = np.random.default_rng(1).random((80, 100, 162))
+    truth = np.zeros((80, 100), np.uint8)
+    truth[10:14, 20:23] = 1
+    data[10:14, 20:23] += 3.0
+    scipy.io.savemat(tmp_path / "s.mat", {"data": data, "map": truth})
+    assert read_cube(tmp_path / "s.mat").shape == (80, 100, 162)
+    score_map, auroc = scene_scores(tmp_path / "s.mat", "map")
+    assert score_map.shape == (80, 100) and auroc is not None and auroc > 0.99
+
+
+def test_matlab_v73_truth_variable(tmp_path: Path) -> None:
+    data = np.random.default_rng(2).random((30, 40, 12))
+    truth = np.zeros((30, 40), np.uint8)
+    truth[5:8, 6:9] = 1
+    data[5:8, 6:9] += 3.0
+    path = tmp_path / "v73.mat"
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f["hsi"] = data.T  # MATLAB column-major, as h5py sees it
+        f["hsi_gt"] = truth.T
+    assert read_cube(path, variable="hsi").shape == (30, 40, 12)
+    score_map, auroc = scene_scores(path, "hsi_gt", variable="hsi")
+    assert score_map.shape == (30, 40) and auroc > 0.99
+    with pytest.raises(SpecadError, match="truth mask is 40x30, the scene is 30x40"):
+        with h5py.File(path, "a") as f:
+            del f["hsi_gt"]
+            f["hsi_gt"] = truth  # stored the wrong way round
+        scene_scores(path, "hsi_gt", variable="hsi")
