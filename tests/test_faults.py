@@ -57,11 +57,13 @@ def rx_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_folder_created_during_the_run_is_kept(tmp_path: Path) -> None:
     out = tmp_path / "x"
-    with pytest.raises(SpecadError, match="appeared while this command ran"):
-        with atomic_dir(out) as tmp:
-            (tmp / "result.txt").write_text("new")
-            out.mkdir()  # the user, meanwhile
-            (out / "precious.txt").write_text("x")
+    with (
+        pytest.raises(SpecadError, match="appeared while this command ran"),
+        atomic_dir(out) as tmp,
+    ):
+        (tmp / "result.txt").write_text("new")
+        out.mkdir()  # the user, meanwhile
+        (out / "precious.txt").write_text("x")
     assert (out / "precious.txt").read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no .part, no lock left
 
@@ -81,9 +83,8 @@ def test_second_writer_fails_at_once(tmp_path: Path, rx_model) -> None:
     root, model = rx_model
     out = tmp_path / "pout"
     with reserve_output(out):
-        with pytest.raises(SpecadError, match="another specad command is writing"):
-            with atomic_dir(out):
-                pass
+        with pytest.raises(SpecadError, match="another specad command is writing"), atomic_dir(out):
+            pass
         done = specad("predict", str(model), str(root / "test"), "--out", str(out))
     one_line_failure(done, "pout", "another specad command is writing")
     assert not out.exists()
