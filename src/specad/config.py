@@ -89,11 +89,16 @@ class Config(Strict):
 def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
     """A YAML file's top-level mapping; any problem is one line naming the file."""
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise SpecadError(f"{what} not found", path) from err
-    except yaml.YAMLError as err:
-        raise SpecadError(f"invalid YAML ({str(err).splitlines()[0]})", path) from err
+    except UnicodeDecodeError as err:
+        raise SpecadError(f"not UTF-8 text ({err.reason} at byte {err.start})", path) from err
+    except (yaml.YAMLError, RecursionError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise SpecadError(f"invalid YAML ({first})", path) from err
+    except OSError as err:
+        raise SpecadError(f"cannot read {what} ({err.strerror or err})", path) from err
     if not isinstance(loaded, dict):
         raise SpecadError(f"{what} must be a YAML mapping", path)
     return loaded

@@ -16,10 +16,11 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -362,7 +363,13 @@ def read_mat_arrays(path: Path) -> dict[str, np.ndarray]:
 
     v7.3 files are HDF5, where h5py sees MATLAB's column-major arrays transposed; they are
     transposed back so that an H x W x B cube (or an H x W truth map) reads the same from both.
+    Both parsers are native code that fuzzing crashed (segfaults) on corrupt files, so they run
+    in a forked child process: a crash there is one line about the file, not a dead program.
     """
+    return _isolated(_parse_mat, path)
+
+
+def _parse_mat(path: Path) -> dict[str, np.ndarray]:
     import h5py
     import scipy.io
 
@@ -378,6 +385,47 @@ def read_mat_arrays(path: Path) -> dict[str, np.ndarray]:
         for k, v in scipy.io.loadmat(path).items()
         if isinstance(v, np.ndarray) and v.dtype.kind in "fiub"
     }
+
+
+READ_TIMEOUT_S = 300.0
+
+
+def _isolated(parse: Callable[[Path], Any], path: Path) -> Any:
+    """``parse(path)`` in a forked child (where ``fork`` exists); its crash or hang is an error."""
+    if not hasattr(os, "fork"):
+        return parse(path)
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(send, parse, path), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(READ_TIMEOUT_S):
+            child.kill()
+            raise SpecadError(f"reading took over {READ_TIMEOUT_S:g} s (corrupt file?)", path)
+        ok, value = receive.recv()
+    except EOFError:
+        child.join()
+        raise SpecadError(
+            f"cannot read: the file's parser crashed (exit {child.exitcode}); corrupt file?", path
+        ) from None
+    finally:
+        receive.close()
+    child.join()
+    if not ok:
+        raise SpecadError(f"cannot read cube ({value})", path)
+    return value
+
+
+def _child(send: Any, parse: Callable[[Path], Any], path: Path) -> None:
+    try:
+        result = (True, parse(path))
+    except Exception as err:  # noqa: BLE001 - reported by the parent as one line
+        result = (False, f"{type(err).__name__}: {err}")
+    send.send(result)
+    send.close()
 
 
 def _read_mat(path: Path, variable: str | None, layout: str | None) -> Cube:
