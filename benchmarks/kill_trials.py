@@ -1,0 +1,204 @@
+"""Kill trials: ``kill -9`` at random moments, then resume or rerun; prints one table.
+
+    .venv/bin/python benchmarks/kill_trials.py [--trials 20] [--others 5] [--seed 0]
+
+* **train**: a short training run is killed at a random moment, then continued with
+  ``--resume`` (or, if it died before its first checkpoint, rerun with ``--force``); the final
+  ``model.safetensors`` must equal an uninterrupted run's byte for byte.
+* **predict, report, synth, export**: killed at a random moment; no complete-looking output may
+  be left (the output folder absent, or for ``export`` the previous ONNX file intact), and a
+  rerun without ``--force`` must succeed.
+
+Exit status 1 if any trial failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from conftest import make_dataset  # noqa: E402
+
+TRAIN_SETS = [
+    "train.steps=40",
+    "train.checkpoint_every=5",
+    "train.export=[]",
+    "train.device=cpu",
+    "model.teacher=pdn-random",
+]
+
+
+def specad(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "specad", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(*args: str) -> tuple[int, str]:
+    proc = specad(*args)
+    _, err = proc.communicate(timeout=900)
+    return proc.returncode, err.strip().splitlines()[-1] if err.strip() else ""
+
+
+def kill_after(args: list[str], delay: float) -> int | None:
+    """Start a command, ``kill -9`` it after ``delay`` s; None if it finished first."""
+    proc = specad(*args)
+    try:
+        proc.wait(timeout=delay)
+        return proc.returncode
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+
+
+def timed(args: list[str]) -> float:
+    t0 = time.perf_counter()
+    code, last = finish(*args)
+    if code != 0:
+        raise SystemExit(f"reference run failed: {' '.join(args)}: {last}")
+    return time.perf_counter() - t0
+
+
+def train_trials(work: Path, cfg: Path, n: int, rng: random.Random) -> tuple[list[dict], Path]:
+    train = ["train", "-c", str(cfg)] + [a for s in TRAIN_SETS for a in ("--set", s)]
+    reference = work / "reference"
+    seconds = timed([*train, "--out", str(reference)])
+    expected = (reference / "model.safetensors").read_bytes()
+    rows = []
+    for i in range(n):
+        run = work / f"train{i}"
+        delay = rng.uniform(0.2, seconds)
+        killed = kill_after([*train, "--out", str(run)], delay) is None
+        resumed = (run / "checkpoints" / "last.pt").is_file()
+        again = [*train, "--out", str(run), "--resume" if resumed else "--force"]
+        code, last = finish(*again)
+        same = code == 0 and (run / "model.safetensors").read_bytes() == expected
+        rows.append(
+            {
+                "case": "train",
+                "kill at s": round(delay, 2),
+                "killed": killed,
+                "then": "resume" if resumed else "rerun",
+                "ok": same,
+                "detail": "weights identical" if same else last or "weights differ",
+            }
+        )
+        shutil.rmtree(run, ignore_errors=True)
+    return rows, reference
+
+
+def output_trials(work: Path, data: Path, model: Path, n: int, rng: random.Random) -> list[dict]:
+    """Kill predict, report and synth; their output folders must not appear half-done."""
+    cases = {
+        "predict": lambda out: ["predict", str(model), str(data / "test"), "--out", str(out)],
+        "report": lambda out: [
+            "report",
+            "--model",
+            f"m={model}",
+            "--dataset",
+            str(data),
+            "--out",
+            str(out),
+        ],  # fmt: skip
+        "synth": lambda out: ["synth", "--out", str(out), "--size", "64", "--preset", "tray6"],
+    }
+    rows = []
+    for name, make in cases.items():
+        seconds = timed(make(work / f"{name}-ref"))
+        for i in range(n):
+            out = work / f"{name}{i}"
+            delay = rng.uniform(0.2, seconds)
+            killed = kill_after(make(out), delay) is None
+            leftover = out.exists() if killed else False
+            code, last = finish(*make(out)) if killed else (0, "")
+            ok = not leftover and code == 0 and out.is_dir()
+            rows.append(
+                {
+                    "case": name,
+                    "kill at s": round(delay, 2),
+                    "killed": killed,
+                    "then": "rerun",
+                    "ok": ok,
+                    "detail": "no output after kill; rerun ok"
+                    if ok
+                    else f"output left: {leftover}; rerun: {last}",
+                }
+            )
+            shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def export_trials(model: Path, n: int, rng: random.Random) -> list[dict]:
+    """Kill ``specad export``: model.onnx is the old complete file or the new one, never torn."""
+    onnx = model / "model.onnx"
+    seconds = timed(["export", str(model)])
+    before = onnx.read_bytes()
+    rows = []
+    for _ in range(n):
+        delay = rng.uniform(0.2, seconds)
+        killed = kill_after(["export", str(model)], delay) is None
+        intact = onnx.read_bytes() == before
+        code, last = finish("export", str(model))
+        ok = intact and code == 0 and onnx.read_bytes() == before
+        rows.append(
+            {
+                "case": "export",
+                "kill at s": round(delay, 2),
+                "killed": killed,
+                "then": "rerun",
+                "ok": ok,
+                "detail": "model.onnx intact; rerun ok" if ok else f"intact {intact}; {last}",
+            }
+        )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=20, help="training kill trials")
+    parser.add_argument("--others", type=int, default=5, help="trials per other command")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    work = Path(tempfile.mkdtemp(prefix="specad-kill-"))
+    try:
+        data = make_dataset(work / "data", size=64)
+        cfg = work / "cfg.yaml"
+        cfg.write_text(json.dumps({"data": {"root": str(data), "image_size": 64}}))
+        rows, reference = train_trials(work, cfg, args.trials, rng)
+        finish("export", str(reference))
+        rows += output_trials(work, data, reference, args.others, rng)
+        rows += export_trials(reference, args.others, rng)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("| # | case | kill at s | killed | then | result |")
+    print("|---|---|---|---|---|---|")
+    for i, r in enumerate(rows, 1):
+        verdict = "pass" if r["ok"] else "FAIL"
+        print(
+            f"| {i} | {r['case']} | {r['kill at s']} | {r['killed']} | {r['then']} | "
+            f"{verdict}: {r['detail']} |"
+        )
+    for case in dict.fromkeys(r["case"] for r in rows):
+        mine = [r for r in rows if r["case"] == case]
+        print(f"{case}: {sum(r['ok'] for r in mine)} of {len(mine)} passed")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
