@@ -1,0 +1,291 @@
+"""Single-scene hyperspectral anomaly detectors: every pixel against its own scene's background.
+
+There is no training set: the background statistics come from the scene itself, either all of
+it (global RX) or a dual window around each pixel. The dual window is an ``outer`` x ``outer``
+square centred on the pixel under test with an ``inner`` x ``inner`` guard square removed, so a
+target a few pixels wide does not leak into its own background; its ``K = outer**2 - inner**2``
+pixels form the local background. Scene borders are mirrored (``numpy.pad(mode="symmetric")``,
+as the published MATLAB code does).
+
+Every detector is a class whose ``__init__`` stores parameters only and whose
+``score_map(cube)`` maps an (H, W, B) cube to an (H, W) float32 map, larger = more anomalous;
+``SCENE_DETECTORS`` maps the CLI names to the classes. All work is batched (torch matmuls, NumPy
+LAPACK solves): the local first and second moments come from running box sums (cost independent
+of the window size), the per-pixel solves from batched LAPACK calls one image row at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from specad.errors import SpecadError
+from specad.models.rx import rx_scene
+
+
+def _cube(cube: np.ndarray) -> np.ndarray:
+    """(H, W, B) float64, centred on the scene mean: the local statistics below are sums of
+    outer products, which lose digits when the mean is large against the spread."""
+    cube = np.asarray(cube)
+    if cube.ndim != 3:
+        raise SpecadError(f"expected an (H, W, B) cube, got shape {cube.shape}")
+    if not np.isfinite(cube).all():
+        raise SpecadError("the cube contains NaN or inf")
+    x = cube.astype(np.float64)
+    return x - x.reshape(-1, x.shape[2]).mean(axis=0)
+
+
+def _check_windows(outer: int, inner: int, shape: tuple[int, ...] | None = None) -> None:
+    for name, size in (("outer", outer), ("inner", inner)):
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1 or size % 2 == 0:
+            raise SpecadError(f"{name} window must be an odd positive integer, got {size!r}")
+    if inner >= outer:
+        raise SpecadError(f"inner window ({inner}) must be smaller than the outer one ({outer})")
+    if shape is not None and outer // 2 > min(shape[:2]):
+        raise SpecadError(
+            f"outer window {outer} is too large for a {shape[0]}x{shape[1]} scene "
+            f"(at most {2 * min(shape[:2]) + 1})"
+        )
+
+
+def _ridge(cov: np.ndarray, ridge: float) -> np.ndarray:
+    """``cov + ridge * tr(cov)/B * I`` over a stack of (.., B, B) matrices: keeps a local
+    covariance from fewer than B pixels (or from correlated bands) invertible."""
+    b = cov.shape[-1]
+    load = ridge * np.trace(cov, axis1=-2, axis2=-1) / b
+    out = cov.copy()
+    out[..., np.arange(b), np.arange(b)] += load[..., None]
+    return out
+
+
+def _box_rows(xp: np.ndarray, top: int, size: int, width: int) -> Iterator[np.ndarray]:
+    """For each output row, sums of x x^T over the ``size`` x ``size`` boxes starting at padded
+    row ``top + i`` and columns ``top + j`` (j < width), as a (width, B, B) array.
+
+    Running vertical sums per column (one row in, one row out) and a cumulative sum across
+    columns make each row cost O(W B^2) whatever the box size (memory-bound: a few passes
+    over W B^2 floats per row).
+    """
+    xt = torch.from_numpy(xp[:, top : top + width + size - 1])
+
+    def outer_row(r: int) -> torch.Tensor:
+        v = xt[top + r]
+        return v[:, :, None] * v[:, None, :]
+
+    col = outer_row(0)
+    for r in range(1, size):
+        col += outer_row(r)
+    cum = torch.zeros((col.shape[0] + 1, *col.shape[1:]), dtype=col.dtype)
+    for i in range(xp.shape[0] - 2 * top - size + 1):
+        if i:
+            col += outer_row(i + size - 1)
+            col -= outer_row(i - 1)
+        torch.cumsum(col, 0, out=cum[1:])
+        yield (cum[size:] - cum[:-size]).numpy()
+
+
+def _box_sums(xp: np.ndarray, top: int, size: int, width: int, height: int) -> np.ndarray:
+    """Sums of x over the same boxes as :func:`_box_rows`, for all rows at once: (H, W, B)."""
+    c = np.cumsum(np.cumsum(xp[top : top + height + size - 1, top : top + width + size - 1], 0), 1)
+    c = np.pad(c, ((1, 0), (1, 0), (0, 0)))
+    return c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
+
+
+def annulus_moments(
+    x: np.ndarray, outer: int, inner: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(row, s1, s2)`` for each image row: the sums of x (W, B) and of x x^T (W, B, B)
+    over the dual-window background of every pixel in that row."""
+    h, w, _ = x.shape
+    t, ti = outer // 2, inner // 2
+    xp = np.pad(x, ((t, t), (t, t), (0, 0)), mode="symmetric")
+    s1 = _box_sums(xp, 0, outer, w, h) - _box_sums(xp, t - ti, inner, w, h)
+    rows = zip(_box_rows(xp, 0, outer, w), _box_rows(xp, t - ti, inner, w), strict=True)
+    for i, (s2_out, s2_in) in enumerate(rows):
+        yield i, s1[i], s2_out - s2_in
+
+
+@dataclass
+class SceneDetector:
+    """Base of the single-scene detectors: parameters as dataclass fields, one ``score_map``."""
+
+    name: ClassVar[str]
+
+    def params(self) -> dict:
+        """The parameters, for the JSON output and the benchmark table."""
+        return asdict(self)
+
+    def score_map(self, cube: np.ndarray) -> np.ndarray:
+        """The (H, W) float32 map of an (H, W, B) cube; larger = more anomalous."""
+        # Thousands of small LAPACK calls: threading inside each one only adds contention.
+        with threadpool_limits(1, user_api="blas"):
+            return self._score_map(cube)
+
+    def _score_map(self, cube: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass
+class GlobalRX(SceneDetector):
+    """Global RX (Reed & Yu 1990): ``d(y) = (y - mu)^T S^-1 (y - mu)`` with the scene's mean and
+    covariance; ``shrinkage`` as in :class:`specad.models.rx.RX` (0 = classic, pseudo-inverse).
+
+    Shapes: cube (H, W, B) -> map (H, W). Cost O(H W B^2 + B^3): a fraction of a second.
+    """
+
+    name: ClassVar[str] = "rx"
+    shrinkage: float = 0.0
+
+    def _score_map(self, cube: np.ndarray) -> np.ndarray:
+        return rx_scene(_cube(cube), shrinkage=self.shrinkage)
+
+
+@dataclass
+class LocalRX(SceneDetector):
+    """Local (dual-window) RX: RX against the mean ``mu_p`` and covariance ``C_p`` of the ``K``
+    background pixels in the dual window around each pixel ``p``:
+
+        d(y_p) = (y_p - mu_p)^T (C_p + r tr(C_p)/B I)^-1 (y_p - mu_p)
+
+    with ridge ``r`` (``ridge``) because ``C_p`` from ``K`` pixels is singular when ``K <= B``
+    and ill-conditioned even when not. Shapes: cube (H, W, B) -> map (H, W). Cost
+    O(H W B^3 / 3) for the batched solves, independent of the window sizes.
+    """
+
+    name: ClassVar[str] = "lrx"
+    outer: int = 25
+    inner: int = 5
+    ridge: float = 1e-3
+
+    def _score_map(self, cube: np.ndarray) -> np.ndarray:
+        x = _cube(cube)
+        _check_windows(self.outer, self.inner, x.shape)
+        k = self.outer**2 - self.inner**2
+        out = np.empty(x.shape[:2], dtype=np.float32)
+        for i, s1, s2 in annulus_moments(x, self.outer, self.inner):
+            mu = s1 / k
+            cov = s2 / k - mu[:, :, None] * mu[:, None, :]
+            d = (x[i] - mu)[:, :, None]
+            z = np.linalg.solve(_ridge(cov, self.ridge), d)
+            out[i] = (d * z).sum(axis=(1, 2))
+        return out
+
+
+@dataclass
+class TwoStepGLRT(SceneDetector):
+    """Two-step GLRT for multipixel anomalies of unknown pattern (Liu, Hou, Li, Tao, Orlando &
+    Li, IEEE TNNLS 2022, doi:10.1109/TNNLS.2021.3071026).
+
+    The ``L = inner**2`` pixels of the inner window form the test matrix ``X`` (B x L); the
+    ``K`` pixels of the surrounding ring form ``Y`` (B x K), assumed zero-mean Gaussian with
+    unknown covariance. With ``S = Y Y^T`` the statistic is the largest eigenvalue
+
+        T(p) = lambda_max(X^T S^-1 X)
+
+    Bands are first scaled to [0, 1] each (the paper's preprocessing; the zero-mean model makes
+    the detector depend on it). ``ridge`` loads ``S`` as in :class:`LocalRX` (0 = plain
+    inverse, needs ``K > B``). Shapes: cube (H, W, B) -> map (H, W). Cost O(H W (B^3 / 3 +
+    L^3)): keep ``inner`` small (3-7).
+    """
+
+    name: ClassVar[str] = "2s-glrt"
+    outer: int = 21
+    inner: int = 5
+    ridge: float = 1e-6
+
+    def _score_map(self, cube: np.ndarray) -> np.ndarray:
+        x = minmax_bands(np.asarray(cube, dtype=np.float64))
+        _check_windows(self.outer, self.inner, x.shape)
+        tests = _windows(x, self.inner)
+        out = np.empty(x.shape[:2], dtype=np.float32)
+        for i, _, s in annulus_moments(x, self.outer, self.inner):
+            xt = tests[i].reshape(*tests.shape[1:3], -1)  # (W, B, L)
+            z = np.linalg.solve(_ridge(s, self.ridge), xt)
+            m = np.matmul(xt.transpose(0, 2, 1), z)  # (W, L, L)
+            out[i] = np.linalg.eigvalsh((m + m.transpose(0, 2, 1)) / 2)[:, -1]
+        return out
+
+
+@dataclass
+class CRD(SceneDetector):
+    """Collaborative-representation detector (Li & Du, IEEE TGRS 2015): each pixel ``y`` is
+    represented by its ``K`` dual-window background pixels ``X_s`` (B x K),
+
+        alpha = (X_s^T X_s + lambda Gamma^2)^-1 X_s^T y,   Gamma = diag(||y - x_i||_2),
+        r(y) = ||y - X_s alpha||_2,
+
+    so background pixels that resemble ``y`` get the weight and an anomaly, which no mix of its
+    neighbours reproduces, keeps a large residual. ``lam`` is scale-free (both terms scale with
+    the data squared). Shapes: cube (H, W, B) -> map (H, W). Cost O(H W (K^2 B + K^3 / 3)),
+    which grows with the window: (outer, inner) = (11, 5) is K = 96.
+    """
+
+    name: ClassVar[str] = "crd"
+    outer: int = 11
+    inner: int = 5
+    lam: float = 1e-6
+
+    def _score_map(self, cube: np.ndarray) -> np.ndarray:
+        x = _cube(cube)
+        _check_windows(self.outer, self.inner, x.shape)
+        if not self.lam >= 0:
+            raise SpecadError(f"CRD lambda must be >= 0, got {self.lam!r}")
+        t, ti = self.outer // 2, self.inner // 2
+        ring = np.ones((self.outer, self.outer), dtype=bool)
+        ring[t - ti : t + ti + 1, t - ti : t + ti + 1] = False
+        windows = _windows(x, self.outer)
+        out = np.empty(x.shape[:2], dtype=np.float32)
+        for i, row in enumerate(windows):
+            xs = torch.from_numpy(row.reshape(*row.shape[:2], -1)[:, :, ring.ravel()])  # (W, B, K)
+            y = torch.from_numpy(x[i, :, :, None])  # (W, B, 1)
+            gram = (xs.mT @ xs).numpy()  # (W, K, K)
+            k = gram.shape[1]
+            dist2 = torch.square(xs - y).sum(dim=1).numpy()  # (W, K)
+            # the tiny floor keeps the system solvable where mirrored borders repeat y itself
+            floor = 1e-12 * np.trace(gram, axis1=1, axis2=2)[:, None] / k
+            gram[:, np.arange(k), np.arange(k)] += self.lam * dist2 + floor
+            alpha = torch.from_numpy(np.linalg.solve(gram, (xs.mT @ y).numpy()))  # (W, K, 1)
+            out[i] = torch.linalg.vector_norm(y - xs @ alpha, dim=(1, 2)).numpy()
+        return out
+
+
+def _windows(x: np.ndarray, size: int) -> np.ndarray:
+    """Copy-free (H, W, B, size, size) view of the ``size`` x ``size`` neighbourhood of every
+    pixel, borders mirrored; take one row at a time, a full copy is H W B size^2 floats."""
+    t = size // 2
+    xp = np.pad(x, ((t, t), (t, t), (0, 0)), mode="symmetric")
+    return np.lib.stride_tricks.sliding_window_view(xp, (size, size), (0, 1))
+
+
+def minmax_bands(x: np.ndarray) -> np.ndarray:
+    """Each band scaled to [0, 1] over the scene (constant bands become 0)."""
+    lo = x.min(axis=(0, 1))
+    span = x.max(axis=(0, 1)) - lo
+    return (x - lo) / np.where(span > 0, span, 1.0)
+
+
+SCENE_DETECTORS: dict[str, type[SceneDetector]] = {
+    cls.name: cls for cls in (GlobalRX, LocalRX, CRD, TwoStepGLRT)
+}
+"""CLI name -> detector class; adding a detector is one class and one entry here."""
+
+
+def make_detector(name: str, **params: float | int) -> SceneDetector:
+    """The detector called ``name`` with the given parameters (unknown ones are an error)."""
+    if name not in SCENE_DETECTORS:
+        raise SpecadError(f"unknown detector '{name}' (one of {', '.join(SCENE_DETECTORS)})")
+    cls = SCENE_DETECTORS[name]
+    try:
+        return cls(**params)  # type: ignore[arg-type]
+    except TypeError as err:
+        raise SpecadError(f"bad parameters for detector '{name}': {err}") from err
+
+
+def detect_scene(cube: np.ndarray, detector: str = "rx", **params: float | int) -> np.ndarray:
+    """One call: the (H, W) map of detector ``detector`` on an (H, W, B) scene."""
+    return make_detector(detector, **params).score_map(cube)
