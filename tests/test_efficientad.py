@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from specad.errors import SpecadError
-from specad.models.efficientad import PDN, EfficientAD, ae_augment, quantile, rgb_sources
+from specad.models.efficientad import PDN, EfficientAD, ae_augment, quantile
+from specad.spectral import rgb_sources
 
 # anomalib's PDN_S / PDN_M state dicts (teacher: 3 input channels, 384 output channels).
 ANOMALIB_SMALL = {
@@ -136,9 +139,9 @@ def test_fit_teacher_stats_and_quantiles() -> None:
     model.eval()
     with torch.no_grad():
         map_st = torch.cat([model.maps(x)[0] for x in batches])
-    torch.testing.assert_close(model.q_st_a, torch.quantile(map_st.flatten(), 0.9))
-    assert model.q_ae_b > model.q_ae_a
-    assert set(model.state_dict()) >= {"teacher_mean", "teacher_std", "q_st_a", "q_ae_b"}
+    torch.testing.assert_close(model.st_p90, torch.quantile(map_st.flatten(), 0.9))
+    assert model.ae_p995 > model.ae_p90
+    assert set(model.state_dict()) >= {"teacher_mean", "teacher_std", "st_p90", "ae_p995"}
     with pytest.raises(SpecadError):
         model.fit_quantiles([])
 
@@ -162,3 +165,19 @@ def test_rgb_sources() -> None:
     assert rgb_sources(3, "wavelength", [460.0, 900.0, 640.0]) == [(2,), (0, 1, 2), (0,)]
     with pytest.raises(SpecadError, match="wavelength"):
         rgb_sources(3, "wavelength")
+
+
+def test_model_saved_before_the_rewrite_gives_the_same_map() -> None:
+    """tests/data/efficientad_v0: saved by the table-driven PDN with q_st_a.. buffer names."""
+    import numpy as np
+
+    from specad.infer import Detector
+    from specad.io import Cube
+
+    folder = Path(__file__).parent / "data" / "efficientad_v0"
+    det = Detector.load(folder, device="cpu", runtime="torch")
+    got = det.predict(Cube(np.load(folder / "cube.npy"))).anomaly_map
+    expected = np.load(folder / "expected_map.npy")
+    assert expected.std() > 0.01  # a map with structure, not a constant
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    assert float(det.model.st_p90) > 1.0  # the old q_st_a value, loaded under its new name

@@ -16,6 +16,7 @@ from specad.data import load_dataset
 from specad.errors import SpecadError
 from specad.infer import Detector, run_split
 from specad.io import Cube, write_cube
+from specad.models.build import build_efficientad
 from specad.train import load_inputs, train
 
 TINY = ["data.image_size=64", "model.teacher=pdn-random", "train.log_every=1"]
@@ -57,25 +58,36 @@ def test_resume_ends_with_the_same_weights(tmp_path: Path, flips: str) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+def test_student_does_not_start_as_a_copy_of_its_random_teacher() -> None:
+    cfg = Config.model_validate({"data": {"root": "."}, "model": {"teacher": "pdn-random"}})
+    model = build_efficientad(cfg.model, 3, 64, seed=7)
+    student = dict(model.student.named_parameters())
+    for name, weight in model.teacher.named_parameters():
+        assert not torch.equal(student[name][: weight.shape[0]], weight), name
+    again = build_efficientad(cfg.model, 3, 64, seed=7).state_dict()  # reproducible from the seed
+    for key, value in model.state_dict().items():
+        assert torch.equal(again[key], value), key
+
+
 def test_quantiles_are_fitted_on_val_good_only(trained: tuple[Path, Path]) -> None:
     root, run = trained
     det = Detector.load(run)
     model, pre = det.model, det.meta.preprocess
-    stored = [model.q_st_a.item(), model.q_st_b.item(), model.q_ae_a.item(), model.q_ae_b.item()]
+    stored = [model.st_p90.item(), model.st_p995.item(), model.ae_p90.item(), model.ae_p995.item()]
     ds = load_dataset(root)
     model.fit_quantiles([load_inputs(pre, ds.split("val")).x])
     assert stored == [
-        model.q_st_a.item(),
-        model.q_st_b.item(),
-        model.q_ae_a.item(),
-        model.q_ae_b.item(),
+        model.st_p90.item(),
+        model.st_p995.item(),
+        model.ae_p90.item(),
+        model.ae_p995.item(),
     ]
     model.fit_quantiles([load_inputs(pre, ds.split("test")).x])
     assert stored != [
-        model.q_st_a.item(),
-        model.q_st_b.item(),
-        model.q_ae_a.item(),
-        model.q_ae_b.item(),
+        model.st_p90.item(),
+        model.st_p995.item(),
+        model.ae_p90.item(),
+        model.ae_p995.item(),
     ]
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from specad.errors import SpecadError
-from specad.io import CUBE_SUFFIXES, SWIR_MIN_NM, VISIBLE_NM, Cube, read_cube
+from specad.io import CUBE_SUFFIXES, Cube, read_cube
+from specad.spectral import SWIR_MIN_NM, rgb_copies
 
 SPLITS = ("train", "val", "test")
 GOOD = "good"
@@ -264,10 +265,6 @@ def _one_channel(cube: Cube, item: int | float | str, path: Path | None) -> int:
     return nearest
 
 
-def is_visible(wavelength: float) -> bool:
-    return VISIBLE_NM[0] <= wavelength <= VISIBLE_NM[1]
-
-
 # --------------------------------------------------------------------------- validation
 
 
@@ -390,22 +387,6 @@ SKIMAGE_NATURAL = (
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def rgb_to_bands(wavelengths: list[float] | None, channels: int, mapping: str) -> list[int]:
-    """For each of N channels, which RGB channel (0=R, 1=G, 2=B) or -1 (grey) it copies.
-
-    ``repeat`` copies R, G, B, R, G, B, ... as the original 6-channel work did; ``wavelength``
-    gives visible bands their nearest primary and every other band the grey level.
-    """
-    if mapping == "repeat":
-        return [j % 3 for j in range(channels)]
-    if mapping == "wavelength":
-        if wavelengths is None:
-            raise SpecadError("channel mapping 'wavelength' needs band wavelengths")
-        primaries = np.asarray([650.0, 550.0, 450.0])
-        return [int(np.argmin(np.abs(primaries - w))) if is_visible(w) else -1 for w in wavelengths]
-    raise SpecadError(f"unknown channel mapping '{mapping}' (repeat or wavelength)")
-
-
 class PenaltySet:
     """Natural RGB images turned into N-channel penalty images on the fly (EfficientAD's
     "ImageNet penalty"), so that no N-channel copy is ever stored.
@@ -424,7 +405,9 @@ class PenaltySet:
         mapping: str = "repeat",
         max_images: int = 1000,
     ) -> None:
-        self.index = rgb_to_bands(wavelengths, channels, mapping)
+        if mapping == "wavelength" and wavelengths is None:
+            raise SpecadError("channel mapping 'wavelength' needs band wavelengths")
+        self.index = rgb_copies(channels, mapping, wavelengths)  # type: ignore[arg-type]
         self.image_size = image_size
         self.files = self._files(folder)[:max_images]
         if not self.files:
@@ -494,7 +477,7 @@ class PenaltySet:
 
 # --------------------------------------------------------------------------- model input
 
-IMAGENET_MEAN, IMAGENET_STD = 0.45, 0.225
+INPUT_MEAN, INPUT_STD = 0.45, 0.225  # what Preprocess standardises every channel to
 
 
 @dataclass
@@ -534,7 +517,7 @@ class Preprocess:
             return x
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        return (x - mean) / std * IMAGENET_STD + IMAGENET_MEAN
+        return (x - mean) / std * INPUT_STD + INPUT_MEAN
 
     def fit(self, batch: torch.Tensor) -> None:
         """Per-channel mean/std from training input [B, C, S, S] (before normalisation)."""

@@ -25,10 +25,7 @@ from typing import Any
 import numpy as np
 
 from specad.errors import SpecadError
-
-VISIBLE_NM = (400.0, 700.0)
-SWIR_MIN_NM = 900.0
-RGB_PRIMARIES_NM = (650.0, 550.0, 450.0)
+from specad.spectral import RGB_PRIMARIES_NM, VISIBLE_NM
 
 CUBE_SUFFIXES = (".tif", ".tiff", ".npy", ".npz", ".hdr", ".mat", ".cu3s")
 LAYOUTS = ("hwc", "chw", "whc", "cwh", "hcw", "wch")

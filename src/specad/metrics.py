@@ -24,7 +24,7 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 from specad.errors import SpecadError
 
-NORMAL_CLASS = "good"
+NORMAL_CLASS = "good"  # specad.data.GOOD; metrics stays free of dataset code
 MAX_PIXELS = 2_000_000
 """Pixel AUROC / pixel curves beyond this many pixels use a seeded uniform subsample."""
 CURVE_POINTS = 2_000

@@ -9,7 +9,7 @@ autoencoder whose upsampling ladder follows the teacher grid, and a teacher of a
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -17,44 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from specad.errors import SpecadError
+from specad.spectral import IMAGENET_MEAN, IMAGENET_STD, Mapping, rgb_sources
 
 ModelSize = Literal["small", "medium"]
-Mapping = Literal["repeat", "wavelength"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # R, G, B
-IMAGENET_STD = (0.229, 0.224, 0.225)
-PRIMARY_NM = (650.0, 550.0, 450.0)  # the wavelength each RGB channel stands for
-VISIBLE_NM = (400.0, 700.0)
-
-
-def _nearest_primary(nm: float) -> int:
-    return min(range(3), key=lambda i: abs(PRIMARY_NM[i] - nm))
-
-
-def rgb_sources(
-    n_channels: int, mapping: Mapping = "repeat", wavelengths: Sequence[float] | None = None
-) -> list[tuple[int, ...]]:
-    """For each of N input channels, the RGB channels (0=R, 1=G, 2=B) it stands in for.
-
-    ImageNet weights and statistics only know RGB, so every N-channel adaptation (first-conv
-    weights, input normalisation) goes through this one correspondence.
-    "repeat": channel j copies RGB channel j mod 3; for N < 3 channel j stands for every RGB
-    channel i with i mod N == j. "wavelength": a visible band (400-700 nm) stands for the nearest
-    primary (B 450, G 550, R 650 nm), any other band for all three.
-    """
-    if mapping == "repeat":
-        if n_channels >= 3:
-            return [(j % 3,) for j in range(n_channels)]
-        return [tuple(i for i in range(3) if i % n_channels == j) for j in range(n_channels)]
-    if mapping != "wavelength":
-        raise SpecadError(f"unknown channel mapping {mapping!r}; use 'repeat' or 'wavelength'")
-    if wavelengths is None or len(wavelengths) != n_channels:
-        got = "none" if wavelengths is None else len(wavelengths)
-        raise SpecadError(
-            f"the 'wavelength' mapping needs {n_channels} band wavelengths, got {got}"
-        )
-    lo, hi = VISIBLE_NM
-    return [(_nearest_primary(nm),) if lo <= nm <= hi else (0, 1, 2) for nm in wavelengths]
+DROPOUT = 0.2  # the autoencoder's decoder
+HARD_QUANTILE = 0.999  # hard-feature mining in the student-teacher loss
 
 
 class ImageNetNorm(nn.Module):
@@ -74,18 +42,13 @@ class ImageNetNorm(nn.Module):
         return (x - self.mean) / self.std
 
 
-# (width, kernel, padding when padding=True) per conv; width None is the network's output width.
-_PDN_CONVS: dict[str, list[tuple[int | None, int, int]]] = {
-    "small": [(128, 4, 3), (256, 4, 3), (256, 3, 1), (None, 4, 0)],
-    "medium": [(256, 4, 3), (512, 4, 3), (512, 1, 0), (512, 3, 1), (None, 4, 0), (None, 1, 0)],
-}
-
-
 class PDN(nn.Module):
     """Patch description network (anomalib's PDN_S / PDN_M) with N input channels.
 
     Attribute names match anomalib (conv1..convK, avgpool1..2), so its teacher files load strictly.
-    Without padding the output grid is smaller than stride 4 by a border (4 cells at 256 px).
+    Shapes below are for the small PDN at 256 px without padding; its output grid is 56 = 256/4
+    less a border of 4 cells lost to the unpadded convolutions (padding=True keeps 64).
+    The medium PDN is wider and has two more convolutions (conv3 1x1, conv6 1x1).
     """
 
     def __init__(
@@ -98,39 +61,49 @@ class PDN(nn.Module):
         wavelengths: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        if size not in _PDN_CONVS:
+        if size not in ("small", "medium"):
             raise SpecadError(f"unknown PDN size {size!r}; use 'small' or 'medium'")
+        self.size = size
+        p = int(padding)  # 1: "same"-like padding as in the paper's padded variant
         self.norm = ImageNetNorm(rgb_sources(in_channels, mapping, wavelengths))
-        self.avgpool1 = nn.AvgPool2d(2, stride=2, padding=int(padding))
-        self.avgpool2 = nn.AvgPool2d(2, stride=2, padding=int(padding))
-        self.layers: list[nn.Module] = []  # the forward order; modules are registered by setattr
-        width_in = in_channels
-        for i, (width, kernel, pad) in enumerate(_PDN_CONVS[size], start=1):
-            width = width or out_channels
-            conv = nn.Conv2d(width_in, width, kernel, padding=pad if padding else 0)
-            setattr(self, f"conv{i}", conv)
-            self.layers.append(conv)
-            if i < len(_PDN_CONVS[size]):
-                self.layers.append(nn.ReLU())
-            if i <= 2:
-                self.layers.append(getattr(self, f"avgpool{i}"))
-            width_in = width
+        self.avgpool1 = nn.AvgPool2d(2, stride=2, padding=p)
+        self.avgpool2 = nn.AvgPool2d(2, stride=2, padding=p)
+        if size == "small":
+            self.conv1 = nn.Conv2d(in_channels, 128, 4, padding=3 * p)
+            self.conv2 = nn.Conv2d(128, 256, 4, padding=3 * p)
+            self.conv3 = nn.Conv2d(256, 256, 3, padding=p)
+            self.conv4 = nn.Conv2d(256, out_channels, 4)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, 256, 4, padding=3 * p)
+            self.conv2 = nn.Conv2d(256, 512, 4, padding=3 * p)
+            self.conv3 = nn.Conv2d(512, 512, 1)
+            self.conv4 = nn.Conv2d(512, 512, 3, padding=p)
+            self.conv5 = nn.Conv2d(512, out_channels, 4)
+            self.conv6 = nn.Conv2d(out_channels, out_channels, 1)
 
     def trunk(self, x: Tensor) -> Tensor:
         """Everything before the last convolution."""
-        x = self.norm(x)
-        for layer in self.layers[:-1]:
-            x = layer(x)
+        x = self.norm(x)  # [B, N, 256, 256]
+        x = self.avgpool1(F.relu(self.conv1(x)))  # [B, 128, 126, 126]
+        x = self.avgpool2(F.relu(self.conv2(x)))  # [B, 256, 61, 61]
+        x = F.relu(self.conv3(x))  # [B, 256, 59, 59]
+        if self.size == "medium":
+            x = F.relu(self.conv4(x))
+            x = F.relu(self.conv5(x))
         return x
+
+    @property
+    def last(self) -> nn.Conv2d:
+        return self.conv4 if self.size == "small" else self.conv6
 
     def head(self, x: Tensor, channels: slice = slice(None)) -> Tensor:
         """The last convolution, for only the output ``channels`` asked for: training needs one
         half of the student's output per image, and computing only that halves its cost."""
-        conv = self.layers[-1]
+        conv = self.last
         return F.conv2d(x, conv.weight[channels], conv.bias[channels], padding=conv.padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.trunk(x))
+        return self.head(self.trunk(x))  # [B, 384, 56, 56]
 
 
 class AutoEncoder(nn.Module):
@@ -139,7 +112,7 @@ class AutoEncoder(nn.Module):
     anomalib sizes the decoder's bilinear upsampling ladder from the image size; here it is derived
     from the output grid instead (doubling up to twice the grid, e.g. 4..128 for a 64 grid, as
     anomalib's ladder at 256 px), so any teacher grid works. Every k4/pad2 deconv adds one pixel,
-    hence the "- 1" sizes.
+    hence the "- 1" sizes. Shapes below are for 256 px and a 64 grid.
     """
 
     def __init__(
@@ -147,36 +120,60 @@ class AutoEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.norm = ImageNetNorm(rgb_sources(in_channels))
-        widths = [(in_channels, 32), (32, 32), (32, 64), (64, 64), (64, 64)]
         self.encoder = nn.ModuleDict(
-            {f"enconv{i}": nn.Conv2d(a, b, 4, 2, 1) for i, (a, b) in enumerate(widths, start=1)}
+            {
+                "enconv1": nn.Conv2d(in_channels, 32, 4, 2, 1),
+                "enconv2": nn.Conv2d(32, 32, 4, 2, 1),
+                "enconv3": nn.Conv2d(32, 64, 4, 2, 1),
+                "enconv4": nn.Conv2d(64, 64, 4, 2, 1),
+                "enconv5": nn.Conv2d(64, 64, 4, 2, 1),
+                "enconv6": nn.Conv2d(64, 64, 8, 1, 0),
+            }
         )
-        self.encoder["enconv6"] = nn.Conv2d(64, 64, 8, 1, 0)
         self.decoder = nn.ModuleDict(
             {f"deconv{i}": nn.Conv2d(64, 64, 4, 1, 2) for i in range(1, 7)}
+            | {
+                "deconv7": nn.Conv2d(64, 64, 3, 1, 1),
+                "deconv8": nn.Conv2d(64, out_channels, 3, 1, 1),
+            }
         )
-        self.decoder["deconv7"] = nn.Conv2d(64, 64, 3, 1, 1)
-        self.decoder["deconv8"] = nn.Conv2d(64, out_channels, 3, 1, 1)
         self.out_size = tuple(out_size)
-        self.ladder = [
+        self.ladder = [  # (3, 3), (7, 7), (15, 15), (31, 31), (63, 63), (127, 127)
             tuple(max(math.ceil(2 * g / 2**k) - 1, 1) for g in self.out_size)
             for k in range(5, -1, -1)
         ]
 
-    def forward(self, x: Tensor) -> Tensor:
-        encoder = list(self.encoder.values())
-        x = self.norm(x)
-        for conv in encoder[:-1]:
-            x = F.relu(conv(x))
+    def forward(self, x: Tensor, dropout: Sequence[torch.Generator] | None = None) -> Tensor:
+        """``dropout``: one generator per image for its dropout masks (training), so that an
+        image's masks do not depend on which batch, or which process, it is computed in."""
+        enc, dec = self.encoder, self.decoder
+        x = self.norm(x)  # [B, N, 256, 256]
+        x = F.relu(enc["enconv1"](x))  # [B, 32, 128, 128]
+        x = F.relu(enc["enconv2"](x))  # [B, 32, 64, 64]
+        x = F.relu(enc["enconv3"](x))  # [B, 64, 32, 32]
+        x = F.relu(enc["enconv4"](x))  # [B, 64, 16, 16]
+        x = F.relu(enc["enconv5"](x))  # [B, 64, 8, 8]
         if min(x.shape[-2:]) < 8:  # inputs under 256 px: give the 8x8 bottleneck kernel room
             x = F.interpolate(x, size=tuple(max(s, 8) for s in x.shape[-2:]), mode="bilinear")
-        x = encoder[-1](x)
-        decoder = list(self.decoder.values())
-        for size, conv in zip(self.ladder, decoder[:6], strict=True):
-            x = F.interpolate(x, size=size, mode="bilinear")
-            x = F.dropout(F.relu(conv(x)), p=0.2, training=self.training)
-        x = F.interpolate(x, size=self.out_size, mode="bilinear")
-        return decoder[7](F.relu(decoder[6](x)))
+        x = enc["enconv6"](x)  # [B, 64, 1, 1]: the bottleneck
+        for i, size in enumerate(self.ladder, start=1):  # up to [B, 64, 128, 128]
+            x = F.interpolate(x, size=size, mode="bilinear")  # [B, 64, 3, 3] ... [127, 127]
+            x = F.relu(dec[f"deconv{i}"](x))  # k4/pad2: one pixel more, [4, 4] ... [128, 128]
+            x = self._dropout(x, dropout)
+        x = F.interpolate(x, size=self.out_size, mode="bilinear")  # [B, 64, 64, 64]
+        x = F.relu(dec["deconv7"](x))  # [B, 64, 64, 64]
+        return dec["deconv8"](x)  # [B, 384, 64, 64]
+
+    def _dropout(self, x: Tensor, generators: Sequence[torch.Generator] | None) -> Tensor:
+        if not self.training or generators is None:
+            return F.dropout(x, p=DROPOUT, training=self.training)
+        keep = torch.stack(
+            [
+                torch.empty(x.shape[1:], device=x.device).bernoulli_(1 - DROPOUT, generator=g)
+                for g in generators
+            ]
+        )
+        return x * (keep / (1 - DROPOUT)).to(x.dtype)
 
 
 def quantile(values: Tensor, q: float) -> Tensor:
@@ -192,6 +189,11 @@ def quantile(values: Tensor, q: float) -> Tensor:
     below = flat.kthvalue(lo + 1).values
     above = flat.kthvalue(min(lo + 2, flat.numel())).values
     return below + (pos - lo) * (above - below)
+
+
+def hard_loss(distance: Tensor) -> Tensor:
+    """The paper's hard-feature loss: the mean of the elements at or above the 0.999 quantile."""
+    return distance[distance >= quantile(distance, HARD_QUANTILE)].mean()
 
 
 def channel_stats(features: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
@@ -253,7 +255,7 @@ class EfficientAD(nn.Module):
     (h, w) are measured by a dummy forward. A second forward at +64 px measures its stride, from
     which the border lost to unpadded convolutions is derived (4 cells for an unpadded PDN, as
     anomalib's pad_maps; 0 for "same"-padded networks); anomaly maps are padded back by it.
-    Until fitted, teacher_mean/std and the quantiles are the identity (0/1 and 0/0.1).
+    Until fitted, teacher_mean/std and the map quantiles are the identity (0/1 and 0/0.1).
     """
 
     def __init__(
@@ -271,6 +273,10 @@ class EfficientAD(nn.Module):
         _, *grid_far = _probe_grid(teacher, in_channels, tuple(s + 64 for s in self.image_size))
         self.teacher_channels = channels
         self.grid = (grid[0], grid[1])
+        # The border each side, in grid cells, that unpadded convolutions cost. 64 more pixels
+        # give far - g more cells, so one cell is 64 / (far - g) px and a full grid would have
+        # size * (far - g) / 64 cells. Unpadded PDN at 256 px: g = 56, far (at 320 px) = 72,
+        # 4 px per cell, 64 cells for 56: a border of (64 - 56) / 2 = 4 cells.
         self.map_border = tuple(
             max(0, round((size * (far - g) / 64 - g) / 2))
             for size, g, far in zip(self.image_size, grid, grid_far, strict=True)
@@ -279,10 +285,21 @@ class EfficientAD(nn.Module):
         self.autoencoder = AutoEncoder(in_channels, channels, self.grid)
         self.register_buffer("teacher_mean", torch.zeros(1, channels, 1, 1))
         self.register_buffer("teacher_std", torch.ones(1, channels, 1, 1))
-        self.register_buffer("q_st_a", torch.tensor(0.0))
-        self.register_buffer("q_st_b", torch.tensor(0.1))
-        self.register_buffer("q_ae_a", torch.tensor(0.0))
-        self.register_buffer("q_ae_b", torch.tensor(0.1))
+        # 0.9 and 0.995 quantiles of each raw map on val/good: p90 maps to 0, p995 to 0.1
+        self.register_buffer("st_p90", torch.tensor(0.0))
+        self.register_buffer("st_p995", torch.tensor(0.1))
+        self.register_buffer("ae_p90", torch.tensor(0.0))
+        self.register_buffer("ae_p995", torch.tensor(0.1))
+
+    OLD_BUFFER_NAMES = {"q_st_a": "st_p90", "q_st_b": "st_p995", "q_ae_a": "ae_p90",
+                        "q_ae_b": "ae_p995"}  # fmt: skip
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        """Models saved before the quantile buffers were renamed load unchanged."""
+        for old, new in self.OLD_BUFFER_NAMES.items():
+            if prefix + old in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train(self, mode: bool = True) -> EfficientAD:
         """Switch student/autoencoder mode; the frozen teacher stays in eval (e.g. BatchNorm)."""
@@ -310,9 +327,9 @@ class EfficientAD(nn.Module):
 
     def anomaly_map(self, x: Tensor) -> Tensor:
         """Combined, quantile-normalised anomaly map [B, 1, H, W] at the input size."""
-        map_st, map_ae = self.maps(x)
-        map_st = 0.1 * (map_st - self.q_st_a) / (self.q_st_b - self.q_st_a)
-        map_ae = 0.1 * (map_ae - self.q_ae_a) / (self.q_ae_b - self.q_ae_a)
+        map_st, map_ae = self.maps(x)  # [B, 1, 56, 56] each
+        map_st = 0.1 * (map_st - self.st_p90) / (self.st_p995 - self.st_p90)
+        map_ae = 0.1 * (map_ae - self.ae_p90) / (self.ae_p995 - self.ae_p90)
         bh, bw = self.map_border
         combined = F.pad(0.5 * map_st + 0.5 * map_ae, (bw, bw, bh, bh))
         return F.interpolate(combined, size=x.shape[-2:], mode="bilinear")
@@ -325,6 +342,8 @@ class EfficientAD(nn.Module):
         x_aug: Tensor,
         penalty: Tensor | None = None,
         teacher_x: Tensor | None = None,
+        dropout: Sequence[torch.Generator] | None = None,
+        hard: Callable[[Tensor], Tensor] = hard_loss,
     ) -> dict[str, Tensor]:
         """The paper's training losses; "total" is what to backpropagate.
 
@@ -334,7 +353,8 @@ class EfficientAD(nn.Module):
         second half vs autoencoder on x_aug. Each term needs only one half of the student's
         output, so each image computes only that half. ``teacher_x`` is the normalised teacher
         output on x when the caller has it cached. Losses are computed in float32, so that
-        bf16 autocast only touches the convolutions.
+        bf16 autocast only touches the convolutions. ``dropout`` (one generator per image) and
+        ``hard`` let data-parallel training (``specad.ddp``) reproduce a one-process step.
         """
         c, b = self.teacher_channels, x.shape[0]
         if teacher_x is None:
@@ -345,9 +365,9 @@ class EfficientAD(nn.Module):
         student = self._on_grid(self.student.head(trunks[0], slice(None, c))).float()
         student_aug = self._on_grid(self.student.head(trunks[1], slice(c, None))).float()
         distance = (teacher - student).pow(2)
-        ae = self.autoencoder(x_aug).float()
+        ae = self.autoencoder(x_aug, dropout).float()
         losses = {
-            "hard": distance[distance >= quantile(distance, 0.999)].mean(),
+            "hard": hard(distance),
             "ae": (teacher_aug - ae).pow(2).mean(),
             "stae": (ae - student_aug).pow(2).mean(),
         }
@@ -391,5 +411,5 @@ class EfficientAD(nn.Module):
             raise SpecadError("no validation images to fit the map quantiles on")
         for name, index in (("st", 0), ("ae", 1)):
             values = torch.cat([pair[index] for pair in pairs])
-            getattr(self, f"q_{name}_a").copy_(quantile(values, 0.9))
-            getattr(self, f"q_{name}_b").copy_(quantile(values, 0.995))
+            getattr(self, f"{name}_p90").copy_(quantile(values, 0.9))
+            getattr(self, f"{name}_p995").copy_(quantile(values, 0.995))

@@ -23,14 +23,8 @@ from torch import Tensor, nn
 
 from specad.errors import SpecadError
 from specad.io import atomic_file
-from specad.models.efficientad import (
-    PDN,
-    ImageNetNorm,
-    Mapping,
-    ModelSize,
-    channel_stats,
-    rgb_sources,
-)
+from specad.models.efficientad import PDN, ImageNetNorm, ModelSize, channel_stats
+from specad.spectral import Mapping, rgb_sources
 
 
 def adapt_first_conv(

@@ -12,13 +12,14 @@ from PIL import Image
 from scipy import ndimage
 
 from specad import __version__
-from specad.io import SWIR_MIN_NM, VISIBLE_NM, Cube, atomic_dir, read_cube, write_cube
+from specad.data import GOOD
+from specad.io import Cube, atomic_dir, read_cube, write_cube
+from specad.spectral import SWIR_MIN_NM, VISIBLE_NM
 from specad.synth.materials import load_library
 from specad.synth.presets import SynthConfig, resolve
 from specad.synth.render import render
 from specad.synth.scene import make_scene
 
-GOOD = "good"
 # Contrast ring: non-anomalous pixels more than RING_PX[0] and at most RING_PX[1] px from a mask.
 RING_PX = (3.0, 8.0)
 
