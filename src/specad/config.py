@@ -117,11 +117,16 @@ def validate(model: type[ModelT], raw: dict[str, Any], path: Path | None) -> Mod
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, **base: Any) -> Config:
-    """Read a YAML config (or start from ``base``), apply ``key.sub=value`` overrides, validate."""
-    raw: dict[str, Any] = dict(base)
+    """Read a YAML config over the sections in ``base``, apply ``key.sub=value`` overrides,
+    validate. A section in both is merged key by key, the file's keys winning."""
+    raw: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     if path is not None:
         path = Path(path)
-        raw = read_yaml_mapping(path)
+        for key, value in read_yaml_mapping(path).items():
+            if isinstance(value, dict) and isinstance(raw.get(key), dict):
+                raw[key] = raw[key] | value
+            else:
+                raw[key] = value
         root = raw.get("data", {}).get("root") if isinstance(raw.get("data"), dict) else None
         if isinstance(root, str) and not Path(root).is_absolute() and not Path(root).exists():
             raw["data"]["root"] = str(path.parent / root)  # relative to the config's folder

