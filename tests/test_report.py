@@ -26,6 +26,7 @@ from specad.report import (
     verdict,
     write_report,
 )
+from specad.report.panels import false_colour_views
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "report.yaml"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -98,11 +99,19 @@ def test_per_image_pages_and_their_panels_exist(built: tuple[Path, Path]) -> Non
         page = index.parent / href
         assert page.is_file(), href
         panels = re.findall(r'<img[^>]*\ssrc="([^"]+)"', page.read_text())
-        assert len(panels) == 1 and (page.parent / panels[0]).is_file()
+        # RGB, SWIR, map, overlay and three binary maps, each its own PNG beside the page.
+        assert len(panels) == 7 and all((page.parent / p).is_file() for p in panels)
         links = [h for h in _hrefs(page.read_text()) if not h.startswith("../")]
         assert all((page.parent / h).is_file() for h in links)  # previous / next
-    with Image.open(index.parent / pages[0].replace(".html", ".png")) as im:
-        assert im.width >= 4 * 256 and im.height >= 2 * 256  # two rows of four-ish panels
+    titles = re.findall(r"<figcaption>([^<]*)</figcaption>", (index.parent / pages[0]).read_text())
+    assert titles[:4] == [
+        "RGB false colour (630/532/465 nm)",
+        "SWIR false colour (1450/1200/1050 nm)",
+        "anomaly map",
+        "map over RGB, truth outlined",
+    ]
+    with Image.open(index.parent / pages[0].replace(".html", "/rgb.png")) as im:
+        assert im.size == (256, 256)  # the 64 x 64 cubes at panel size
 
 
 def test_instructive_order_puts_worst_errors_first() -> None:
@@ -122,6 +131,43 @@ def test_swir_bands_default_and_configured() -> None:
     assert swir_indices(Cube(data), None) == [4, 3, 2]
     assert swir_indices(Cube(data[:, :, :2]), None) == [1, 0, 0]
     assert swir_indices(with_wl, [1200, "450nm", 2]) == [3, 1, 2]
+
+
+def test_views_follow_the_bands() -> None:
+    """SWIR false colour only for cubes with SWIR bands: a plain RGB cube gets one view."""
+    data = np.zeros((6, 8, 6), np.float32)
+
+    def titles(cube: Cube, spec: list | None = None) -> list[str]:
+        return [title for _, title, _ in false_colour_views(cube, spec)]
+
+    assert titles(Cube(data[:, :, :3])) == ["RGB false colour (band0/band1/band2)"]
+    visible = Cube(data[:, :, :3], wavelengths=[650.0, 550.0, 450.0])
+    assert titles(visible) == ["RGB false colour (650/550/450 nm)"]
+    assert titles(visible, [0, 1, 2])[1] == "SWIR false colour (650/550/450 nm)"  # as configured
+    swir = Cube(data, wavelengths=[630.0, 532.0, 465.0, 1050.0, 1200.0, 1450.0])
+    assert titles(swir)[1] == "SWIR false colour (1450/1200/1050 nm)"
+    # Unknown bands beyond the RGB ones are shown, but not called SWIR.
+    assert titles(Cube(data)) == [
+        "RGB false colour (band0/band1/band2)",
+        "false colour, last bands (band5/band4/band3)",
+    ]
+
+
+def test_values_are_escaped(tmp_path: Path) -> None:
+    """Folder and class names reach the pages as text, never as markup."""
+    root = tmp_path / "a&b <i>x</i>"
+    ds = make_dataset(root, counts=(4, 3, 2), defects=1)
+    (ds / "test" / "square").rename(ds / "test" / "<b>sq")
+    (ds / "ground_truth" / "square").rename(ds / "ground_truth" / "<b>sq")
+    (ds / "classes.json").write_text(json.dumps({"0": "background", "1": "<b>sq"}))
+    index = write_report(
+        ReportConfig(models={"rx": "rx"}, datasets=[ds], out=tmp_path / "out", max_images=1)
+    )
+    text = index.read_text()
+    assert "a&amp;b &lt;i&gt;x&lt;/i&gt;" in text and "<i>x</i>" not in text
+    assert "&lt;b&gt;sq" in text and "<b>sq" not in text
+    page = index.parent / next(h for h in _hrefs(text) if h.startswith("images/"))
+    assert "<i>x</i>" not in page.read_text()
 
 
 def test_options_and_two_datasets(tmp_path: Path) -> None:
@@ -203,7 +249,24 @@ CHECK_IMAGES = """<script>
 window.addEventListener("load", () => {
   const images = Array.from(document.images);
   const broken = images.filter((i) => !(i.complete && i.naturalWidth > 0)).map((i) => i.alt);
-  document.body.setAttribute("data-check", JSON.stringify({n: images.length, broken}));
+  // Each panel title's text (not its box, which text may overflow) must stay within its picture
+  // and clear of every other title.
+  const titles = Array.from(document.querySelectorAll("figure.panel")).map((f) => {
+    const text = document.createRange();
+    text.selectNodeContents(f.querySelector("figcaption"));
+    return {t: f.querySelector("figcaption").textContent, r: text.getBoundingClientRect(),
+            img: f.querySelector("img").getBoundingClientRect()};
+  });
+  const clashes = [];
+  titles.forEach((a, i) => {
+    if (a.r.left < a.img.left - 0.5 || a.r.right > a.img.right + 0.5) clashes.push(a.t);
+    titles.slice(i + 1).forEach((b) => {
+      if (a.r.left < b.r.right && b.r.left < a.r.right && a.r.top < b.r.bottom
+          && b.r.top < a.r.bottom) clashes.push(a.t + " / " + b.t);
+    });
+  });
+  document.body.setAttribute("data-check",
+    JSON.stringify({n: images.length, broken, titles: titles.length, clashes}));
 });
 </script>"""
 
@@ -247,11 +310,13 @@ def _images_in_browser(page: Path, profile: Path) -> dict:
 def test_report_renders_in_a_real_browser(built: tuple[Path, Path], tmp_path: Path) -> None:
     index, _ = built
     result = _images_in_browser(index, tmp_path / "profile")
-    assert result == {"n": 5, "broken": []}
+    assert result == {"n": 5, "broken": [], "titles": 0, "clashes": []}
     first_page = next(h for h in _hrefs(index.read_text()) if h.startswith("images/"))
     assert _images_in_browser(index.parent / first_page, tmp_path / "profile") == {
-        "n": 1,
+        "n": 7,
         "broken": [],
+        "titles": 7,
+        "clashes": [],
     }
     shot = tmp_path / "report.png"
     _chromium(

@@ -1,0 +1,79 @@
+"""What a report compares and where it goes: the validated ``report.yaml`` and CLI options."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from specad.config import read_yaml_mapping, validate
+from specad.infer import FIT_ON_DATASET
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class ReportConfig(BaseModel):
+    """What to compare, on which data, and where to write the report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: dict[str, str] = Field(min_length=1)
+    """Display name -> model file (or run folder), or ``rx``/``knn`` to fit one on each dataset."""
+    datasets: list[Path] = Field(min_length=1)
+    out: Path
+    force: bool = False
+    far: float = Field(0.01, gt=0, lt=1)
+    """False-alarm rate on normal validation cubes that sets the calibrated threshold."""
+    thresholds: list[float] | None = None
+    """Map thresholds for the binary panels, added to the calibrated one; ``None`` gives 0.5x,
+    1x and 2x the calibrated threshold (map units differ between models, factors do not)."""
+    swir_bands: list[int | float | str] | None = Field(None, min_length=3, max_length=3)
+    """Bands (index, nm or name) for the SWIR false colour as R, G, B; default: the three
+    longest wavelengths, longest as red, shown when the cube has SWIR bands."""
+    max_images: int = Field(60, ge=0)
+    """Per-cube pages per model and dataset, most instructive first."""
+    tiled: bool = False
+
+    @field_validator("models")
+    @classmethod
+    def _names_are_file_names(cls, models: dict[str, str]) -> dict[str, str]:
+        # Model names become folder names under images/, so they must be safe as such.
+        for name in models:
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"model name '{name}' must be letters, digits, '.', '_' or '-'")
+        return models
+
+
+def load_report_config(path: str | Path | None, **overrides: Any) -> ReportConfig:
+    """Read and validate a report YAML; keyword overrides (e.g. CLI options) win unless None.
+
+    Relative dataset and model paths that do not exist from the working directory are taken from
+    the config's folder, so an example config works from wherever it is run.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        raw = _inputs_from(read_yaml_mapping(path, "report config"), path.parent)
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return validate(ReportConfig, raw, path)
+
+
+def _inputs_from(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``raw`` with relative model and dataset paths found beside the config where only there."""
+
+    def resolve(value: Any) -> Any:
+        if not isinstance(value, str) or value in FIT_ON_DATASET:
+            return value
+        p = Path(value)
+        if p.is_absolute() or p.exists() or not (folder / p).exists():
+            return value
+        return str(folder / p)
+
+    raw = dict(raw)
+    if isinstance(raw.get("models"), dict):
+        raw["models"] = {k: resolve(v) for k, v in raw["models"].items()}
+    if isinstance(raw.get("datasets"), list):
+        raw["datasets"] = [resolve(v) for v in raw["datasets"]]
+    return raw

@@ -1,0 +1,109 @@
+"""Running every model on every dataset, and ordering the results for people to read."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specad.data import Dataset, load_dataset
+from specad.evaluate import evaluate_split
+from specad.infer import FIT_ON_DATASET, Detector, SplitResults, run_split
+from specad.metrics import curves
+from specad.report.config import ReportConfig
+
+CURVE_PIXELS = 250_000
+"""Pixel curves are drawn from a seeded subsample of this size: identical at plot resolution and
+far cheaper than the metrics' own sample. Legends quote the AUROC from the metrics."""
+
+
+@dataclass
+class Run:
+    """One model on one dataset: everything the figures, tables and pages are drawn from."""
+
+    model: str
+    kind: str
+    test: SplitResults
+    metrics: dict[str, Any]
+    curves: dict[str, Any]
+    runtime: str  # how the maps were computed (torch, onnx, int8, ...): int8 maps differ
+
+    @property
+    def threshold(self) -> float:
+        """The image threshold at the report's false-alarm rate on validation cubes."""
+        return self.metrics["thresholds"]["val_far"]["image_threshold"]
+
+
+@dataclass
+class DatasetRuns:
+    """Every model's run on one dataset, under the dataset's file-name-safe key."""
+
+    name: str
+    dataset: Dataset
+    runs: list[Run]
+
+
+def safe_name(text: str) -> str:
+    """``text`` with runs of characters unsafe in file names and anchors replaced by '-'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
+
+
+def unique(names: Sequence[str]) -> list[str]:
+    """``names`` with repeats numbered (``a``, ``a-2``, ``a-3``) so that each is a distinct key."""
+    out: list[str] = []
+    for base in names:
+        name, i = base, 2
+        while name in out:
+            name, i = f"{base}-{i}", i + 1
+        out.append(name)
+    return out
+
+
+def dataset_names(paths: Sequence[Path]) -> list[str]:
+    """Unique, file-name-safe keys from the dataset folder names."""
+    return unique([safe_name(p.resolve().name).strip("-.") or "dataset" for p in paths])
+
+
+def run_dataset(
+    cfg: ReportConfig, name: str, root: Path, loaded: dict[str, Detector], progress: bool
+) -> DatasetRuns:
+    """Every model on one dataset's test and validation cubes, with metrics and curves."""
+    ds = load_dataset(root)
+    test, val = ds.require("test"), ds.require("val")
+    runs = []
+    for model, spec in cfg.models.items():
+        det = FIT_ON_DATASET[spec](ds) if spec in FIT_ON_DATASET else loaded[model]
+        res = run_split(det, test, tiled=cfg.tiled, progress=progress)
+        val_res = run_split(det, val, tiled=cfg.tiled, progress=progress)
+        summary = evaluate_split(res, val_res, cfg.far)
+        crv = curves(res.scores, res.maps, res.masks, res.class_names, max_pixels=CURVE_PIXELS)
+        runs.append(Run(model, det.kind, res, summary, crv, det.runtime))
+    return DatasetRuns(name, ds, runs)
+
+
+def instructive_order(scores: np.ndarray, anomalous: np.ndarray, threshold: float) -> list[int]:
+    """Indices with the errors first, worst first, then the rest by descending score.
+
+    Misses (anomalous, lowest score first) alternate with false alarms (normal, highest score
+    first) so that neither kind of error is pushed off a capped list by the other.
+    """
+    anomalous = np.asarray(anomalous, dtype=bool)
+    flagged = scores >= threshold
+    by_score = np.argsort(-scores, kind="stable")
+    misses = [int(i) for i in by_score[::-1] if anomalous[i] and not flagged[i]]
+    alarms = [int(i) for i in by_score if not anomalous[i] and flagged[i]]
+    errors = [i for pair in zip_longest(misses, alarms) for i in pair if i is not None]
+    taken = set(errors)
+    return errors + [int(i) for i in by_score if i not in taken]
+
+
+def verdict(anomalous: bool, score: float, threshold: float) -> str:
+    """What the threshold did with a cube, in the words the pages use."""
+    if anomalous:
+        return "detected" if score >= threshold else "missed"
+    return "false alarm" if score >= threshold else "normal"
