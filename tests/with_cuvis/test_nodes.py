@@ -12,7 +12,7 @@ import torch
 from cuvis_ai_core.pipeline.pipeline import CuvisPipeline
 from cuvis_ai_schemas.pipeline import PortCompatibilityError
 
-from specad.cuvis import EfficientADNode, ReflectanceNormalizer, RXNode
+from specad.cuvis import EfficientADNode, ReflectanceNormalizer, RXNode, SceneDetectorNode
 from specad.errors import SpecadError
 from specad.io import Cube
 
@@ -105,3 +105,28 @@ def test_importing_specad_does_not_import_cuvis_ai() -> None:
         "specad.cuvis.EfficientADNode; assert 'cuvis_ai_core' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("name", ["rx", "lrx", "crd", "2s-glrt"])
+def test_scene_detector_node_equals_the_scene_detector(name: str) -> None:
+    """Each scene detector as a node: the map of `specad scene` on every cube of the batch."""
+    from specad.models.bands import BandPrep
+    from specad.models.scene import detect_scene
+
+    rng = np.random.default_rng(0)
+    scenes = rng.normal(size=(2, 17, 15, 6)).astype(np.float32)
+    scenes[:, 8:10, 7:9] += 4.0
+    params = {"outer": 7, "inner": 3} if name != "rx" else {}
+    node = SceneDetectorNode(name, params=params, reduce="pca", components=4)
+    out = node.forward(cube=torch.from_numpy(scenes))
+    assert out["anomaly_map"].shape == (2, 17, 15, 1)
+    for i, scene in enumerate(scenes):
+        data, _ = BandPrep(reduce="pca", components=4).apply(Cube(scene))
+        expected = detect_scene(data, name, **params)
+        np.testing.assert_allclose(out["anomaly_map"][i, ..., 0].numpy(), expected, rtol=1e-5)
+        assert out["anomaly_score"][i] == pytest.approx(float(expected.max()), rel=1e-5)
+
+
+def test_scene_detector_node_refuses_unknown_names() -> None:
+    with pytest.raises(SpecadError, match="unknown detector 'nope'"):
+        SceneDetectorNode("nope")

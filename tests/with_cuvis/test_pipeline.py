@@ -90,7 +90,13 @@ def test_plugin_manifest_registers_the_nodes_by_name() -> None:
     registry = NodeRegistry()
     registry.register_plugin(PLUGIN_MANIFEST)
     assert registry.list_plugins() == ["specad"]
-    for name in ("EfficientADNode", "RXNode", "ReflectanceNormalizer", "ThresholdDecider"):
+    for name in (
+        "EfficientADNode",
+        "RXNode",
+        "SceneDetectorNode",
+        "ReflectanceNormalizer",
+        "ThresholdDecider",
+    ):
         assert registry.get(name) is getattr(nodes, name)
 
 

@@ -19,6 +19,7 @@ _LAZY = {
     "DetectorNode": "nodes",
     "EfficientADNode": "nodes",
     "RXNode": "nodes",
+    "SceneDetectorNode": "nodes",
     "ReflectanceNormalizer": "nodes",
     "ThresholdDecider": "nodes",
     "build_pipeline": "pipeline",

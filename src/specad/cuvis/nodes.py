@@ -175,6 +175,73 @@ class RXNode(DetectorNode):
         self.detector.model.whitening_ = state["whitening"].cpu().numpy()
 
 
+class SceneDetectorNode(Node):
+    """A single-scene detector (``rx``, ``lrx``, ``crd``, ``2s-glrt``; see
+    :mod:`specad.models.scene`): every pixel of each cube against that cube's own background,
+    as ``specad scene`` does. Nothing is trained, so there is no model file and no threshold.
+
+    hparams: ``detector`` (its name), ``params`` (its parameters, e.g. ``{"outer": 15}``),
+    ``drop_bands`` (index ranges to drop, e.g. ``[[0, 4]]``), ``reduce`` (``none``, ``pca`` or
+    ``mnf``) and ``components`` (kept by ``reduce``).
+    """
+
+    _category = NodeCategory.MODEL
+    _tags = frozenset({NodeTag.ANOMALY, NodeTag.HYPERSPECTRAL, NodeTag.NUMPY})
+
+    INPUT_SPECS = {
+        "cube": PortSpec(
+            dtype=torch.float32,
+            shape=(-1, -1, -1, -1),
+            description="Scenes [B, H, W, C]; each is scored against its own background.",
+        )
+    }
+    OUTPUT_SPECS = {
+        "anomaly_map": PortSpec(
+            dtype=torch.float32,
+            shape=(-1, -1, -1, 1),
+            description="Detector statistic [B, H, W, 1]; larger is more anomalous.",
+        ),
+        "anomaly_score": PortSpec(
+            dtype=torch.float32, shape=(-1,), description="Image score [B]: the map's maximum."
+        ),
+    }
+
+    def __init__(
+        self,
+        detector: str = "rx",
+        params: dict[str, Any] | None = None,
+        drop_bands: list[list[float]] | None = None,
+        reduce: str = "none",
+        components: int = 20,
+        **kwargs: Any,
+    ) -> None:
+        from specad.models.bands import BandPrep
+        from specad.models.scene import make_detector
+
+        super().__init__(
+            detector=detector,
+            params=params,
+            drop_bands=drop_bands,
+            reduce=reduce,
+            components=components,
+            **kwargs,
+        )
+        self.detector = make_detector(detector, **(params or {}))  # checks name and parameters
+        ranges = [(float(lo), float(hi)) for lo, hi in drop_bands or []]
+        self.prep = BandPrep(drop=ranges, reduce=reduce, components=components)
+
+    def forward(self, cube: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
+        maps = []
+        for scene in cube.detach().float().cpu().numpy():
+            data, _record = self.prep.apply(Cube(scene))
+            maps.append(self.detector.score_map(data).astype(np.float32))
+        stacked = torch.from_numpy(np.stack(maps)[..., None])
+        return {
+            "anomaly_map": stacked.to(cube.device),
+            "anomaly_score": stacked.amax(dim=(1, 2, 3)).to(cube.device),
+        }
+
+
 class ReflectanceNormalizer(Node):
     """Camera values to reflectance, as :func:`specad.io.to_reflectance` does for files.
 
