@@ -70,6 +70,26 @@ def test_predict_refuses_to_overwrite(run, tmp_path: Path) -> None:
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
+def test_predict_evaluate_and_report_flag_the_same_cubes(run, tmp_path: Path) -> None:
+    """One threshold, one comparison: the three commands agree cube for cube."""
+    root, model = run
+    specad("predict", str(model), str(root / "test"), "--out", str(tmp_path / "p"))
+    rows = csv.DictReader((tmp_path / "p" / "scores.csv").open())
+    predicted = {Path(r["file"]).resolve(): r["anomalous"] == "1" for r in rows}
+    metrics = json.loads(specad("evaluate", str(model), str(root), "--json").stdout)
+    evaluated = {Path(c["file"]).resolve(): c["anomalous"] for c in metrics["cubes"]}
+    specad("report", "--model", f"m={model}", "--dataset", str(root), "--out", str(tmp_path / "r"))
+    report = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    reported = {
+        Path(c["file"]).resolve(): c["anomalous"]
+        for c in next(iter(report["models"]["m"]["datasets"].values()))["cubes"]
+    }
+    assert len(predicted) == 7 and predicted == evaluated == reported
+    threshold = metrics["thresholds"]["val_far"]["image_threshold"]  # the runtime's own
+    scores = {Path(c["file"]).resolve(): c["score"] for c in metrics["cubes"]}
+    assert all((scores[f] >= threshold) == flag for f, flag in predicted.items())
+
+
 def test_evaluate_json_and_rx(run) -> None:
     root, model = run
     metrics = json.loads(specad("evaluate", str(model), str(root), "--json").stdout)

@@ -17,7 +17,8 @@ from test_train import tiny_config
 from specad.data import load_dataset
 from specad.errors import SpecadError
 from specad.export import INT8_FILE, ONNX_FILE
-from specad.infer import Detector, cpu_has_vnni, fit_rx, fit_threshold
+from specad.infer import Detector, cpu_has_vnni, fit_rx
+from specad.metrics import threshold_at_far
 from specad.train import load_inputs, train
 
 
@@ -60,7 +61,7 @@ def test_auto_picks_int8_on_vnni_cpus_with_its_own_threshold(
     assert det.runtime == ("int8" if cpu_has_vnni() else "onnx")
     int8 = Detector.load(run, device="cpu", runtime="int8")
     scores = int8.maps(_val(root, int8)).amax(dim=(1, 2, 3)).numpy()
-    assert int8.threshold == pytest.approx(fit_threshold(scores, 0.01))
+    assert int8.threshold == pytest.approx(threshold_at_far(scores, 0.01))
     assert int8.threshold != Detector.load(run, device="cpu", runtime="onnx").threshold
 
     copy = tmp_path / "run"  # an int8 export without its threshold is never chosen by itself

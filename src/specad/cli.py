@@ -53,6 +53,24 @@ def synth(
     out.print(f"wrote {path}")
 
 
+@dataset_app.command("import")
+def dataset_import(
+    source: Annotated[Path, typer.Argument(help="Folder in a foreign layout (MTD, MVTec).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to create.")],
+    layout: Annotated[str, typer.Option(help="auto, mtd or mvtec.")] = "auto",
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of train/good kept for val/good (mvtec).")
+    ] = 0.1,
+    force: Force = False,
+) -> None:
+    """Convert a foreign dataset layout into specad's (images become cubes, masks class ids)."""
+    from specad.data import load_dataset
+    from specad.importing import import_dataset
+
+    path = import_dataset(source, out_dir, layout, val_fraction=val_fraction, force=force)
+    out.print(f"wrote {path} ({len(load_dataset(path).samples)} images)", soft_wrap=True)
+
+
 @dataset_app.command("check")
 def dataset_check(
     root: Annotated[Path, typer.Argument(help="Dataset folder.")], layout: Layout = None
@@ -106,15 +124,15 @@ def train_cmd(
 
 
 def _load_detector(model: str, dataset: Path | None, device: str, runtime: str = "auto"):
-    """A saved model, or ``rx``: an RX baseline fitted on the dataset's train/good now."""
-    from specad.infer import Detector, fit_rx
+    """A saved model, or ``rx``/``knn``: that detector fitted on the dataset's train/good now."""
+    from specad.infer import FIT_ON_DATASET, Detector
 
-    if model == "rx":
+    if model in FIT_ON_DATASET:
         if dataset is None:
-            fail("--model rx needs a dataset to fit on; save one with `specad rx fit`")
+            fail(f"--model {model} needs a dataset to fit on; save one with `specad fit {model}`")
         from specad.data import load_dataset
 
-        return fit_rx(load_dataset(dataset)).use_runtime(runtime)
+        return FIT_ON_DATASET[model](load_dataset(dataset)).use_runtime(runtime)
     return Detector.load(model, device=device, runtime=runtime)
 
 
@@ -137,6 +155,15 @@ Runtime = Annotated[
     ),
 ]
 
+Scheduler = Annotated[
+    str | None,
+    typer.Option(help="Score on this Dask scheduler (tcp://HOST:8786); needs the dask extra."),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(min=1, help="Score on a local Dask cluster of N processes; needs the dask extra."),
+]
+
 
 @app.command()
 def predict(
@@ -149,23 +176,27 @@ def predict(
     device: Device = "auto",
     runtime: Runtime = "auto",
     force: Force = False,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
 ) -> None:
     """Score cubes: float32 TIFF maps, PNG overlays and scores.csv. Bad cubes are listed."""
-    from specad.predict import expand_inputs, predict_files
+    from specad.predict import cluster, expand_inputs, predict_files
 
     det = _load_detector(model, None, device, runtime)
     err.print(f"runtime: {det.runtime}", highlight=False)
     files = expand_inputs(inputs)
-    run = predict_files(
-        det,
-        files,
-        out_dir,
-        tiled=tiled,
-        force=force,
-        variable=variable,
-        layout=layout,
-        progress=True,
-    )
+    with cluster(scheduler, workers, det, model, device) as dask:
+        run = predict_files(
+            det,
+            files,
+            out_dir,
+            tiled=tiled,
+            force=force,
+            variable=variable,
+            layout=layout,
+            progress=True,
+            cluster=dask,
+        )
     out.print(f"wrote {run.out} ({run.scored} cubes)")
     if run.failed:
         for line in run.failed:
@@ -175,24 +206,36 @@ def predict(
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Argument(help="Model file, run folder, or 'rx'.")],
+    model: Annotated[str, typer.Argument(help="Model file, run folder, 'rx' or 'knn'.")],
     dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
-    far: Annotated[float, typer.Option(help="Normal-image false-alarm rate.")] = 0.01,
+    far: Annotated[
+        float | None,
+        typer.Option(
+            help="Refit the image threshold at this false-alarm rate on val/good (default: the "
+            "model's own threshold, the one predict uses)."
+        ),
+    ] = None,
     tiled: Annotated[bool, typer.Option(help="Native-resolution overlapping tiles.")] = False,
     layout: Layout = None,
     device: Device = "auto",
     runtime: Runtime = "auto",
+    scheduler: Scheduler = None,
+    workers: Workers = None,
 ) -> None:
     """Image/pixel AUROC, AUPRO, per-class AUROC and thresholds on the test split."""
     import json
 
     from specad.data import load_dataset
     from specad.evaluate import evaluate_detector
+    from specad.predict import cluster
 
     ds = load_dataset(dataset, layout)
     det = _load_detector(model, dataset, device, runtime)
-    metrics = evaluate_detector(det, ds, far=far, tiled=tiled, progress=not as_json)
+    with cluster(scheduler, workers, det, model, device) as dask:
+        metrics = evaluate_detector(
+            det, ds, far=far, tiled=tiled, progress=not as_json, cluster=dask
+        )
     metrics["runtime"] = det.runtime
     if as_json:
         print(json.dumps(metrics, indent=2))
@@ -257,26 +300,80 @@ def scene(
     truth: Annotated[
         str | None, typer.Option(help="Mask file, or the name of a variable in the cube's .mat.")
     ] = None,
-    detector: Annotated[str, typer.Option(help="Only 'rx' (global RX) for now.")] = "rx",
+    detector: Annotated[
+        str, typer.Option(help="Comma-separated: rx, lrx, crd, 2s-glrt (one table).")
+    ] = "rx",
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="Detector parameter, e.g. lrx.outer=15 or crd.lam=1e-4. Repeatable."),
+    ] = None,
+    drop_bands: Annotated[
+        str | None, typer.Option(help="Band indices to drop, e.g. 0-4,103-112 (inclusive).")
+    ] = None,
+    drop_nm: Annotated[
+        str | None, typer.Option(help="Wavelength ranges to drop in nm, e.g. 1340-1450.")
+    ] = None,
+    reduce: Annotated[str, typer.Option(help="Band reduction first: none, pca or mnf.")] = "none",
+    components: Annotated[int, typer.Option(help="Components kept by --reduce.")] = 20,
     variable: Annotated[str | None, typer.Option(help="Cube variable in a .mat/.npz.")] = None,
-    out_map: Annotated[Path | None, typer.Option("--out", help="Write the map as TIFF.")] = None,
+    layout: Layout = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for each map (TIFF, PNG) and scene.json.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    force: Force = False,
 ) -> None:
     """Score every pixel of one scene against its own background (single-scene mode)."""
-    from specad.evaluate import scene_scores
+    import json
 
-    if detector != "rx":
-        fail(f"unknown detector '{detector}' (only 'rx')")
-    score_map, auroc = scene_scores(file, truth, variable)
-    if out_map is not None:
-        import tifffile
+    import yaml
 
-        from specad.io import atomic_file
+    from specad.evaluate import read_truth, scene_scores, write_scene_outputs
+    from specad.models.bands import BandPrep, parse_ranges
+    from specad.models.scene import SCENE_DETECTORS
 
-        with atomic_file(out_map) as tmp:
-            tifffile.imwrite(tmp, score_map)
-    out.print(f"{file}: {score_map.shape[0]}x{score_map.shape[1]} pixels scored")
-    if auroc is not None:
-        out.print(f"pixel AUROC: {auroc:.4f}")
+    names = [d.strip() for d in detector.split(",") if d.strip()]
+    unknown = [d for d in names if d not in SCENE_DETECTORS]
+    if not names or unknown:
+        fail(f"unknown detector '{','.join(unknown)}' (one of {', '.join(SCENE_DETECTORS)})")
+    params: dict[str, dict] = {}
+    for item in param or []:
+        key, eq, value = item.partition("=")
+        name, dot, field = key.partition(".")
+        if not (eq and dot and field):
+            fail(f"--param '{item}': expected DETECTOR.NAME=VALUE")
+        params.setdefault(name, {})[field] = yaml.safe_load(value)
+    prep = BandPrep(
+        drop=parse_ranges(drop_bands or ""),
+        drop_nm=parse_ranges(drop_nm or ""),
+        reduce=reduce,
+        components=components,
+    )
+    runs, record = scene_scores(file, truth, variable, layout, names, params, prep)
+    shape = runs[0].score_map.shape
+    summary = {
+        "file": str(file),
+        "shape": list(shape),
+        "bands": record,
+        "detectors": [
+            {"detector": r.detector, "params": r.params, "pixel_auroc": r.auroc,
+             "seconds": round(r.seconds, 3)}
+            for r in runs
+        ],
+    }  # fmt: skip
+    if out_dir is not None:
+        mask = None if truth is None else read_truth(file, truth)
+        write_scene_outputs(runs, out_dir, mask, summary, force)
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(f"{file}: {shape[0]}x{shape[1]} pixels scored, bands: {record}")
+    table = Table("detector", "pixel AUROC", "seconds", "parameters")
+    for r in runs:
+        table.add_row(r.detector, _fmt(r.auroc), f"{r.seconds:.2f}", str(r.params))
+    out.print(table)
+    if len(runs) == 1 and runs[0].auroc is not None:
+        out.print(f"pixel AUROC: {runs[0].auroc:.4f}")
 
 
 rx_app = typer.Typer(no_args_is_help=True, help="The RX baseline.")
@@ -296,6 +393,36 @@ def rx_fit(
 
     refuse_nonempty(out_dir, force)
     out.print(str(fit_rx(load_dataset(dataset)).save(out_dir)))
+
+
+@app.command("fit")
+def fit_cmd(
+    model: Annotated[str, typer.Argument(help="knn or rx.")],
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (uses train/good, val/good).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model.")],
+    params: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="A fitting parameter: key=value (knn: image_size=320, ...)."),
+    ] = None,
+    force: Force = False,
+) -> None:
+    """Fit a training-free detector on normal cubes (threshold on val/good) and save it."""
+    from specad.config import _apply_override
+    from specad.data import load_dataset
+    from specad.infer import FIT_ON_DATASET
+    from specad.io import refuse_nonempty
+
+    if model not in FIT_ON_DATASET:
+        fail(f"unknown detector '{model}'; use one of {', '.join(FIT_ON_DATASET)}")
+    refuse_nonempty(out_dir, force)
+    kwargs: dict = {}
+    for item in params or []:
+        _apply_override(kwargs, item)
+    try:
+        det = FIT_ON_DATASET[model](load_dataset(dataset), **kwargs)
+    except TypeError as e:  # an unknown parameter name
+        fail(f"--set: {e}")
+    out.print(str(det.save(out_dir)))
 
 
 teacher_app = typer.Typer(no_args_is_help=True, help="Teacher networks: adapt, distill, info.")
@@ -408,7 +535,7 @@ def demo(
 def report(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Report YAML.")] = None,
     models: Annotated[
-        list[str] | None, typer.Option("--model", help="name=path, or 'rx'. Repeatable.")
+        list[str] | None, typer.Option("--model", help="name=path, 'rx' or 'knn'. Repeatable.")
     ] = None,
     datasets: Annotated[list[Path] | None, typer.Option("--dataset", help="Repeatable.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to create.")] = None,

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,13 +18,26 @@ from specad.data import Dataset
 from specad.errors import SpecadError
 from specad.infer import Detector, SplitResults, run_split
 from specad.io import read_cube
-from specad.metrics import evaluate, pixel_auroc
+from specad.metrics import evaluate, is_anomalous, pixel_auroc
 from specad.models.bands import BandPrep
 
+if TYPE_CHECKING:
+    from specad.distributed import Cluster
 
-def evaluate_split(test: SplitResults, val: SplitResults, far: float = 0.01) -> dict[str, Any]:
-    """Metrics of a test run, with thresholds calibrated on the validation (normal) run."""
-    return evaluate(
+DEFAULT_FAR = 0.01
+"""False-alarm rate of the pixel thresholds (and of image ones refitted on request)."""
+
+
+def evaluate_split(
+    test: SplitResults, val: SplitResults, far: float = 0.01, threshold: float | None = None
+) -> dict[str, Any]:
+    """Metrics of a test run, with thresholds calibrated on the validation (normal) run.
+
+    ``threshold`` is the detector's fitted image threshold; given, it is the one the
+    ``val_far`` operating point and each test cube's verdict use (as ``specad predict`` does),
+    instead of one refitted at ``far``. ``cubes`` lists every test cube's score and verdict.
+    """
+    summary = evaluate(
         test.scores,
         test.labels,
         test.maps,
@@ -33,21 +46,45 @@ def evaluate_split(test: SplitResults, val: SplitResults, far: float = 0.01) -> 
         val_scores=val.scores,
         val_maps=val.maps,
         far=far,
+        image_threshold=threshold,
     )
+    used = summary["thresholds"]["val_far"]["image_threshold"]
+    summary["cubes"] = [
+        {
+            "file": str(sample.path),
+            "label": sample.label,
+            "score": float(score),
+            "anomalous": is_anomalous(float(score), used),
+        }
+        for sample, score in zip(test.samples, test.scores, strict=True)
+    ]
+    return summary
 
 
 def evaluate_detector(
     detector: Detector,
     dataset: Dataset,
     *,
-    far: float = 0.01,
+    far: float | None = None,
     tiled: bool = False,
     progress: bool = False,
+    cluster: Cluster | None = None,
 ) -> dict[str, Any]:
-    """Run on ``val/good`` and ``test`` and return :func:`specad.metrics.evaluate`'s summary."""
+    """Run on ``val/good`` and ``test`` and return :func:`specad.metrics.evaluate`'s summary;
+    with ``cluster``, on its Dask workers (see :mod:`specad.distributed`).
+
+    Verdicts use the detector's own threshold, as ``predict`` does, unless ``far`` asks for a
+    threshold refitted on the validation scores at that false-alarm rate.
+    """
+    threshold = detector.threshold if far is None else None
+    far = DEFAULT_FAR if far is None else far
+    if cluster is not None:
+        val = cluster.run_split(dataset.require("val"), tiled=tiled)
+        test = cluster.run_split(dataset.require("test"), tiled=tiled)
+        return evaluate_split(test, val, far, threshold)
     val = run_split(detector, dataset.require("val"), tiled=tiled, progress=progress)
     test = run_split(detector, dataset.require("test"), tiled=tiled, progress=progress)
-    return evaluate_split(test, val, far)
+    return evaluate_split(test, val, far, threshold)
 
 
 @dataclass

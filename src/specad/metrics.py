@@ -13,6 +13,7 @@ Conventions used throughout:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -261,19 +262,37 @@ def is_anomalous(score: float, threshold: float) -> bool:
     return bool(score >= threshold)
 
 
-def threshold_at_far(normal_scores: Any, far: float = 0.01) -> float:
-    """The score threshold with false-alarm rate ``far`` on normal (validation / good) images.
+class ThresholdWarning(UserWarning):
+    """Too few normal validation images to measure the false-alarm rate asked for."""
 
-    It is the ``1 - far`` quantile of the normal scores with numpy's default ``"linear"``
-    interpolation: the threshold falls between two order statistics, so the fraction of the
-    given normal scores with ``score >= threshold`` is within ``1/n`` of ``far``.
+
+def threshold_at_far(normal_scores: Any, far: float = 0.01) -> float:
+    """The one threshold rule: the lowest threshold that flags at most a fraction ``far`` of the
+    normal (validation / good) scores under the one comparison, ``score >= threshold``.
+
+    With ``k = floor(far * n)`` normal scores allowed at or above it, it is the next float32
+    above the (k+1)-th largest score, so ties never push the false alarms above ``k``. When
+    ``n < 1 / far`` no normal image may be flagged (k = 0): the threshold is then just above the
+    largest score, and a :class:`ThresholdWarning` says so with the numbers.
     """
     if not 0 < far < 1:
         raise ValueError(f"far must be in (0, 1), got {far}")
     s = np.asarray(normal_scores, dtype=np.float64).ravel()
     if s.size == 0:
         raise SpecadError("no normal images to set the false-alarm threshold from")
-    return float(np.quantile(s, 1 - far))
+    k = int(np.floor(far * s.size + 1e-9))
+    kth = np.partition(s, s.size - 1 - k)[s.size - 1 - k]
+    threshold = float(np.nextafter(np.float32(kth), np.float32(np.inf)))
+    if k == 0 and s.size > 1:
+        warnings.warn(
+            ThresholdWarning(
+                f"{s.size} normal validation scores cannot measure a false-alarm rate of "
+                f"{far:g} (that needs {math.ceil(1 / far)}); the threshold is just above the "
+                f"largest of them ({kth:.4g}), so none of them is flagged"
+            ),
+            stacklevel=2,
+        )
+    return threshold
 
 
 def pixel_threshold_at_far(normal_maps: Maps, far: float = 0.01) -> float:
@@ -302,12 +321,14 @@ def evaluate(
     val_scores: Any = None,
     val_maps: Maps | None = None,
     far: float = 0.01,
+    image_threshold: float | None = None,
 ) -> dict[str, Any]:
     """A JSON-serialisable summary of a test run (undefined values become ``None``).
 
     Two operating points are reported: ``val_far`` sets the thresholds at false-alarm rate
     ``far`` on ``val_scores`` / ``val_maps`` (normal validation images) - what a deployment would
     do; without validation data it falls back to the good test images, marked by ``source``.
+    ``image_threshold``, when given (a model's fitted threshold), replaces the image one.
     ``f1_optimal`` picks the thresholds that maximise test F1: an optimistic upper bound.
     """
     s, y = _scores_labels(scores, labels)
@@ -315,7 +336,10 @@ def evaluate(
     px_s, px_y = _pooled(maps, masks)
     px_sample = _subsample(px_s, px_y, MAX_PIXELS, seed=0)
 
-    far_image = threshold_at_far(s[~y] if val_scores is None else val_scores, far)
+    if image_threshold is not None:
+        far_image = float(image_threshold)
+    else:
+        far_image = threshold_at_far(s[~y] if val_scores is None else val_scores, far)
     far_pixel = pixel_threshold_at_far(_take(maps, ~y) if val_maps is None else val_maps, far)
     image_f1, f1_image = _f1_max(s, y)
     _, f1_pixel = _f1_max(*px_sample)

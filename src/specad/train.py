@@ -1,7 +1,9 @@
 """Training EfficientAD on normal cubes: data in memory, a seeded loop, checkpoints, resume.
 
-Everything random (batch order, augmentation, penalty images) draws from one ``torch.Generator``
-whose state is checkpointed, so ``--resume`` ends with the same weights as an uninterrupted run.
+Everything random (batch order, augmentation, penalty images, dropout) draws from one
+``torch.Generator`` whose state is checkpointed, so ``--resume`` ends with the same weights as an
+uninterrupted run. Under ``torchrun`` each process trains on a shard of every batch
+(:mod:`specad.ddp`) and rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import pickle
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +21,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from specad import ddp
 from specad.config import Config, dump_config
-from specad.data import Dataset, PenaltySet, Preprocess, load_dataset, read_mask, select_channels
+from specad.data import (
+    GOOD,
+    Dataset,
+    PenaltySet,
+    Preprocess,
+    load_dataset,
+    read_mask,
+    select_channels,
+)
 from specad.errors import SpecadError
-from specad.infer import Detector, ModelMeta, cpu_has_amx, fit_threshold, pick_device
+from specad.infer import MODEL_FILE, Detector, ModelMeta, cpu_has_amx
 from specad.io import atomic_file, refuse_nonempty, reserve_output
+from specad.metrics import threshold_at_far
 from specad.models.build import build_efficientad
 from specad.models.efficientad import EfficientAD, ae_augment
 
@@ -72,12 +85,21 @@ def train_step(
     penalty: torch.Tensor | None,
     teacher_x: torch.Tensor | None = None,
     bf16: bool = False,
+    dropout: Sequence[torch.Generator] | None = None,
+    ranks: ddp.Ranks | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One optimisation step on the paper's losses; shared with the benchmarks."""
+    """One optimisation step on the paper's losses; shared with the benchmarks. With ``ranks``
+    of several processes, ``x`` is this rank's shard of the global batch."""
+    many = ranks is not None and ranks.world > 1
     with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
-        losses = model.loss(x, x_aug, penalty, teacher_x)
+        if many:
+            losses = model.loss(x, x_aug, penalty, teacher_x, dropout, hard=ranks.hard_loss)
+        else:
+            losses = model.loss(x, x_aug, penalty, teacher_x, dropout)
     opt.zero_grad(set_to_none=True)
     losses["total"].backward()
+    if many:
+        ranks.average_gradients([p for group in opt.param_groups for p in group["params"]])
     opt.step()
     return losses
 
@@ -142,20 +164,32 @@ def train(
     tests of ``resume``); the model file is only written when all steps are done.
     """
     out = Path(out)
-    with reserve_output(out):  # one writer per run folder; a second one fails at once
-        return _train(cfg, out, resume, force, stop_after, progress)
+    with ddp.session(cfg.train.device) as ranks, ExitStack() as owned:
+        with ranks.together():  # a refusal on any rank ends all of them
+            if cfg.train.batch_size % ranks.world:
+                raise SpecadError(
+                    f"train.batch_size {cfg.train.batch_size} is not a multiple of the "
+                    f"{ranks.world} training processes"
+                )
+            if ranks.main:  # one writer per run folder; a second one fails at once
+                owned.enter_context(reserve_output(out))
+                _check_output(out, resume, force)
+        return _train(cfg, out, resume, stop_after, progress and ranks.main, ranks)
 
 
-def _train(
-    cfg: Config, out: Path, resume: bool, force: bool, stop_after: int | None, progress: bool
-) -> Path:
-    ckpt_path = out / CHECKPOINT
-    if resume and not ckpt_path.is_file():
-        raise SpecadError("no checkpoint to resume from", ckpt_path)
+def _check_output(out: Path, resume: bool, force: bool) -> None:
+    if resume and not (out / CHECKPOINT).is_file():
+        raise SpecadError("no checkpoint to resume from", out / CHECKPOINT)
     if not resume:
         refuse_nonempty(out, force)
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.train.device)
+
+
+def _train(
+    cfg: Config, out: Path, resume: bool, stop_after: int | None, progress: bool, ranks: ddp.Ranks
+) -> Path:
+    ckpt_path = out / CHECKPOINT
+    device = ranks.device
     torch.manual_seed(cfg.train.seed)
 
     ds = load_dataset(cfg.data.root, cfg.data.layout)
@@ -177,14 +211,16 @@ def _train(
         step = _load_checkpoint(ckpt_path, model, opt, sched, gen)
         teacher_x = _teacher_outputs(model, train_x, device) if cache else None
     else:
-        teacher_x = model.fit_teacher_stats(_batches(train_x, 8, device), keep=cache)
-        (out / "config.yaml").write_text(dump_config(cfg))
-        (out / "metrics.jsonl").write_text("")
+        teacher_x = ddp.fit_teacher_stats(model, train_x, ranks, keep=cache)
+        if ranks.main:
+            (out / "config.yaml").write_text(dump_config(cfg))
+            (out / "metrics.jsonl").write_text("")
+    ranks.broadcast(model)
     bf16 = use_bf16(cfg.train.bf16, device)
 
     end = cfg.train.steps if stop_after is None else min(cfg.train.steps, stop_after)
-    monitor = _monitor_set(pre, ds) if cfg.train.val_every else None
-    log = (out / "metrics.jsonl").open("a")
+    monitor = _monitor_set(pre, ds) if cfg.train.val_every and ranks.main else None
+    log = (out / "metrics.jsonl").open("a") if ranks.main else None
     bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress, unit="step")
     model.train()
     model.teacher.eval()
@@ -194,35 +230,43 @@ def _train(
         x = _augment_geometry(train_x[idx], cfg, gen)
         x_aug = ae_augment(x, gen)
         p = penalty.sample(cfg.train.batch_size, gen) if penalty is not None else None
+        seeds = torch.randint(2**62, (cfg.train.batch_size,), generator=gen)
+        mine = ranks.shard(cfg.train.batch_size)  # this process's rows of the global batch
+        idx, x, x_aug, seeds = idx[mine], x[mine], x_aug[mine], seeds[mine]
         x, x_aug = _channels_last(x.to(device)), _channels_last(x_aug.to(device))
-        p = None if p is None else _channels_last(p.to(device))
+        p = None if p is None else _channels_last(p[mine].to(device))
         cached = None if teacher_x is None else teacher_x[idx.to(teacher_x.device)]
-        losses = train_step(model, opt, x, x_aug, p, cached, bf16)
+        dropout = ddp.dropout_generators(seeds, device)
+        losses = train_step(model, opt, x, x_aug, p, cached, bf16, dropout, ranks)
         sched.step()
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{losses['total'].item():.4f}")
         if step % cfg.train.log_every == 0 or step == end:
-            row = {k: round(v.item(), 6) for k, v in losses.items()}
+            row = {k: round(v, 6) for k, v in ranks.mean(losses).items()}
             row |= {"step": step, "lr": opt.param_groups[0]["lr"]}
             row["seconds"] = round(time.perf_counter() - t0, 2)
             if monitor is not None and (step % cfg.train.val_every == 0 or step == end):
                 row |= _monitor(model, val_x, monitor, device)
                 model.train()
                 model.teacher.eval()
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-        if step % cfg.train.checkpoint_every == 0 or step == end:
+            if log is not None:
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+        if ranks.main and (step % cfg.train.checkpoint_every == 0 or step == end):
             _save_checkpoint(ckpt_path, model, opt, sched, gen, step)
     bar.close()
-    log.close()
+    if log is not None:
+        log.close()
     if step < cfg.train.steps:
         return ckpt_path
 
+    if not ranks.main:  # rank 0 fits the map quantiles on all of val and writes the model
+        return out / MODEL_FILE
     model.eval()
     model.fit_quantiles(_batches(val_x, 8, device))
     val_scores = _scores(model, val_x, device)
-    meta.threshold = fit_threshold(val_scores, cfg.train.threshold_far)
+    meta.threshold = threshold_at_far(val_scores, cfg.train.threshold_far)
     meta.extra = {"val_scores": val_scores.tolist(), "steps": step}
     detector = Detector(model, meta, device)
     path = detector.save(out / "model.safetensors")
@@ -302,7 +346,7 @@ def _monitor(model: EfficientAD, val_x: torch.Tensor, mon: Inputs, device: torch
         maps = torch.cat([model.anomaly_map(b).float().cpu() for b in _batches(mon.x, 8, device)])
     from specad.data import resize
 
-    labels = np.array([lab != "good" for lab in mon.labels])
+    labels = np.array([lab != GOOD for lab in mon.labels])
     scores = maps.amax(dim=(1, 2, 3)).numpy()
     row = (
         {"val_image_auroc": round(float(roc_auc_score(labels, scores)), 4)}

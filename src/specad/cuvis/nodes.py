@@ -71,7 +71,7 @@ class DetectorNode(Node):
         "mask": PortSpec(
             dtype=torch.bool,
             shape=(-1, -1, -1, 1),
-            description="Anomalous pixels [B, H, W, 1]: map > the model's calibrated threshold.",
+            description="Anomalous pixels [B, H, W, 1]: map >= the model's calibrated threshold.",
         ),
     }
 
@@ -291,7 +291,7 @@ class ReflectanceNormalizer(Node):
 
 
 class ThresholdDecider(BinaryDecider):
-    """Pixels whose score is above ``threshold`` are anomalous: the rule of specad's masks.
+    """Pixels whose score is at or above ``threshold`` are anomalous: specad's one comparison.
 
     Set to the model's calibrated threshold its decisions equal the detector's ``mask``; another
     value moves the operating point without touching the model.
@@ -304,4 +304,4 @@ class ThresholdDecider(BinaryDecider):
         super().__init__(threshold=float(threshold), **kwargs)
 
     def forward(self, logits: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        return {"decisions": logits > self.threshold}
+        return {"decisions": logits >= self.threshold}  # specad.metrics.is_anomalous

@@ -25,7 +25,8 @@ class ReportConfig(BaseModel):
     out: Path
     force: bool = False
     far: float = Field(0.01, gt=0, lt=1)
-    """False-alarm rate on normal validation cubes that sets the calibrated threshold."""
+    """False-alarm rate on normal validation cubes that sets the pixel thresholds; image
+    verdicts use each model's own calibrated threshold, as ``specad predict`` does."""
     thresholds: list[float] | None = None
     """Map thresholds for the binary panels, added to the calibrated one; ``None`` gives 0.5x,
     1x and 2x the calibrated threshold (map units differ between models, factors do not)."""

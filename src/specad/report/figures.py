@@ -153,7 +153,7 @@ def _histogram_figure(runs: list[Run], far: float) -> Figure:
             if sel.any():
                 ax.hist(scores[sel], bins=bins, alpha=0.65, color=colour, label=label)
         ax.axvline(run.threshold, color="#222222", ls="--", lw=1.5, label="threshold")
-        ax.set_title(f"{run.model}: threshold {run.threshold:.4g} (FAR {far:.3g} on val)")
+        ax.set_title(f"{run.model}: calibrated threshold {run.threshold:.4g}")
         ax.set_xlabel("image score (maximum of the anomaly map)")
         ax.set_ylabel("test cubes")
         ax.legend(fontsize=9)

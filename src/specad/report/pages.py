@@ -340,7 +340,7 @@ def _page_html(
         ("Cube", str(sample.path)),
         ("Class", sample.label),
         ("Image score", f"{run.test.scores[e.index]:.4g}"),
-        ("Calibrated threshold", f"{run.threshold:.4g} (FAR {cfg.far:g} on val)"),
+        ("Calibrated threshold", f"{run.threshold:.4g} (the model's, as predict uses)"),
         ("Verdict", e.verdict),
         ("Defect pixels (truth)", f"{int(np.count_nonzero(mask > 0))} of {mask.size}"),
         ("Pixels at or above threshold", f"{flagged:.2%}"),

@@ -35,7 +35,7 @@ class Run:
 
     @property
     def threshold(self) -> float:
-        """The image threshold at the report's false-alarm rate on validation cubes."""
+        """The model's calibrated image threshold: the one ``specad predict`` compares with."""
         return self.metrics["thresholds"]["val_far"]["image_threshold"]
 
 
@@ -80,7 +80,7 @@ def run_dataset(
         det = FIT_ON_DATASET[spec](ds) if spec in FIT_ON_DATASET else loaded[model]
         res = run_split(det, test, tiled=cfg.tiled, progress=progress)
         val_res = run_split(det, val, tiled=cfg.tiled, progress=progress)
-        summary = evaluate_split(res, val_res, cfg.far)
+        summary = evaluate_split(res, val_res, cfg.far, det.threshold)  # predict's verdicts
         crv = curves(res.scores, res.maps, res.masks, res.class_names, max_pixels=CURVE_PIXELS)
         runs.append(Run(model, det.kind, res, summary, crv, det.runtime))
     return DatasetRuns(name, ds, runs)
