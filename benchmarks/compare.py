@@ -1,4 +1,4 @@
-"""Merge both sides' JSON into one table with specad/anomalib ratios; write ``results.md``.
+"""Merge both sides' JSON into one table with specad/anomalib ratios; write the results file.
 
 Ratios follow the issue's targets: images/s over anomalib's for inference (goal >= 2), seconds
 per step over anomalib's for training (goal <= 0.6), always against anomalib's fp32 eager path
@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+from harness import cpu_family
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
@@ -57,7 +59,7 @@ def _peak(c: dict[str, Any], peaks: dict[str, float]) -> float | None:
     runtime = c.get("runtime", c["path"])
     if runtime == "int8":
         return None
-    return peaks["bf16" if "bf16" in runtime else "fp32"]
+    return peaks.get("bf16" if "bf16" in runtime else "fp32")  # no bf16 peak without native bf16
 
 
 def _row(c: dict[str, Any], peaks: dict[str, float], anomalib: list[dict[str, Any]]) -> list[str]:
@@ -179,9 +181,13 @@ def main() -> None:
     parser.add_argument("--specad", type=Path, default=OUT / "specad.json")
     parser.add_argument("--anomalib", type=Path, default=OUT / "anomalib.json")
     parser.add_argument("--tta", type=Path, default=OUT / "time_to_accuracy.json")
-    parser.add_argument("--results", type=Path, default=HERE / "results.md")
+    parser.add_argument(
+        "--results", type=Path, help="default: results-<cpu family>.md, one file per family"
+    )
     args = parser.parse_args()
     specad = json.loads(args.specad.read_text())
+    if args.results is None:
+        args.results = HERE / f"results-{cpu_family(specad)}.md"
     anomalib = json.loads(args.anomalib.read_text())
     tta = json.loads(args.tta.read_text()) if args.tta.is_file() else None
     text = report(specad, anomalib, tta)

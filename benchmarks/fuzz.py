@@ -10,6 +10,7 @@ outcome is a result or specad's one-line error. Exit status 1 if any reader fail
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 import tempfile
@@ -21,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fuzzing import TARGETS, Target, check_one, mutated  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+FAILURES = Path(__file__).resolve().parent / "out" / "fuzz-failures"
 
 
 def fuzz(target: Target, cases: int) -> tuple[int, str | None]:
@@ -43,6 +46,11 @@ def fuzz(target: Target, cases: int) -> tuple[int, str | None]:
         tmp = Path(tempfile.mkdtemp())
         try:
             check_one(target, tmp, data)
+        except BaseException:
+            keep = FAILURES / f"{target.name}-{count}.bin"
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            keep.write_bytes(data)  # the input, to reproduce the failure
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -58,6 +66,7 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=10_000, help="cases per reader")
     parser.add_argument("--only", default="", help="comma-separated reader names")
     args = parser.parse_args()
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # millions of lines otherwise
     only = {n for n in args.only.split(",") if n}
     failed = 0
     print(f"{'reader':<18} {'cases':>7} {'seconds':>8}  result", flush=True)

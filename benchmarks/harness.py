@@ -76,14 +76,34 @@ def time_calls(fn: Callable[[], object], reps: int, warmup: int) -> list[float]:
     return times
 
 
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
+
+
 def matmul_peak(n: int = 2048) -> dict[str, float]:
-    """Best GFLOP/s of an n x n matmul per dtype: the ceiling for the models' GFLOP/s."""
+    """Best GFLOP/s of an n x n matmul per dtype: the ceiling for the models' GFLOP/s.
+
+    bf16 only where the CPU computes it natively: elsewhere torch emulates it, single-threaded,
+    and one 2048^3 product took minutes (an AVX2-only EPYC), so it is not measured.
+    """
     peaks = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    dtypes = [("fp32", torch.float32)]
+    if set(NATIVE_BF16) & set(machine()["cpu_flags"]):
+        dtypes.append(("bf16", torch.bfloat16))
+    for name, dtype in dtypes:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         best = min(time_calls(lambda a=a, b=b: a @ b, reps=10, warmup=2))
         peaks[name] = 2 * n**3 / best / 1e9
     return peaks
+
+
+def cpu_family(info: dict[str, Any]) -> str:
+    """A file-name key for results per CPU family, e.g. ``intel-avx512-vnni`` or ``amd-avx2``."""
+    cpu = info["cpu"].lower()
+    vendor = "intel" if "intel" in cpu else "amd" if "amd" in cpu else "cpu"
+    flags = info["cpu_flags"]
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "sse"
+    extras = [x for x in ("vnni", "amx") if any(x in f for f in flags)]
+    return "-".join([vendor, isa, *extras])
 
 
 def machine() -> dict[str, Any]:
@@ -160,7 +180,9 @@ def main(side: str, script: str, cases: list[Case], prepare: Prepare) -> None:
     set_threads()
     info = machine() | {"side": side, "matmul_peak_gflops": matmul_peak()}
     results = []
-    for c in (c for c in cases if args.match in label(c)):
+    chosen = [c for c in cases if args.match in label(c)]
+    for i, c in enumerate(chosen, 1):
+        print(f"{side}: [{i}/{len(chosen)}] {label(c)} ...", file=sys.stderr, flush=True)
         result = _run_child(script, c, args.reps, args.warmup)
         results.append(result)
         shown = result.get("error") or f"{result['median_s'] * 1e3:.1f} ms"

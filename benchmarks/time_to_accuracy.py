@@ -55,6 +55,12 @@ def score_checkpoint(
     return metrics["image_auroc"] or nan, metrics["pixel_auroc"] or nan
 
 
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the repository when inside it: results files name no machine."""
+    path, root = Path(path).resolve(), HERE.parent.resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+
+
 def loop_seconds(run: Path) -> float:
     """Training-loop seconds of the last ``train`` call, from its last metrics row."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -105,8 +111,8 @@ def main() -> None:
         print(f"time to accuracy: {clock:.0f} s (step {step})")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     summary = {
-        "config": str(args.config),
-        "data": str(cfg.data.root),
+        "config": repo_relative(args.config),
+        "data": repo_relative(cfg.data.root),
         "every": args.every,
         "target": args.target,
         "threads": torch.get_num_threads(),
