@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,9 +219,23 @@ def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
     return bytes(data)
 
 
-def check_one(target: Target, tmp: Path, data: bytes) -> None:
-    """Feed one case; anything but success or a one-line SpecadError propagates."""
+class Hang(Exception):
+    """A reader ran past the per-case limit: a denial of service, reported like a crash."""
+
+
+def _alarm(signum: int, frame: object) -> None:
+    raise Hang("the reader ran for more than the per-case limit")
+
+
+def check_one(target: Target, tmp: Path, data: bytes, limit_s: int = 20) -> None:
+    """Feed one case; anything but success or a one-line SpecadError propagates, and so does
+    a case still running after ``limit_s`` seconds (as :class:`Hang`)."""
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(limit_s)
     try:
         target.feed(tmp, data)
     except SpecadError as err:
         assert "\n" not in str(err), f"{target.name}: multi-line error {err!r}"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
