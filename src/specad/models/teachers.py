@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from specad.checkpoint import load_state, save_state
 from specad.errors import SpecadError
 from specad.io import atomic_file, file_sha256
 from specad.models.efficientad import PDN, ImageNetNorm, ModelSize, channel_stats
@@ -246,7 +247,7 @@ def distill(
 
     start = 0
     if resume and out_path.is_file() and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = load_state(state_path, "optimizer", "generator", "step", "mean", "std")
         with safe_open(out_path, framework="pt") as f:
             saved_step = (f.metadata() or {}).get("step")
         if saved_step != str(state["step"]):
@@ -261,9 +262,14 @@ def distill(
         mean, std = mean.to(device), std.to(device)
 
     def save(step: int) -> None:
-        extra = {"optimizer": optimizer.state_dict(), "generator": generator.get_state()}
-        with atomic_file(state_path) as tmp:
-            torch.save({**extra, "step": step, "mean": mean, "std": std}, tmp)
+        save_state(
+            state_path,
+            optimizer=optimizer.state_dict(),
+            generator=generator.get_state(),
+            step=step,
+            mean=mean,
+            std=std,
+        )
         _save_safetensors(pdn.state_dict(), out_path, step)
 
     pdn.train()
