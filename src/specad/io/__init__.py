@@ -1,0 +1,34 @@
+"""Cubes in and out: one ``Cube`` type, and readers/writers for the formats spectral cameras export.
+
+Every reader returns an (H, W, C) float32 array. Raw counts are *not* silently rescaled: turning
+counts into reflectance is an explicit step (:func:`to_reflectance`), because the right reference
+(white tile, dark frame, a fixed scale) depends on the rig.
+"""
+
+from specad.io.cube import CUBE_SUFFIXES, LAYOUTS, Cube, default_rgb, to_reflectance
+from specad.io.files import (
+    atomic_dir,
+    atomic_file,
+    file_sha256,
+    refuse_nonempty,
+    reserve_output,
+)
+from specad.io.read import LayoutGuess, read_cube, read_mat_arrays
+from specad.io.write import write_cube
+
+__all__ = [
+    "CUBE_SUFFIXES",
+    "LAYOUTS",
+    "Cube",
+    "LayoutGuess",
+    "atomic_dir",
+    "atomic_file",
+    "default_rgb",
+    "file_sha256",
+    "read_cube",
+    "read_mat_arrays",
+    "refuse_nonempty",
+    "reserve_output",
+    "to_reflectance",
+    "write_cube",
+]

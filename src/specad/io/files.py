@@ -1,0 +1,140 @@
+"""Writing files and folders so that nothing is half-written and nothing of the user's is lost:
+atomic files, atomic output folders published with a no-replace rename, one writer per output,
+and the one SHA-256 helper."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import glob
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from specad.errors import SpecadError
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks: the one digest for weights and provenance."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tmp_sibling(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s folder, or say in one line why it cannot be (a file, no permission)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    except OSError as err:
+        raise SpecadError(
+            f"cannot write here ({err.strerror or err}: {err.filename or path.parent})", path
+        ) from err
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    path = Path(path)
+    _make_parent(path)
+    tmp = _tmp_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def refuse_nonempty(out: Path, force: bool) -> None:
+    """Refuse to write into a folder that already holds something, unless ``force``."""
+    if out.exists() and not out.is_dir():
+        raise SpecadError("exists and is not a folder", out)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise SpecadError("output folder exists and is not empty (use --force to replace)", out)
+
+
+@contextmanager
+def reserve_output(out: str | Path) -> Iterator[Path]:
+    """Hold the name ``out`` for this process alone while it writes there.
+
+    An advisory lock on ``.NAME.lock`` beside it, which the kernel drops when the process dies
+    (even by ``kill -9``), so a second writer fails at once with one line. Holding it also
+    proves that any ``.NAME.*.part`` / ``.NAME.*.old`` left beside ``out`` belongs to an earlier,
+    killed run: those are removed.
+    """
+    out = Path(out)
+    lock = out.parent / f".{out.name}.lock"
+    _make_parent(lock)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        os.close(fd)
+        raise SpecadError("another specad command is writing this output now", out) from err
+    try:
+        for pattern in (".part", ".old"):
+            for stale in out.parent.glob(f".{glob.escape(out.name)}.*{pattern}"):
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+        yield out
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+@contextmanager
+def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
+    """Build a folder under a temporary name and rename it to ``out`` at the end.
+
+    A failure leaves the old folder (if any) untouched and no partial output behind. Without
+    ``force`` the final rename never replaces content: if something appeared at ``out`` while
+    the command ran, it is kept and the command fails. With ``force`` an existing ``out`` is
+    replaced.
+    """
+    out = Path(out)
+    with reserve_output(out):
+        refuse_nonempty(out, force)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a shared report from other users
+        try:
+            yield tmp
+            _publish(tmp, out, force)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, out: Path, force: bool) -> None:
+    if force and (out.exists() or out.is_symlink()):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    try:
+        os.rename(tmp, out)  # succeeds onto nothing or an empty folder, never over content
+    except OSError as err:
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise SpecadError(
+                "appeared while this command ran and was kept; nothing was written "
+                "(use --force to replace it)",
+                out,
+            ) from err
+        raise

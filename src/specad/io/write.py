@@ -1,0 +1,82 @@
+"""Writers: TIFF (float32, compressed), ``.npy``, ``.npz`` and ENVI, each written atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from specad.errors import SpecadError
+from specad.io.cube import Cube
+from specad.io.files import atomic_file
+
+
+def write_cube(path: str | Path, cube: Cube) -> None:
+    """Write ``cube`` atomically: TIFF (float32, compressed), ``.npy``, ``.npz`` or ENVI ``.hdr``.
+
+    ``.npy`` keeps pixels only; the other formats keep band names, wavelengths and the RGB bands.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    writers = {
+        ".tif": _write_tiff,
+        ".tiff": _write_tiff,
+        ".npy": _write_npy,
+        ".npz": _write_npz,
+        ".hdr": _write_envi,
+    }
+    if suffix not in writers:
+        raise SpecadError(f"cannot write format '{suffix}' (use .tif, .npy, .npz or .hdr)", path)
+    writers[suffix](path, cube)
+
+
+def _write_tiff(path: Path, cube: Cube) -> None:
+    import tifffile
+
+    with atomic_file(path) as tmp:
+        tifffile.imwrite(
+            tmp,
+            cube.data,
+            photometric="minisblack",
+            planarconfig="contig",
+            compression="zlib",
+            metadata={"axes": "YXS", "spectral": cube.meta()},
+        )
+
+
+def _write_npy(path: Path, cube: Cube) -> None:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, cube.data)
+
+
+def _write_npz(path: Path, cube: Cube) -> None:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, cube=cube.data, meta=np.array(json.dumps(cube.meta())))
+
+
+def _write_envi(path: Path, cube: Cube) -> None:
+    h, w, c = cube.shape
+    lines = [
+        "ENVI",
+        f"samples = {w}",
+        f"lines = {h}",
+        f"bands = {c}",
+        "header offset = 0",
+        "file type = ENVI Standard",
+        "data type = 4",
+        "interleave = bsq",
+        "byte order = 0",
+        "band names = {" + ", ".join(cube.bands) + "}",
+    ]
+    if cube.wavelengths:
+        lines += [
+            "wavelength units = nm",
+            "wavelength = {" + ", ".join(f"{x:g}" for x in cube.wavelengths) + "}",
+        ]
+    if cube.rgb:
+        lines.append("default bands = {" + ", ".join(str(i + 1) for i in cube.rgb) + "}")
+    with atomic_file(path.with_suffix(".img")) as tmp:
+        np.ascontiguousarray(cube.data.transpose(2, 0, 1), dtype="<f4").tofile(tmp)
+        with atomic_file(path) as htmp:
+            htmp.write_text("\n".join(lines) + "\n")
