@@ -15,7 +15,6 @@ from conftest import make_dataset
 from PIL import Image
 
 from specad.data import (
-    PenaltySet,
     Preprocess,
     check_dataset,
     load_dataset,
@@ -24,6 +23,7 @@ from specad.data import (
 )
 from specad.errors import SpecadError
 from specad.io import Cube, read_cube, write_cube
+from specad.penalty import PenaltySet
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

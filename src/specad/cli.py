@@ -468,10 +468,10 @@ def teacher_distill(
     """Distil a feature extractor into a PDN teacher (slow on a CPU; a GPU is the place for it)."""
     import torch
 
-    from specad.data import PenaltySet
     from specad.infer import pick_device
     from specad.models.efficientad import PDN
     from specad.models.teachers import EfficientNetLite0Teacher, distill
+    from specad.penalty import PenaltySet
 
     if out_file.exists() and not resume:
         fail(f"{out_file}: exists; use --resume to continue it or choose another name")
