@@ -3,21 +3,28 @@
 The folder is built under a temporary name and published at the end (:func:`specad.io.atomic_dir`),
 so a run that fails, or is killed, leaves nothing that looks complete. Each input keeps its path
 relative to the inputs' common folder, so ``test/good/000.tif`` and ``test/crack/000.tif`` get
-two maps, one per ``scores.csv`` row.
+two maps, one per ``scores.csv`` row. With a Dask cluster (:mod:`specad.distributed`) workers
+score the files into the same temporary folder under the same names; this process writes
+``scores.csv``.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from specad.errors import SpecadError
 from specad.infer import Detector
 from specad.io import CUBE_SUFFIXES, atomic_dir, read_cube
 from specad.metrics import is_anomalous
+
+if TYPE_CHECKING:
+    from specad.distributed import Cluster
 
 
 @dataclass
@@ -64,6 +71,57 @@ def output_names(files: Sequence[Path]) -> list[Path]:
     return [r if s in clashes else s for r, s in zip(rel, stems, strict=True)]
 
 
+def score_file(
+    detector: Detector,
+    path: Path,
+    tmp: Path,
+    name: Path,
+    *,
+    tiled: bool = False,
+    variable: str | None = None,
+    layout: str | None = None,
+) -> float:
+    """Score one cube into ``tmp/maps/NAME.tif`` and ``tmp/overlays/NAME.png``; its score.
+    Shared by local runs and Dask workers, so both write the same files."""
+    import tifffile
+    from PIL import Image
+
+    from specad.visual import false_colour, overlay
+
+    cube = read_cube(path, variable=variable, layout=layout)
+    pred = detector.predict(cube, tiled=tiled, paths=[path])
+    map_file = tmp / "maps" / f"{name}.tif"
+    map_file.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(map_file, pred.anomaly_map)
+    png = tmp / "overlays" / f"{name}.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    rgb = false_colour(cube.data, cube.rgb or (0, 0, 0))
+    Image.fromarray(overlay(rgb, pred.anomaly_map, detector.threshold)).save(png)
+    return pred.score
+
+
+def _score_here(
+    detector: Detector, files: Sequence[Path], names: Sequence[Path], tmp: Path, opts: dict
+) -> Iterator[float | str]:
+    for path, name in zip(files, names, strict=True):
+        try:
+            yield score_file(detector, path, tmp, name, **opts)
+        except SpecadError as e:
+            yield str(e)
+
+
+def cluster(
+    scheduler: str | None, workers: int | None, detector: Detector, model: str, device: str
+) -> AbstractContextManager[Cluster | None]:
+    """A Dask cluster holding ``detector`` (saved at ``model``, or fitted here) when
+    ``scheduler`` or ``workers`` is given; otherwise None, for scoring in this process."""
+    if scheduler is None and workers is None:
+        return nullcontext()
+    from specad.distributed import ModelSource, open_cluster
+
+    return open_cluster(scheduler, workers, ModelSource.of(detector, model, device))
+
+
 def predict_files(
     detector: Detector,
     files: Sequence[Path],
@@ -74,49 +132,43 @@ def predict_files(
     variable: str | None = None,
     layout: str | None = None,
     progress: bool = False,
+    cluster: Cluster | None = None,
 ) -> PredictRun:
     """Score ``files`` and publish ``out`` with ``maps/``, ``overlays/`` and ``scores.csv``.
 
     An input that cannot be read or scored (including a non-finite map) is listed in
     ``failed`` and gets no row; if none can be scored, nothing is written and this raises.
+    With ``cluster`` its workers score the files; ``out``'s parent must be a path they share.
     """
-    import tifffile
-    from PIL import Image
     from tqdm import tqdm
-
-    from specad.visual import false_colour, overlay
 
     if not files:
         raise SpecadError("no cube files among the inputs")
     names = output_names(files)
     failed: list[str] = []
     threshold = detector.threshold
+    opts = {"tiled": tiled, "variable": variable, "layout": layout}
     with atomic_dir(out, force) as tmp:
+        if cluster is None:
+            outcomes = _score_here(detector, files, names, tmp, opts)
+        else:
+            outcomes = cluster.score_files(files, names, tmp, opts)
         with open(tmp / "scores.csv", "w", newline="") as f:
             rows = csv.writer(f)
             rows.writerow(["file", "map", "score", "anomalous", "threshold"])
-            for path, name in tqdm(
-                list(zip(files, names, strict=True)), unit="cube", disable=not progress
+            jobs = zip(files, names, outcomes, strict=True)
+            for path, name, score in tqdm(
+                jobs, total=len(files), unit="cube", disable=not progress
             ):
-                try:
-                    cube = read_cube(path, variable=variable, layout=layout)
-                    pred = detector.predict(cube, tiled=tiled, paths=[path])
-                except SpecadError as e:
-                    failed.append(str(e))
+                if isinstance(score, str):
+                    failed.append(score)
                     continue
-                map_file = Path("maps") / f"{name}.tif"
-                (tmp / map_file).parent.mkdir(parents=True, exist_ok=True)
-                tifffile.imwrite(tmp / map_file, pred.anomaly_map)
-                png = tmp / "overlays" / f"{name}.png"
-                png.parent.mkdir(parents=True, exist_ok=True)
-                rgb = false_colour(cube.data, cube.rgb or (0, 0, 0))
-                Image.fromarray(overlay(rgb, pred.anomaly_map, threshold)).save(png)
                 rows.writerow(
                     [
                         str(path),
-                        map_file.as_posix(),
-                        f"{pred.score:.6g}",
-                        int(is_anomalous(pred.score, threshold)),
+                        (Path("maps") / f"{name}.tif").as_posix(),
+                        f"{score:.6g}",
+                        int(is_anomalous(score, threshold)),
                         f"{threshold:.6g}",
                     ]
                 )

@@ -26,7 +26,6 @@ from specad.config import Config, dump_config
 from specad.data import (
     GOOD,
     Dataset,
-    PenaltySet,
     Preprocess,
     load_dataset,
     read_mask,
@@ -38,6 +37,7 @@ from specad.io import atomic_file, refuse_nonempty, reserve_output
 from specad.metrics import threshold_at_far
 from specad.models.build import build_efficientad
 from specad.models.efficientad import EfficientAD, ae_augment
+from specad.penalty import PenaltySet
 
 CHECKPOINT = "checkpoints/last.pt"
 
