@@ -66,6 +66,20 @@ def test_dask_scoring_equals_a_local_run(scene, tmp_path: Path) -> None:
     assert json.dumps(metrics, sort_keys=True) == json.dumps(here, sort_keys=True)
 
 
+def test_report_scoring_on_dask_equals_a_local_report(scene, tmp_path: Path) -> None:
+    from specad.report import load_report_config, write_report
+
+    root, model, _ = scene
+    reports = {}
+    for name, extra in (("here", {}), ("there", {"workers": 2})):
+        cfg = load_report_config(
+            None, models={"rx": str(model)}, datasets=[str(root)], out=str(tmp_path / name), **extra
+        )
+        metrics = json.loads((write_report(cfg).parent / "metrics.json").read_text())
+        reports[name] = metrics["models"]
+    assert reports["here"] == reports["there"]
+
+
 def test_a_worker_killed_mid_run_changes_nothing(scene, tmp_path: Path) -> None:
     """The first worker to finish a scoring task dies (SIGKILL) before reporting it; Dask reruns
     its tasks elsewhere and the published folder is complete and equal to a local run."""

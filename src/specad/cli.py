@@ -539,6 +539,8 @@ def report(
     ] = None,
     datasets: Annotated[list[Path] | None, typer.Option("--dataset", help="Repeatable.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to create.")] = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
     force: Force = False,
 ) -> None:
     """Write an HTML report (ROC/PR, per-class tables, per-image panels) for one or more models."""
@@ -553,6 +555,9 @@ def report(
         flags["out"] = str(out_dir)
     if force:
         flags["force"] = True
+    if scheduler is not None and workers is not None:
+        fail("give --scheduler or --workers, not both")
+    flags |= {k: v for k, v in (("scheduler", scheduler), ("workers", workers)) if v is not None}
     index = write_report(load_report_config(config, **flags), progress=True)
     out.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)
 

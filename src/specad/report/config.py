@@ -24,6 +24,10 @@ class ReportConfig(BaseModel):
     datasets: list[Path] = Field(min_length=1)
     out: Path
     force: bool = False
+    scheduler: str | None = None
+    """Score on this Dask scheduler (``tcp://HOST:8786``), as ``specad evaluate --scheduler``."""
+    workers: int | None = Field(None, ge=1)
+    """Score on a local Dask cluster of this many processes, as ``evaluate --workers``."""
     far: float = Field(0.01, gt=0, lt=1)
     """False-alarm rate on normal validation cubes that sets the pixel thresholds; image
     verdicts use each model's own calibrated threshold, as ``specad predict`` does."""

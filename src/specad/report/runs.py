@@ -15,6 +15,7 @@ from specad.data import Dataset, load_dataset
 from specad.evaluate import evaluate_split
 from specad.infer import FIT_ON_DATASET, Detector, SplitResults, run_split
 from specad.metrics import curves
+from specad.predict import cluster
 from specad.report.config import ReportConfig
 
 CURVE_PIXELS = 250_000
@@ -78,8 +79,13 @@ def run_dataset(
     runs = []
     for model, spec in cfg.models.items():
         det = FIT_ON_DATASET[spec](ds) if spec in FIT_ON_DATASET else loaded[model]
-        res = run_split(det, test, tiled=cfg.tiled, progress=progress)
-        val_res = run_split(det, val, tiled=cfg.tiled, progress=progress)
+        with cluster(cfg.scheduler, cfg.workers, det, spec, "cpu") as dask:
+            if dask is not None:  # on the Dask workers, cube for cube as in this process
+                res = dask.run_split(test, tiled=cfg.tiled)
+                val_res = dask.run_split(val, tiled=cfg.tiled)
+            else:
+                res = run_split(det, test, tiled=cfg.tiled, progress=progress)
+                val_res = run_split(det, val, tiled=cfg.tiled, progress=progress)
         summary = evaluate_split(res, val_res, cfg.far, det.threshold)  # predict's verdicts
         crv = curves(res.scores, res.maps, res.masks, res.class_names, max_pixels=CURVE_PIXELS)
         runs.append(Run(model, det.kind, res, summary, crv, det.runtime))
