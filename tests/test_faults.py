@@ -335,8 +335,8 @@ def test_matlab_cube_smaller_in_pixels_than_bands_is_hwc(tmp_path: Path) -> None
     data[10:14, 20:23] += 3.0
     scipy.io.savemat(tmp_path / "s.mat", {"data": data, "map": truth})
     assert read_cube(tmp_path / "s.mat").shape == (80, 100, 162)
-    score_map, auroc = scene_scores(tmp_path / "s.mat", "map")
-    assert score_map.shape == (80, 100) and auroc is not None and auroc > 0.99
+    (run,), _ = scene_scores(tmp_path / "s.mat", "map")
+    assert run.score_map.shape == (80, 100) and run.auroc is not None and run.auroc > 0.99
 
 
 def test_matlab_v73_truth_variable(tmp_path: Path) -> None:
@@ -349,8 +349,8 @@ def test_matlab_v73_truth_variable(tmp_path: Path) -> None:
         f["hsi"] = data.T  # MATLAB column-major, as h5py sees it
         f["hsi_gt"] = truth.T
     assert read_cube(path, variable="hsi").shape == (30, 40, 12)
-    score_map, auroc = scene_scores(path, "hsi_gt", variable="hsi")
-    assert score_map.shape == (30, 40) and auroc > 0.99
+    (run,), _ = scene_scores(path, "hsi_gt", variable="hsi")
+    assert run.score_map.shape == (30, 40) and run.auroc is not None and run.auroc > 0.99
     with pytest.raises(SpecadError, match="truth mask is 40x30, the scene is 30x40"):
         with h5py.File(path, "a") as f:
             del f["hsi_gt"]
