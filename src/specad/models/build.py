@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from specad.config import ModelConfig
@@ -31,6 +32,16 @@ def build_teacher(
     )
 
 
+def init_seeds(seed: int) -> tuple[int, int]:
+    """Independent teacher and student seeds derived from one run seed.
+
+    Seeding both from ``seed`` itself made a random PDN student a copy of its teacher, so the
+    student-teacher difference EfficientAD learns from started at exactly zero.
+    """
+    teacher, student = np.random.SeedSequence(seed).spawn(2)
+    return int(teacher.generate_state(1)[0]), int(student.generate_state(1)[0])
+
+
 def build_efficientad(
     cfg: ModelConfig,
     in_channels: int,
@@ -38,9 +49,11 @@ def build_efficientad(
     wavelengths: list[float] | None = None,
     seed: int = 0,
 ) -> EfficientAD:
-    """A fresh model; student and autoencoder initialised from ``seed`` for reproducible runs."""
-    teacher = build_teacher(cfg, in_channels, wavelengths, seed)
-    torch.manual_seed(seed)
+    """A fresh model, reproducible from ``seed``: a random teacher and the student/autoencoder
+    draw from independent streams derived from it (`init_seeds`)."""
+    teacher_seed, student_seed = init_seeds(seed)
+    teacher = build_teacher(cfg, in_channels, wavelengths, teacher_seed)
+    torch.manual_seed(student_seed)
     return EfficientAD(
         in_channels,
         image_size=image_size,

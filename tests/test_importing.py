@@ -1,0 +1,85 @@
+"""`specad dataset import`: MTD and MVTec-style folders into specad's layout, atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_cli import specad
+
+from specad.data import load_dataset, read_mask
+from specad.errors import SpecadError
+from specad.importing import import_dataset
+
+
+def _image(path: Path, shape: tuple[int, ...], value: int = 100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+
+
+def _mtd(root: Path) -> Path:
+    """Ten normal tiles and two defect classes, masks beside the images with soft edges."""
+    for i in range(10):
+        _image(root / "MT_Free" / "Imgs" / f"free{i}.jpg", (30 + i, 40))
+        _image(root / "MT_Free" / "Imgs" / f"free{i}.png", (30 + i, 40), 0)
+    for name in ("Crack", "Fray"):
+        _image(root / f"MT_{name}" / "Imgs" / "a.jpg", (20, 25))
+        mask = np.zeros((20, 25), np.uint8)
+        mask[5:10, 5:10], mask[4, 5:10] = 255, 60  # an anti-aliased edge row
+        Image.fromarray(mask).save(root / f"MT_{name}" / "Imgs" / "a.png")
+    return root
+
+
+def test_mtd_import_splits_normals_and_keeps_masks(tmp_path: Path) -> None:
+    out = import_dataset(_mtd(tmp_path / "mtd"), tmp_path / "out")
+    ds = load_dataset(out)
+    counts = {s: len(ds.split(s)) for s in ("train", "val", "test")}
+    assert counts == {"train": 7, "val": 1, "test": 4}
+    assert json.loads((out / "classes.json").read_text()) == {
+        "0": "background",
+        "1": "crack",
+        "2": "fray",
+    }
+    fray = next(s for s in ds.samples if s.label == "fray")
+    cube = fray.read()
+    assert cube.shape == (20, 25, 1) and cube.data.max() == 100  # values kept, not rescaled
+    mask = read_mask(fray, cube.shape[:2])
+    assert mask.sum() == 25 * 2 and set(np.unique(mask)) == {0, 2}  # soft edge row is background
+    again = import_dataset(_mtd(tmp_path / "mtd"), tmp_path / "again")
+    assert sorted(p.name for p in (again / "train" / "good").iterdir()) == sorted(
+        p.name for p in (out / "train" / "good").iterdir()
+    )
+
+
+def test_mvtec_import_takes_val_from_train(tmp_path: Path) -> None:
+    src = tmp_path / "bottle"
+    for i in range(10):
+        _image(src / "train" / "good" / f"{i:03d}.png", (16, 16, 3))
+    _image(src / "test" / "good" / "000.png", (16, 16, 3))
+    _image(src / "test" / "broken" / "000.png", (16, 16, 3))
+    _image(src / "ground_truth" / "broken" / "000_mask.png", (16, 16), 255)
+    ds = load_dataset(import_dataset(src, tmp_path / "out", val_fraction=0.2))
+    assert [len(ds.split(s)) for s in ("train", "val", "test")] == [8, 2, 2]
+    assert ds.samples[0].read().bands == ["R", "G", "B"]
+
+
+def test_import_errors_leave_nothing_behind(tmp_path: Path) -> None:
+    src = _mtd(tmp_path / "mtd")
+    (src / "MT_Fray" / "Imgs" / "a.png").unlink()
+    with pytest.raises(SpecadError, match="a.png: mask missing"):
+        import_dataset(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SpecadError, match="unknown dataset layout"):
+        import_dataset(src / "MT_Free", tmp_path / "o2")
+    done = specad("dataset", "import", str(tmp_path), "--out", str(tmp_path / "o3"), ok=False)
+    assert "unknown dataset layout" in done.stderr
+
+
+def test_cli_import(tmp_path: Path) -> None:
+    src = _mtd(tmp_path / "mtd")
+    done = specad("dataset", "import", str(src), "--out", str(tmp_path / "out"))
+    assert "12 images" in done.stdout
+    specad("dataset", "check", str(tmp_path / "out"))

@@ -1,0 +1,108 @@
+"""The training-free knn detector: estimator contract, files, a planted defect, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_dataset
+from test_cli import specad
+
+from specad.data import load_dataset
+from specad.errors import SpecadError
+from specad.infer import Detector, fit_knn, run_split
+from specad.models.knn import KNN, greedy_coreset
+
+SMALL = {"image_size": 64, "coreset_size": 128}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("d") / "ds")
+
+
+@pytest.fixture(scope="module")
+def detector(root: Path) -> Detector:
+    return fit_knn(load_dataset(root), device="cpu", **SMALL)
+
+
+def test_init_stores_params_and_fit_returns_fitted_self() -> None:
+    knn = KNN(coreset_size=32, sigma=0)
+    assert not any(name.endswith("_") for name in vars(knn))
+    assert knn.get_params()["coreset_size"] == 32
+    x = torch.rand(3, 2, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert knn.fit(x) is knn
+    assert knn.bank_.shape == (32, 344)  # blocks 4, 10, 12: 40 + 112 + 192 features per patch
+    assert knn.n_channels == 2
+    assert knn.score_maps(x).shape == (3, 1, 64, 64)
+
+
+def test_unfitted_and_bad_input_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(SpecadError, match="knn model is not fitted"):
+        KNN().score_maps(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(SpecadError, match="not fitted"):
+        KNN().save(tmp_path / "m.safetensors")
+    for bad in ({"coreset_size": 0}, {"projection": 1.5}, {"sigma": -1}):
+        with pytest.raises(SpecadError, match="knn"):
+            KNN(**bad)
+    knn = KNN(coreset_size=8).fit(torch.rand(1, 3, 64, 64))
+    with pytest.raises(SpecadError, match=r"knn expects \[B, 3, S, S\]"):
+        knn.score_maps(torch.rand(1, 4, 64, 64))
+    (tmp_path / "bad.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(SpecadError, match="bad.safetensors: cannot read knn model"):
+        KNN.load(tmp_path / "bad.safetensors")
+
+
+def test_greedy_coreset_covers_every_cluster() -> None:
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([c + 0.1 * torch.randn(50, 2, generator=gen) for c in centres])
+    chosen = greedy_coreset(points, 3, projection=8, generator=gen)
+    assert sorted((chosen // 50).tolist()) == [0, 1, 2]
+    assert len(greedy_coreset(points, 500, 8, gen)) == len(points)
+
+
+def test_planted_defects_score_above_every_normal_cube(root: Path, detector: Detector) -> None:
+    res = run_split(detector, load_dataset(root).require("test"))
+    assert res.scores[res.labels == 1].min() > res.scores[res.labels == 0].max()
+    for anomaly_map, mask in zip(res.maps, res.masks, strict=True):
+        if mask.any():  # the map peaks on the defect
+            assert mask[np.unravel_index(anomaly_map.argmax(), mask.shape)] > 0
+    assert np.isfinite(detector.threshold)
+    assert detector.runtime == "torch"
+
+
+def test_save_load_round_trip_gives_identical_maps(
+    root: Path, detector: Detector, tmp_path: Path
+) -> None:
+    path = detector.save(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["kind"] == "knn"
+    loaded = Detector.load(tmp_path / "run", device="cpu")
+    assert loaded.threshold == detector.threshold
+    assert loaded.model.get_params() == detector.model.get_params()
+    samples = load_dataset(root).require("test")
+    a, b = run_split(detector, samples), run_split(loaded, samples)
+    for x, y in zip(a.maps, b.maps, strict=True):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(SpecadError, match="applies to EfficientAD models, not knn"):
+        Detector.load(path, runtime="int8")
+
+
+def test_cli_evaluate_and_fit_knn(root: Path, tmp_path: Path) -> None:
+    done = specad("evaluate", "knn", str(root), "--json")
+    metrics = json.loads(done.stdout)
+    assert metrics["image_auroc"] == 1.0
+    assert metrics["runtime"] == "torch"
+    run = tmp_path / "run"
+    sets = ["--set", "image_size=64", "--set", "coreset_size=64"]
+    specad("fit", "knn", str(root), "--out", str(run), *sets)
+    assert (run / "model.safetensors").is_file()
+    done = specad("evaluate", str(run), str(root), "--json")
+    assert json.loads(done.stdout)["image_auroc"] == 1.0
+    done = specad("fit", "knn", str(root), "--out", str(tmp_path / "x"), "--set", "k=3", ok=False)
+    assert "unexpected keyword argument 'k'" in done.stderr
+    done = specad("fit", "svm", str(root), "--out", str(tmp_path / "y"), ok=False)
+    assert "unknown detector 'svm'" in done.stderr
