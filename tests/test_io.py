@@ -171,3 +171,11 @@ def test_reflectance_by_references_and_scale(cube: Cube) -> None:
     np.testing.assert_allclose(scaled.data, cube.data * 0.95, rtol=1e-5)
     with pytest.raises(ValueError):
         to_reflectance(raw, white=100.0, dark=100.0)
+
+
+def test_one_channel_tiff_round_trip(tmp_path: Path) -> None:
+    grey = Cube(np.random.default_rng(4).random((9, 7, 1), dtype=np.float32), ["grey"])
+    write_cube(tmp_path / "g.tif", grey)
+    back = read_cube(tmp_path / "g.tif")
+    np.testing.assert_array_equal(back.data, grey.data)
+    assert back.bands == ["grey"]

@@ -34,14 +34,15 @@ def write_cube(path: str | Path, cube: Cube) -> None:
 def _write_tiff(path: Path, cube: Cube) -> None:
     import tifffile
 
+    single = cube.channels == 1  # TIFF has no one-sample contig layout: store a plain image
     with atomic_file(path) as tmp:
         tifffile.imwrite(
             tmp,
-            cube.data,
+            cube.data[:, :, 0] if single else cube.data,
             photometric="minisblack",
-            planarconfig="contig",
+            planarconfig=None if single else "contig",
             compression="zlib",
-            metadata={"axes": "YXS", "spectral": cube.meta()},
+            metadata={"axes": "YX" if single else "YXS", "spectral": cube.meta()},
         )
 
 

@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from specad.errors import SpecadError
-from specad.models.efficientad import Mapping
 from specad.models.teachers import EfficientNetLite0Teacher
+from specad.spectral import Mapping
 
 _FORMAT = "specad.knn/1"
 CDIST_ELEMENTS = 1 << 24
