@@ -24,8 +24,8 @@ from specad.data import Preprocess
 from specad.errors import SpecadError
 from specad.infer import Detector, ModelMeta
 from specad.models.build import build_efficientad
-from specad.models.efficientad import EfficientAD, ae_augment
-from specad.train import train_step
+from specad.models.efficientad import EfficientAD
+from specad.train import ae_augment, train_step
 
 RUNTIMES = ("torch", "bf16", "onnx", "int8")
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from specad.errors import SpecadError
-from specad.models.efficientad import PDN, EfficientAD, ae_augment, quantile
+from specad.models.efficientad import PDN, EfficientAD, quantile
 from specad.spectral import rgb_sources
+from specad.train import ae_augment
 
 # anomalib's PDN_S / PDN_M state dicts (teacher: 3 input channels, 384 output channels).
 ANOMALIB_SMALL = {

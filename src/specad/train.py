@@ -9,7 +9,6 @@ uninterrupted run. Under ``torchrun`` each process trains on a shard of every ba
 from __future__ import annotations
 
 import json
-import pickle
 import sys
 import time
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from specad import ddp
+from specad.checkpoint import load_state, save_state
 from specad.config import Config, dump_config
 from specad.data import (
     GOOD,
@@ -33,10 +33,10 @@ from specad.data import (
 )
 from specad.errors import SpecadError
 from specad.infer import MODEL_FILE, Detector, ModelMeta, cpu_has_amx
-from specad.io import atomic_file, refuse_nonempty, reserve_output
+from specad.io import refuse_nonempty, reserve_output
 from specad.metrics import threshold_at_far
 from specad.models.build import build_efficientad
-from specad.models.efficientad import EfficientAD, ae_augment
+from specad.models.efficientad import EfficientAD
 from specad.penalty import PenaltySet
 
 CHECKPOINT = "checkpoints/last.pt"
@@ -139,6 +139,23 @@ def load_inputs(pre: Preprocess, samples: list, with_masks: bool = False) -> Inp
         if with_masks:
             masks.append(read_mask(s, cube.shape[:2]))
     return Inputs(torch.stack(xs), labels, masks)
+
+
+def ae_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The paper's autoencoder augmentation, per image, generalised to N channels.
+
+    Each image gets one of brightness, contrast or saturation with a factor in [0.8, 1.2]; all
+    three blend the image with a target: zero, the image mean, or the per-pixel channel mean
+    (N-channel "grey"). Unlike torchvision nothing is clipped to [0, 1], since reflectance may
+    exceed 1 and clipping would create saturation the model never sees at test time.
+    """
+    b = x.shape[0]
+    choice = torch.randint(3, (b, 1, 1, 1), generator=generator).to(x.device)
+    factor = (0.8 + 0.4 * torch.rand(b, 1, 1, 1, generator=generator)).to(x.device, x.dtype)
+    image_mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    pixel_mean = x.mean(dim=1, keepdim=True)
+    target = (choice == 1) * image_mean + (choice == 2) * pixel_mean
+    return factor * x + (1 - factor) * target
 
 
 def _augment_geometry(x: torch.Tensor, cfg: Config, gen: torch.Generator) -> torch.Tensor:
@@ -366,28 +383,27 @@ def _monitor(model: EfficientAD, val_x: torch.Tensor, mon: Inputs, device: torch
 
 
 def _save_checkpoint(path, model, opt, sched, gen, step: int) -> None:
-    state = {
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "generator": gen.get_state(),
-        "torch_rng": torch.get_rng_state(),  # dropout in the autoencoder draws from it
-        "step": step,
-    }
-    with atomic_file(path) as tmp:
-        torch.save(state, tmp)
+    save_state(
+        path,
+        model=model.state_dict(),
+        optimizer=opt.state_dict(),
+        scheduler=sched.state_dict(),
+        generator=gen.get_state(),
+        torch_rng=torch.get_rng_state(),
+        step=step,
+    )
 
 
 def _load_checkpoint(path, model, opt, sched, gen) -> int:
+    state = load_state(path, "model", "optimizer", "scheduler", "generator", "torch_rng", "step")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        return int(state["step"])
-    except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as err:
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
         raise SpecadError(
             f"corrupt or incompatible checkpoint ({str(err).splitlines()[0]})", path
         ) from err
+    return int(state["step"])

@@ -219,23 +219,6 @@ def channel_stats(features: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
     return mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
 
 
-def ae_augment(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """The paper's autoencoder augmentation, per image, generalised to N channels.
-
-    Each image gets one of brightness, contrast or saturation with a factor in [0.8, 1.2]; all
-    three blend the image with a target: zero, the image mean, or the per-pixel channel mean
-    (N-channel "grey"). Unlike torchvision nothing is clipped to [0, 1], since reflectance may
-    exceed 1 and clipping would create saturation the model never sees at test time.
-    """
-    b = x.shape[0]
-    choice = torch.randint(3, (b, 1, 1, 1), generator=generator).to(x.device)
-    factor = (0.8 + 0.4 * torch.rand(b, 1, 1, 1, generator=generator)).to(x.device, x.dtype)
-    image_mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    pixel_mean = x.mean(dim=1, keepdim=True)
-    target = (choice == 1) * image_mean + (choice == 2) * pixel_mean
-    return factor * x + (1 - factor) * target
-
-
 def _probe_grid(teacher: nn.Module, in_channels: int, size: tuple[int, int]) -> torch.Size:
     """Shape [C, h, w] of the teacher's output for one image, from a dummy forward."""
     param = next(teacher.parameters(), None)
