@@ -22,7 +22,8 @@ import torch
 from specad.config import Config, ModelConfig
 from specad.data import Preprocess
 from specad.errors import SpecadError
-from specad.infer import Detector, ModelMeta
+from specad.infer import Detector
+from specad.modelfile import ModelMeta
 from specad.models.build import build_efficientad
 from specad.models.efficientad import EfficientAD
 from specad.train import ae_augment, train_step

@@ -80,11 +80,16 @@ def train_trials(work: Path, cfg: Path, n: int, rng: random.Random) -> tuple[lis
     reference = work / "reference"
     seconds = timed([*train, "--out", str(reference)])
     expected = (reference / "model.safetensors").read_bytes()
-    rows = []
-    for i in range(n):
-        run = work / f"train{i}"
-        delay = rng.uniform(0.2, seconds)
-        killed = kill_after([*train, "--out", str(run)], delay) is None
+    rows: list[dict] = []
+    attempts = 0
+    while len(rows) < n and attempts < 3 * n:  # a run that ends before its kill is no trial
+        attempts += 1
+        run = work / f"train{attempts}"
+        delay = rng.uniform(0.2, 0.8 * seconds)
+        if kill_after([*train, "--out", str(run)], delay) is not None:
+            shutil.rmtree(run, ignore_errors=True)
+            continue
+        killed = True
         resumed = (run / "checkpoints" / "last.pt").is_file()
         again = [*train, "--out", str(run), "--resume" if resumed else "--force"]
         code, last = finish(*again)

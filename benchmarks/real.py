@@ -27,9 +27,9 @@ import harness
 
 from specad.config import load_config
 from specad.data import Dataset, load_dataset
-from specad.evaluate import evaluate_split
+from specad.evaluate import evaluate_split, fit_knn, fit_rx, run_split
 from specad.importing import import_dataset
-from specad.infer import Detector, fit_knn, fit_rx, run_split
+from specad.infer import Detector
 from specad.train import train
 
 HERE = Path(__file__).resolve().parent

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from specad.data import load_dataset
 from specad.evaluate import evaluate_detector
-from specad.infer import META_FILE, MODEL_FILE, Detector
+from specad.infer import Detector
+from specad.modelfile import META_FILE, MODEL_FILE
 from specad.train import calibration_images, load_inputs
 
 RUNTIMES = ("torch", "bf16", "onnx", "int8")

@@ -22,8 +22,10 @@ import torch
 from specad.config import Config, load_config
 from specad.data import Dataset, load_dataset
 from specad.evaluate import evaluate_detector
-from specad.infer import Detector, ModelMeta, pick_device
+from specad.infer import Detector
+from specad.modelfile import ModelMeta
 from specad.models.build import build_efficientad
+from specad.runtime import pick_device
 from specad.synth import synthesize
 from specad.train import CHECKPOINT, load_inputs, prepare, train
 

@@ -25,8 +25,9 @@ from PIL import Image
 from specad.config import load_config
 from specad.data import GOOD, Sample, load_dataset, read_mask
 from specad.errors import SpecadError
-from specad.infer import Detector, ModelMeta
+from specad.infer import Detector
 from specad.io import Cube, read_cube, write_cube
+from specad.modelfile import ModelMeta
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from specad.config import load_config
 from specad.data import load_dataset
 from specad.distributed import ModelSource, open_cluster  # needs the dask extra; never skipped
 from specad.errors import SpecadError
-from specad.evaluate import evaluate_detector
-from specad.infer import Detector, fit_rx
+from specad.evaluate import evaluate_detector, fit_rx
+from specad.infer import Detector
 from specad.predict import expand_inputs, predict_files
 from specad.train import train
 

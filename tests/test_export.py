@@ -16,9 +16,11 @@ from test_train import tiny_config
 
 from specad.data import load_dataset
 from specad.errors import SpecadError
+from specad.evaluate import fit_rx
 from specad.export import INT8_FILE, ONNX_FILE
-from specad.infer import Detector, cpu_has_vnni, fit_rx
+from specad.infer import Detector
 from specad.metrics import threshold_at_far
+from specad.runtime import cpu_has_vnni
 from specad.train import load_inputs, train
 
 

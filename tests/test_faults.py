@@ -23,8 +23,8 @@ from PIL import Image
 from specad.config import load_config
 from specad.data import check_dataset, load_dataset, read_mask
 from specad.errors import SpecadError
-from specad.evaluate import scene_scores
-from specad.infer import Detector, fit_rx
+from specad.evaluate import fit_rx, scene_scores
+from specad.infer import Detector
 from specad.io import Cube, atomic_dir, read_cube, reserve_output, write_cube
 from specad.predict import predict_files
 

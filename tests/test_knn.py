@@ -13,7 +13,8 @@ from test_cli import specad
 
 from specad.data import load_dataset
 from specad.errors import SpecadError
-from specad.infer import Detector, fit_knn, run_split
+from specad.evaluate import fit_knn, run_split
+from specad.infer import Detector
 from specad.models.knn import KNN, greedy_coreset
 
 SMALL = {"image_size": 64, "coreset_size": 128}

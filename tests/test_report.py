@@ -16,7 +16,7 @@ from PIL import Image
 
 from specad.data import load_dataset
 from specad.errors import SpecadError
-from specad.infer import fit_rx
+from specad.evaluate import fit_rx
 from specad.io import Cube
 from specad.report import (
     ReportConfig,

@@ -14,7 +14,8 @@ from conftest import make_dataset
 from specad.config import Config, load_config
 from specad.data import load_dataset
 from specad.errors import SpecadError
-from specad.infer import Detector, run_split
+from specad.evaluate import run_split
+from specad.infer import Detector
 from specad.io import Cube, write_cube
 from specad.models.build import build_efficientad
 from specad.train import load_inputs, train

@@ -125,7 +125,8 @@ def train_cmd(
 
 def _load_detector(model: str, dataset: Path | None, device: str, runtime: str = "auto"):
     """A saved model, or ``rx``/``knn``: that detector fitted on the dataset's train/good now."""
-    from specad.infer import FIT_ON_DATASET, Detector
+    from specad.evaluate import FIT_ON_DATASET
+    from specad.infer import Detector
 
     if model in FIT_ON_DATASET:
         if dataset is None:
@@ -388,7 +389,7 @@ def rx_fit(
 ) -> None:
     """Fit global RX on normal cubes and save it like any model."""
     from specad.data import load_dataset
-    from specad.infer import fit_rx
+    from specad.evaluate import fit_rx
     from specad.io import refuse_nonempty
 
     refuse_nonempty(out_dir, force)
@@ -409,7 +410,7 @@ def fit_cmd(
     """Fit a training-free detector on normal cubes (threshold on val/good) and save it."""
     from specad.config import _apply_override
     from specad.data import load_dataset
-    from specad.infer import FIT_ON_DATASET
+    from specad.evaluate import FIT_ON_DATASET
     from specad.io import refuse_nonempty
 
     if model not in FIT_ON_DATASET:
@@ -468,10 +469,10 @@ def teacher_distill(
     """Distil a feature extractor into a PDN teacher (slow on a CPU; a GPU is the place for it)."""
     import torch
 
-    from specad.infer import pick_device
     from specad.models.efficientad import PDN
     from specad.models.teachers import EfficientNetLite0Teacher, distill
     from specad.penalty import PenaltySet
+    from specad.runtime import pick_device
 
     if out_file.exists() and not resume:
         fail(f"{out_file}: exists; use --resume to continue it or choose another name")

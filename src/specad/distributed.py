@@ -23,7 +23,8 @@ import numpy as np
 
 from specad.data import Sample, read_mask
 from specad.errors import SpecadError
-from specad.infer import FIT_ON_DATASET, Detector, SplitResults
+from specad.evaluate import FIT_ON_DATASET, SplitResults
+from specad.infer import Detector
 
 try:
     from distributed import Client, LocalCluster, WorkerPlugin, get_worker
@@ -139,7 +140,7 @@ class Cluster:
     def run_split(
         self, samples: Sequence[Sample], *, tiled: bool = False, batch_size: int = 8
     ) -> SplitResults:
-        """``specad.infer.run_split`` with its batches on the workers: the same batches, so
+        """``specad.evaluate.run_split`` with its batches on the workers: the same batches, so
         the same maps."""
         futures = [
             self.client.submit(

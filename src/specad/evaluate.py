@@ -13,19 +13,126 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
-from specad.data import Dataset
+from specad.data import Dataset, Preprocess, Sample, read_mask
 from specad.errors import SpecadError
-from specad.infer import Detector, SplitResults, run_split
-from specad.io import read_cube
-from specad.metrics import evaluate, is_anomalous, pixel_auroc
+from specad.infer import Detector
+from specad.io import Cube, read_cube
+from specad.metrics import evaluate, is_anomalous, pixel_auroc, threshold_at_far
+from specad.modelfile import ModelMeta
 from specad.models.bands import BandPrep
+from specad.runtime import pick_device
 
 if TYPE_CHECKING:
     from specad.distributed import Cluster
 
 DEFAULT_FAR = 0.01
 """False-alarm rate of the pixel thresholds (and of image ones refitted on request)."""
+
+
+@dataclass
+class SplitResults:
+    """A detector's output on every cube of a split, with the truth needed to score it."""
+
+    samples: list[Sample]
+    scores: np.ndarray
+    maps: list[np.ndarray]
+    masks: list[np.ndarray]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [s.label for s in self.samples]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.anomalous for s in self.samples], dtype=int)
+
+
+def run_split(
+    detector: Detector,
+    samples: Sequence[Sample],
+    *,
+    tiled: bool = False,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> SplitResults:
+    """Predict every sample (reading cubes in batches) and collect maps, scores and masks."""
+    from tqdm import tqdm
+
+    scores, maps, masks = [], [], []
+    with tqdm(total=len(samples), disable=not progress, unit="cube") as bar:  # closed on error
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i : i + batch_size]
+            cubes = [s.read() for s in chunk]
+            preds = detector.predict(cubes, tiled=tiled, paths=[s.path for s in chunk])
+            for s, c, p in zip(chunk, cubes, preds, strict=True):  # type: ignore[arg-type]
+                scores.append(p.score)
+                maps.append(p.anomaly_map)
+                masks.append(read_mask(s, c.shape[:2]))
+            bar.update(len(chunk))
+    return SplitResults(list(samples), np.asarray(scores, dtype=np.float64), maps, masks)
+
+
+def fit_rx(
+    dataset: Dataset, channels: str | list = "all", shrinkage: float | str = "auto"
+) -> Detector:
+    """An RX baseline fitted on ``train/good``, packaged like any trained model."""
+    from specad.data import select_channels
+    from specad.models.rx import RX
+
+    train = dataset.require("train")
+    first = train[0].read()
+    idx = select_channels(first, channels, train[0].path)
+    pre = Preprocess(first.channels, idx, 0)
+    rx = RX(shrinkage=shrinkage).fit(
+        pre.select(s.read(), s.path)
+        for s in train  # type: ignore[arg-type]
+    )
+    return _calibrated(rx, "rx", pre, first.select(idx), dataset, "cpu")
+
+
+def fit_knn(
+    dataset: Dataset,
+    channels: str | list = "all",
+    image_size: int = 256,
+    device: str = "auto",
+    **params: Any,
+) -> Detector:
+    """A training-free `KNN` detector: its bank from ``train/good``, packaged like any model.
+
+    Cubes are resized to ``image_size`` and standardised per channel with train/good statistics,
+    as EfficientAD's input is; all of train/good is held in memory while fitting
+    (cubes x channels x ``image_size``^2 float32). ``params`` go to `KNN`.
+    """
+    from specad.data import select_channels
+    from specad.models.knn import KNN
+
+    train = dataset.require("train")
+    first = train[0].read()
+    idx = select_channels(first, channels, train[0].path)
+    pre = Preprocess(first.channels, idx, image_size)
+    x = torch.stack([pre.cube_tensor(s.read(), s.path) for s in train])
+    pre.fit(x)
+    chosen = first.select(idx)
+    knn = KNN(**params).fit(pre.normalise(x).to(pick_device(device)), chosen.wavelengths)
+    return _calibrated(knn, "knn", pre, chosen, dataset, device)
+
+
+def _calibrated(
+    model: Any, kind: str, pre: Preprocess, chosen: Cube, dataset: Dataset, device: str
+) -> Detector:
+    """A detector fitted on train/good, with its threshold at 1 % false alarms on val/good."""
+    meta = ModelMeta(kind, pre, float("inf"), chosen.bands, chosen.wavelengths, chosen.rgb)
+    det = Detector(model, meta, device)
+    val = run_split(det, dataset.require("val"))
+    meta.threshold = threshold_at_far(val.scores, 0.01)
+    meta.extra = {"val_scores": val.scores.tolist()}
+    return det
+
+
+FIT_ON_DATASET = {"rx": fit_rx, "knn": fit_knn}
+"""Detectors fitted on a dataset in seconds, by name: ``specad evaluate rx DATASET`` etc."""
 
 
 def evaluate_split(

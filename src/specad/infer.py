@@ -1,64 +1,33 @@
-"""Running a trained model: the :class:`Detector` that users load, and the model file format.
+"""Running a trained model: the :class:`Detector` that users load.
 
-A model is two files side by side: ``model.safetensors`` (tensors only, safe to load from anyone)
-and ``model.json`` (what the tensors mean: kind, channels, bands, preprocessing, threshold,
-config and versions).
+It keeps a model's preprocessing, its runner (torch, or an ONNX export on onnxruntime) and its
+threshold; the files are :mod:`specad.modelfile`'s, the device and CPU features
+:mod:`specad.runtime`'s.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from specad import __version__
-from specad.data import Dataset, Preprocess, Sample, read_mask, resize
+from specad.data import Preprocess, resize
 from specad.errors import SpecadError
 from specad.io import Cube, atomic_file
 from specad.metrics import threshold_at_far
-
-MODEL_FILE, META_FILE = "model.safetensors", "model.json"
-RUNTIMES = ("auto", "torch", "bf16", "onnx", "int8")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """CUDA when present, else CPU; ``name`` (e.g. ``cpu``, ``cuda:1``) overrides."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise SpecadError(f"unknown device '{name}'") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SpecadError(f"device '{name}' requested but CUDA is not available")
-    return device
-
-
-def _cpu_flags() -> set[str]:
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return set()
-    for line in cpuinfo.read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
-
-
-def cpu_has_amx() -> bool:
-    """AMX tiles make bf16 convolutions several times faster than fp32; AVX-512 bf16 alone
-    measured slower than fp32 here (benchmarks/results.md), so only AMX earns bf16 by default."""
-    return "amx_bf16" in _cpu_flags()
-
-
-def cpu_has_vnni() -> bool:
-    """VNNI int8 dot products: the int8 export ran 2.5x faster than the fp32 one with them."""
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
+from specad.modelfile import (
+    META_FILE,
+    ModelMeta,
+    check_meta,
+    model_file,
+    rebuild_efficientad,
+)
+from specad.runtime import RUNTIMES, cpu_has_amx, cpu_has_vnni, pick_device
 
 
 @dataclass
@@ -68,31 +37,6 @@ class Prediction:
     anomaly_map: np.ndarray
     score: float
     mask: np.ndarray
-
-
-@dataclass
-class ModelMeta:
-    kind: str
-    preprocess: Preprocess
-    threshold: float
-    bands: list[str]
-    wavelengths: list[float] | None
-    rgb: tuple[int, int, int] | None
-    config: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(
-        default_factory=lambda: {"specad": __version__, "torch": torch.__version__}
-    )
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelMeta:
-        raw = json.loads(text)
-        raw["preprocess"] = Preprocess(**raw["preprocess"])
-        raw["rgb"] = tuple(raw["rgb"]) if raw.get("rgb") else None
-        return cls(**raw)
 
 
 class Detector:
@@ -147,7 +91,7 @@ class Detector:
 
             if model_path is None:
                 raise SpecadError(f"runtime '{runtime}' needs the saved model's path")
-            path = _model_path(model_path)
+            path = model_file(model_path)
             onnx = path.with_name(INT8_FILE if runtime == "int8" else ONNX_FILE)
             if not onnx.is_file():
                 raise SpecadError(f"no {runtime} export; run `specad export {path.parent}`", onnx)
@@ -264,7 +208,7 @@ class Detector:
         """Write ``model.safetensors`` and ``model.json`` atomically; returns the tensor file."""
         from safetensors.torch import save_file
 
-        path = _model_path(path)
+        path = model_file(path)
         with atomic_file(path) as tmp:
             if isinstance(self.model, torch.nn.Module):
                 state = {
@@ -303,7 +247,7 @@ class Detector:
             weights_digest,
         )
 
-        path = _model_path(model_path)
+        path = model_file(model_path)
         size = self.meta.preprocess.image_size
         if self.kind != "efficientad" or not size:
             raise SpecadError("ONNX export needs an EfficientAD model with fixed image_size", path)
@@ -348,7 +292,7 @@ class Detector:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        path = _model_path(path)
+        path = model_file(path)
         meta_path = path.with_name(META_FILE)
         for p in (path, meta_path):
             if not p.is_file():
@@ -357,7 +301,7 @@ class Detector:
             meta = ModelMeta.from_json(meta_path.read_text())
         except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise SpecadError(f"corrupt model metadata ({err})", meta_path) from err
-        _check_meta(meta, meta_path)
+        check_meta(meta, meta_path)
         if meta.kind == "rx":
             from specad.models.rx import RX
 
@@ -372,66 +316,8 @@ class Detector:
             state = load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
             raise SpecadError(f"corrupt model weights ({err})", path) from err
-        model = _rebuild_efficientad(meta, state, path)
+        model = rebuild_efficientad(meta, state, path)
         return cls(model, meta, device).use_runtime(runtime, path)
-
-
-def _check_meta(meta: ModelMeta, path: Path) -> None:
-    """Refuse metadata that would score nonsense: bad channels, sizes or normalisation."""
-    pre = meta.preprocess
-    if not isinstance(pre.source_channels, int) or pre.source_channels < 1:
-        raise SpecadError(f"preprocess.source_channels is {pre.source_channels!r}", path)
-    if not pre.channels or not all(
-        isinstance(c, int) and 0 <= c < pre.source_channels for c in pre.channels
-    ):
-        raise SpecadError(
-            f"preprocess.channels {pre.channels} are not indices of a "
-            f"{pre.source_channels}-channel cube",
-            path,
-        )
-    if not isinstance(pre.image_size, int) or pre.image_size < 0:
-        raise SpecadError(f"preprocess.image_size is {pre.image_size!r}", path)
-    for name, values in (("mean", pre.mean), ("std", pre.std)):
-        if values is None:
-            continue
-        arr = np.asarray(values, dtype=np.float64)
-        if arr.shape != (len(pre.channels),) or not np.isfinite(arr).all():
-            raise SpecadError(f"preprocess.{name} is not {len(pre.channels)} finite numbers", path)
-    if pre.std is not None and min(pre.std) <= 0:
-        raise SpecadError("preprocess.std has a zero or negative entry", path)
-    thresholds = [meta.threshold, meta.extra.get("int8_threshold", 0.0)]
-    if not all(isinstance(t, int | float) and np.isfinite(t) for t in thresholds):
-        raise SpecadError("the threshold is not a finite number", path)
-
-
-def _rebuild_efficientad(meta: ModelMeta, state: dict[str, torch.Tensor], path: Path) -> Any:
-    from specad.config import Config, validate
-    from specad.models.build import build_efficientad
-
-    meta_path = path.with_name(META_FILE)
-    cfg = validate(Config, meta.config, meta_path)
-    try:
-        model = build_efficientad(
-            cfg.model, len(meta.preprocess.channels), meta.preprocess.image_size, meta.wavelengths
-        )
-    except (RuntimeError, ValueError) as err:
-        raise SpecadError(
-            f"cannot build the model it describes ({str(err).splitlines()[0]})", meta_path
-        ) from err
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise SpecadError(
-            f"weights do not fit the model ({str(err).splitlines()[0]})", path
-        ) from err
-    return model
-
-
-def _model_path(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir() or path.suffix == "":
-        return path / MODEL_FILE
-    return path
 
 
 def _tile_starts(length: int, tile: int) -> list[int]:
@@ -441,110 +327,3 @@ def _tile_starts(length: int, tile: int) -> list[int]:
     step = max(1, tile * 3 // 4)
     starts = list(range(0, length - tile, step))
     return starts + [length - tile]
-
-
-# --------------------------------------------------------------------------- whole datasets
-
-
-@dataclass
-class SplitResults:
-    """A detector's output on every cube of a split, with the truth needed to score it."""
-
-    samples: list[Sample]
-    scores: np.ndarray
-    maps: list[np.ndarray]
-    masks: list[np.ndarray]
-
-    @property
-    def class_names(self) -> list[str]:
-        return [s.label for s in self.samples]
-
-    @property
-    def labels(self) -> np.ndarray:
-        return np.array([s.anomalous for s in self.samples], dtype=int)
-
-
-def run_split(
-    detector: Detector,
-    samples: Sequence[Sample],
-    *,
-    tiled: bool = False,
-    batch_size: int = 8,
-    progress: bool = False,
-) -> SplitResults:
-    """Predict every sample (reading cubes in batches) and collect maps, scores and masks."""
-    from tqdm import tqdm
-
-    scores, maps, masks = [], [], []
-    with tqdm(total=len(samples), disable=not progress, unit="cube") as bar:  # closed on error
-        for i in range(0, len(samples), batch_size):
-            chunk = samples[i : i + batch_size]
-            cubes = [s.read() for s in chunk]
-            preds = detector.predict(cubes, tiled=tiled, paths=[s.path for s in chunk])
-            for s, c, p in zip(chunk, cubes, preds, strict=True):  # type: ignore[arg-type]
-                scores.append(p.score)
-                maps.append(p.anomaly_map)
-                masks.append(read_mask(s, c.shape[:2]))
-            bar.update(len(chunk))
-    return SplitResults(list(samples), np.asarray(scores, dtype=np.float64), maps, masks)
-
-
-def fit_rx(
-    dataset: Dataset, channels: str | list = "all", shrinkage: float | str = "auto"
-) -> Detector:
-    """An RX baseline fitted on ``train/good``, packaged like any trained model."""
-    from specad.data import select_channels
-    from specad.models.rx import RX
-
-    train = dataset.require("train")
-    first = train[0].read()
-    idx = select_channels(first, channels, train[0].path)
-    pre = Preprocess(first.channels, idx, 0)
-    rx = RX(shrinkage=shrinkage).fit(
-        pre.select(s.read(), s.path)
-        for s in train  # type: ignore[arg-type]
-    )
-    return _calibrated(rx, "rx", pre, first.select(idx), dataset, "cpu")
-
-
-def fit_knn(
-    dataset: Dataset,
-    channels: str | list = "all",
-    image_size: int = 256,
-    device: str = "auto",
-    **params: Any,
-) -> Detector:
-    """A training-free `KNN` detector: its bank from ``train/good``, packaged like any model.
-
-    Cubes are resized to ``image_size`` and standardised per channel with train/good statistics,
-    as EfficientAD's input is; all of train/good is held in memory while fitting
-    (cubes x channels x ``image_size``^2 float32). ``params`` go to `KNN`.
-    """
-    from specad.data import select_channels
-    from specad.models.knn import KNN
-
-    train = dataset.require("train")
-    first = train[0].read()
-    idx = select_channels(first, channels, train[0].path)
-    pre = Preprocess(first.channels, idx, image_size)
-    x = torch.stack([pre.cube_tensor(s.read(), s.path) for s in train])
-    pre.fit(x)
-    chosen = first.select(idx)
-    knn = KNN(**params).fit(pre.normalise(x).to(pick_device(device)), chosen.wavelengths)
-    return _calibrated(knn, "knn", pre, chosen, dataset, device)
-
-
-def _calibrated(
-    model: Any, kind: str, pre: Preprocess, chosen: Cube, dataset: Dataset, device: str
-) -> Detector:
-    """A detector fitted on train/good, with its threshold at 1 % false alarms on val/good."""
-    meta = ModelMeta(kind, pre, float("inf"), chosen.bands, chosen.wavelengths, chosen.rgb)
-    det = Detector(model, meta, device)
-    val = run_split(det, dataset.require("val"))
-    meta.threshold = threshold_at_far(val.scores, 0.01)
-    meta.extra = {"val_scores": val.scores.tolist()}
-    return det
-
-
-FIT_ON_DATASET = {"rx": fit_rx, "knn": fit_knn}
-"""Detectors fitted on a dataset in seconds, by name: ``specad evaluate rx DATASET`` etc."""

@@ -32,12 +32,14 @@ from specad.data import (
     select_channels,
 )
 from specad.errors import SpecadError
-from specad.infer import MODEL_FILE, Detector, ModelMeta, cpu_has_amx
+from specad.infer import Detector
 from specad.io import refuse_nonempty, reserve_output
 from specad.metrics import threshold_at_far
+from specad.modelfile import MODEL_FILE, ModelMeta
 from specad.models.build import build_efficientad
 from specad.models.efficientad import EfficientAD
 from specad.penalty import PenaltySet
+from specad.runtime import cpu_has_amx
 
 CHECKPOINT = "checkpoints/last.pt"
 

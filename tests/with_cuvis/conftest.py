@@ -31,7 +31,8 @@ except ModuleNotFoundError:
 
 from specad.config import load_config
 from specad.data import load_dataset
-from specad.infer import Detector, fit_rx
+from specad.evaluate import fit_rx
+from specad.infer import Detector
 from specad.io import Cube, read_cube
 from specad.synth import synthesize
 from specad.train import train

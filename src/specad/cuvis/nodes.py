@@ -19,8 +19,9 @@ from cuvis_ai_schemas.pipeline import PortSpec
 
 from specad.data import select_channels
 from specad.errors import SpecadError
-from specad.infer import Detector, ModelMeta
+from specad.infer import Detector
 from specad.io import Cube, to_reflectance
+from specad.modelfile import ModelMeta
 
 Channels = list[int | float | str]
 """Band indices, wavelengths in nm (nearest band within 10 nm) or band names."""

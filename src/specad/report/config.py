@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from specad.config import read_yaml_mapping, validate
-from specad.infer import FIT_ON_DATASET
+from specad.evaluate import FIT_ON_DATASET
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 

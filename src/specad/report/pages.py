@@ -22,7 +22,8 @@ import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from specad import __version__
-from specad.infer import FIT_ON_DATASET, Detector
+from specad.evaluate import FIT_ON_DATASET
+from specad.infer import Detector
 from specad.io import atomic_dir
 from specad.metrics import AUPRO_FPR_LIMIT
 from specad.report.config import ReportConfig

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from specad.data import Dataset, load_dataset
-from specad.evaluate import evaluate_split
-from specad.infer import FIT_ON_DATASET, Detector, SplitResults, run_split
+from specad.evaluate import FIT_ON_DATASET, SplitResults, evaluate_split, run_split
+from specad.infer import Detector
 from specad.metrics import curves
 from specad.predict import cluster
 from specad.report.config import ReportConfig

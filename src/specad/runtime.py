@@ -1,0 +1,49 @@
+"""Where and how a model runs: the device, and what this CPU can do fast.
+
+``auto`` picks CUDA when present; the CPU features decide which exported runtime is worth
+trying first (see :meth:`specad.infer.Detector.use_runtime`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from specad.errors import SpecadError
+
+RUNTIMES = ("auto", "torch", "bf16", "onnx", "int8")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """CUDA when present, else CPU; ``name`` (e.g. ``cpu``, ``cuda:1``) overrides."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise SpecadError(f"unknown device '{name}'") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SpecadError(f"device '{name}' requested but CUDA is not available")
+    return device
+
+
+def _cpu_flags() -> set[str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return set()
+    for line in cpuinfo.read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def cpu_has_amx() -> bool:
+    """AMX tiles make bf16 convolutions several times faster than fp32; AVX-512 bf16 alone
+    measured slower than fp32 here (benchmarks/results.md), so only AMX earns bf16 by default."""
+    return "amx_bf16" in _cpu_flags()
+
+
+def cpu_has_vnni() -> bool:
+    """VNNI int8 dot products: the int8 export ran 2.5x faster than the fp32 one with them."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
