@@ -408,7 +408,7 @@ def fit_cmd(
     force: Force = False,
 ) -> None:
     """Fit a training-free detector on normal cubes (threshold on val/good) and save it."""
-    from specad.config import _apply_override
+    from specad.config import apply_override
     from specad.data import load_dataset
     from specad.evaluate import FIT_ON_DATASET
     from specad.io import refuse_nonempty
@@ -418,7 +418,7 @@ def fit_cmd(
     refuse_nonempty(out_dir, force)
     kwargs: dict = {}
     for item in params or []:
-        _apply_override(kwargs, item)
+        apply_override(kwargs, item)
     try:
         det = FIT_ON_DATASET[model](load_dataset(dataset), **kwargs)
     except TypeError as e:  # an unknown parameter name

@@ -131,11 +131,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, **b
         if isinstance(root, str) and not Path(root).is_absolute() and not Path(root).exists():
             raw["data"]["root"] = str(path.parent / root)  # relative to the config's folder
     for item in overrides or []:
-        _apply_override(raw, item)
+        apply_override(raw, item)
     return validate(Config, raw, path)
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def apply_override(raw: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise SpecadError(f"--set expects key=value, got '{item}'")
     key, value = item.split("=", 1)

@@ -28,10 +28,9 @@ import numpy as np
 from PIL import Image
 
 from specad.errors import SpecadError
-from specad.io import Cube, atomic_dir, write_cube
+from specad.io import IMAGE_SUFFIXES, Cube, atomic_dir, write_cube
 
 LAYOUTS = ("auto", "mtd", "mvtec")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from specad.errors import SpecadError
+from specad.io import IMAGE_SUFFIXES
 from specad.spectral import rgb_copies
 
 SKIMAGE_NATURAL = (
@@ -24,7 +25,6 @@ SKIMAGE_NATURAL = (
     "gravel.png",
     "color.png",
 )
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class PenaltySet:

@@ -5,7 +5,7 @@ counts into reflectance is an explicit step (:func:`to_reflectance`), because th
 (white tile, dark frame, a fixed scale) depends on the rig.
 """
 
-from specad.io.cube import CUBE_SUFFIXES, LAYOUTS, Cube, default_rgb, to_reflectance
+from specad.io.cube import CUBE_SUFFIXES, IMAGE_SUFFIXES, LAYOUTS, Cube, default_rgb, to_reflectance
 from specad.io.files import (
     atomic_dir,
     atomic_file,
@@ -18,6 +18,7 @@ from specad.io.write import write_cube
 
 __all__ = [
     "CUBE_SUFFIXES",
+    "IMAGE_SUFFIXES",
     "LAYOUTS",
     "Cube",
     "LayoutGuess",
