@@ -27,7 +27,7 @@ import harness
 
 from specad.config import load_config
 from specad.data import Dataset, load_dataset
-from specad.evaluate import evaluate_split, fit_knn, fit_rx, run_split
+from specad.evaluate import evaluate_split, fit_on_dataset, run_split
 from specad.importing import import_dataset
 from specad.infer import Detector
 from specad.train import train
@@ -49,8 +49,8 @@ def efficientad(ds: Dataset, work: Path, steps: int) -> Detector:
 
 def fitters(work: Path, steps: int) -> dict[str, Callable[[Dataset], Detector]]:
     return {
-        "knn": lambda ds: fit_knn(ds, **KNN_PARAMS),
-        "rx": fit_rx,
+        "knn": lambda ds: fit_on_dataset("knn", ds, **KNN_PARAMS),
+        "rx": lambda ds: fit_on_dataset("rx", ds),
         "efficientad": lambda ds: efficientad(ds, work, steps),
     }
 

@@ -20,7 +20,7 @@ from specad.config import load_config
 from specad.data import load_dataset
 from specad.distributed import ModelSource, open_cluster  # needs the dask extra; never skipped
 from specad.errors import SpecadError
-from specad.evaluate import evaluate_detector, fit_rx
+from specad.evaluate import evaluate_detector, fit_on_dataset
 from specad.infer import Detector
 from specad.predict import expand_inputs, predict_files
 from specad.train import train
@@ -30,7 +30,7 @@ from specad.train import train
 def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Path]]:
     """A dataset, an RX model saved beside it, and its cubes plus one corrupt file."""
     root = make_dataset(tmp_path_factory.mktemp("d") / "ds")
-    model = fit_rx(load_dataset(root)).save(root.parent / "rx")
+    model = fit_on_dataset("rx", load_dataset(root)).save(root.parent / "rx")
     bad = root.parent / "more" / "broken.tif"  # outside the dataset: evaluate must not see it
     bad.parent.mkdir()
     bad.write_bytes(b"II*\x00 not a tiff")
@@ -118,7 +118,7 @@ def test_scheduler_and_workers_together_is_one_line(scene) -> None:
 
 def test_detector_fitted_here_travels_pickled(scene) -> None:
     root, _, _ = scene
-    det = fit_rx(load_dataset(root))
+    det = fit_on_dataset("rx", load_dataset(root))
     source = ModelSource.of(det, "rx")
     assert source.path is None
     assert source.load().meta.to_json() == det.meta.to_json()

@@ -181,4 +181,4 @@ def test_model_saved_before_the_rewrite_gives_the_same_map() -> None:
     expected = np.load(folder / "expected_map.npy")
     assert expected.std() > 0.01  # a map with structure, not a constant
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
-    assert float(det.model.st_p90) > 1.0  # the old q_st_a value, loaded under its new name
+    assert float(det.model.network_.st_p90) > 1.0  # the old q_st_a value, loaded under its new name

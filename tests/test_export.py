@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_dataset
-from safetensors.torch import load_file, save_file
 from test_cli import specad
 from test_train import tiny_config
 
 from specad.data import load_dataset
 from specad.errors import SpecadError
-from specad.evaluate import fit_rx
+from specad.evaluate import fit_on_dataset
 from specad.export import INT8_FILE, ONNX_FILE
 from specad.infer import Detector
 from specad.metrics import threshold_at_far
@@ -68,9 +67,9 @@ def test_auto_picks_int8_on_vnni_cpus_with_its_own_threshold(
 
     copy = tmp_path / "run"  # an int8 export without its threshold is never chosen by itself
     shutil.copytree(run, copy)
-    meta = json.loads((copy / "model.json").read_text())
-    del meta["extra"]["int8_threshold"]
-    (copy / "model.json").write_text(json.dumps(meta))
+    model = Detector.load(copy, device="cpu", runtime="torch").model
+    model.int8_threshold_ = None
+    model.save(copy / "model.safetensors")  # the same tensors: the exports still match them
     assert Detector.load(copy, device="cpu").runtime == "onnx"
 
 
@@ -89,9 +88,10 @@ def test_stale_export_is_refused_and_auto_falls_back(
     _, run = trained
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    state = load_file(copy / "model.safetensors")
-    state["student.conv1.bias"] += 1.0
-    save_file(state, copy / "model.safetensors")
+    model = Detector.load(copy, device="cpu", runtime="torch").model
+    with torch.no_grad():
+        model.network_.student.conv1.bias += 1.0
+    model.save(copy / "model.safetensors")
     assert Detector.load(copy, device="cpu").runtime == "torch"
     with pytest.raises(SpecadError, match="does not match the model weights"):
         Detector.load(copy, device="cpu", runtime="onnx")
@@ -110,11 +110,11 @@ def test_runtime_errors_are_one_line(trained: tuple[Path, Path], tmp_path: Path)
     (copy / ONNX_FILE).write_bytes(b"not onnx")
     with pytest.raises(SpecadError, match="not a loadable ONNX model"):
         Detector.load(copy, device="cpu", runtime="onnx")
-    rx = fit_rx(load_dataset(root))
-    with pytest.raises(SpecadError, match="applies to EfficientAD"):
+    rx = fit_on_dataset("rx", load_dataset(root))
+    with pytest.raises(SpecadError, match="runtime 'onnx' does not apply to rx models"):
         rx.use_runtime("onnx")
     with pytest.raises(SpecadError, match="needs an EfficientAD model"):
-        rx.export(rx.save(tmp_path / "rx"))
+        export_detector(rx, rx.save(tmp_path / "rx"))
 
 
 def test_cli_export_and_evaluate_with_a_runtime(trained: tuple[Path, Path], tmp_path: Path) -> None:

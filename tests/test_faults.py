@@ -23,7 +23,7 @@ from PIL import Image
 from specad.config import load_config
 from specad.data import check_dataset, load_dataset, read_mask
 from specad.errors import SpecadError
-from specad.evaluate import fit_rx, scene_scores
+from specad.evaluate import fit_on_dataset, scene_scores
 from specad.infer import Detector
 from specad.io import Cube, atomic_dir, read_cube, reserve_output, write_cube
 from specad.predict import predict_files
@@ -48,7 +48,7 @@ def one_line_failure(done: subprocess.CompletedProcess, *needles: str) -> None:
 def rx_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = make_dataset(tmp_path_factory.mktemp("d") / "ds", size=32)
     model = tmp_path_factory.mktemp("m") / "rx"
-    fit_rx(load_dataset(root)).save(model)
+    fit_on_dataset("rx", load_dataset(root)).save(model)
     return root, model
 
 

@@ -13,9 +13,10 @@ from test_cli import specad
 
 from specad.data import load_dataset
 from specad.errors import SpecadError
-from specad.evaluate import fit_knn, run_split
+from specad.evaluate import fit_on_dataset, run_split
 from specad.infer import Detector
 from specad.models.knn import KNN, greedy_coreset
+from specad.models.registry import load_detector
 
 SMALL = {"image_size": 64, "coreset_size": 128}
 
@@ -27,7 +28,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def detector(root: Path) -> Detector:
-    return fit_knn(load_dataset(root), device="cpu", **SMALL)
+    return fit_on_dataset("knn", load_dataset(root), device="cpu", **SMALL)
 
 
 def test_init_stores_params_and_fit_returns_fitted_self() -> None:
@@ -35,26 +36,27 @@ def test_init_stores_params_and_fit_returns_fitted_self() -> None:
     assert not any(name.endswith("_") for name in vars(knn))
     assert knn.get_params()["coreset_size"] == 32
     x = torch.rand(3, 2, 64, 64, generator=torch.Generator().manual_seed(0))
-    assert knn.fit(x) is knn
+    assert knn.fit(x, x) is knn
+    assert knn.threshold_ > knn.val_scores_.max()  # too few images for 1 %: above the largest
     assert knn.bank_.shape == (32, 344)  # blocks 4, 10, 12: 40 + 112 + 192 features per patch
     assert knn.n_channels == 2
     assert knn.score_maps(x).shape == (3, 1, 64, 64)
 
 
 def test_unfitted_and_bad_input_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(SpecadError, match="knn model is not fitted"):
+    with pytest.raises(SpecadError, match="knn detector is not fitted"):
         KNN().score_maps(torch.zeros(1, 3, 64, 64))
     with pytest.raises(SpecadError, match="not fitted"):
         KNN().save(tmp_path / "m.safetensors")
     for bad in ({"coreset_size": 0}, {"projection": 1.5}, {"sigma": -1}):
         with pytest.raises(SpecadError, match="knn"):
             KNN(**bad)
-    knn = KNN(coreset_size=8).fit(torch.rand(1, 3, 64, 64))
+    knn = KNN(coreset_size=8).fit_maps(torch.rand(1, 3, 64, 64), [])
     with pytest.raises(SpecadError, match=r"knn expects \[B, 3, S, S\]"):
         knn.score_maps(torch.rand(1, 4, 64, 64))
     (tmp_path / "bad.safetensors").write_bytes(b"\0" * 64)
-    with pytest.raises(SpecadError, match="bad.safetensors: cannot read knn model"):
-        KNN.load(tmp_path / "bad.safetensors")
+    with pytest.raises(SpecadError, match="bad.safetensors: corrupt model weights"):
+        load_detector(tmp_path / "bad.safetensors")
 
 
 def test_greedy_coreset_covers_every_cluster() -> None:
@@ -88,7 +90,7 @@ def test_save_load_round_trip_gives_identical_maps(
     a, b = run_split(detector, samples), run_split(loaded, samples)
     for x, y in zip(a.maps, b.maps, strict=True):
         np.testing.assert_array_equal(x, y)
-    with pytest.raises(SpecadError, match="applies to EfficientAD models, not knn"):
+    with pytest.raises(SpecadError, match="runtime 'int8' does not apply to knn models"):
         Detector.load(path, runtime="int8")
 
 
@@ -104,6 +106,6 @@ def test_cli_evaluate_and_fit_knn(root: Path, tmp_path: Path) -> None:
     done = specad("evaluate", str(run), str(root), "--json")
     assert json.loads(done.stdout)["image_auroc"] == 1.0
     done = specad("fit", "knn", str(root), "--out", str(tmp_path / "x"), "--set", "k=3", ok=False)
-    assert "unexpected keyword argument 'k'" in done.stderr
+    assert "knn k: Unexpected keyword argument" in done.stderr
     done = specad("fit", "svm", str(root), "--out", str(tmp_path / "y"), ok=False)
     assert "unknown detector 'svm'" in done.stderr

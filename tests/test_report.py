@@ -16,7 +16,7 @@ from PIL import Image
 
 from specad.data import load_dataset
 from specad.errors import SpecadError
-from specad.evaluate import fit_rx
+from specad.evaluate import fit_on_dataset
 from specad.io import Cube
 from specad.report import (
     ReportConfig,
@@ -37,7 +37,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A report comparing RX fitted on the spot with the same RX saved and loaded again."""
     root = tmp_path_factory.mktemp("report")
     ds = make_dataset(root / "ds")
-    saved = fit_rx(load_dataset(ds)).save(root / "rx" / "model.safetensors")
+    saved = fit_on_dataset("rx", load_dataset(ds)).save(root / "rx" / "model.safetensors")
     cfg = ReportConfig(models={"rx": "rx", "rx2": str(saved)}, datasets=[ds], out=root / "out")
     return write_report(cfg), ds
 

@@ -11,6 +11,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
 from specad.errors import SpecadError
+from specad.models.registry import load_detector
 from specad.models.rx import RX, rx_scene
 
 HAD_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "had"
@@ -27,31 +28,31 @@ def _correlated_cubes(n: int, channels: int = 6, size: int = 16, seed: int = 0) 
 
 @pytest.fixture(scope="module")
 def fitted() -> RX:
-    return RX().fit(iter(_correlated_cubes(4)))  # a one-pass iterator must do
+    return RX().fit_cubes(iter(_correlated_cubes(4)))  # a one-pass iterator must do
 
 
 def test_injected_outlier_spectrum_scores_highest(fitted: RX) -> None:
     cube = _correlated_cubes(1, seed=1)[0]
     # Ordinary per-band values (band std ~3) but a spectral shape the background never shows.
     cube[3, 7] += np.array([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
-    scores = fitted.score_map(cube)
+    scores = fitted.score_cube(cube)
     assert scores.shape == (16, 16) and scores.dtype == np.float32
     assert np.unravel_index(np.argmax(scores), scores.shape) == (3, 7)
     clean = _correlated_cubes(1, seed=2)[0]
-    assert fitted.score_map(cube).max() > fitted.score_map(clean).max()
+    assert fitted.score_cube(cube).max() > fitted.score_cube(clean).max()
 
 
 def test_shrinkage_options() -> None:
     cubes = _correlated_cubes(2)
     pixels = np.concatenate([c.reshape(-1, 6) for c in cubes])
-    auto = RX(shrinkage="auto").fit(cubes)
+    auto = RX(shrinkage="auto").fit_cubes(cubes)
     assert auto.shrinkage_ == pytest.approx(LedoitWolf().fit(pixels).shrinkage_)
     # Full shrinkage: the covariance is tr(S)/C times the identity.
-    identity = RX(shrinkage=1.0).fit(cubes)
+    identity = RX(shrinkage=1.0).fit_cubes(cubes)
     variance = np.trace(np.cov(pixels.T, bias=True)) / 6
     np.testing.assert_allclose(identity.whitening_ @ identity.whitening_.T, np.eye(6) / variance)
     # Subsampling is seeded: same seed, same model.
-    a, b = RX(max_pixels=100, seed=3).fit(cubes), RX(max_pixels=100, seed=3).fit(cubes)
+    a, b = RX(max_pixels=100, seed=3).fit_cubes(cubes), RX(max_pixels=100, seed=3).fit_cubes(cubes)
     np.testing.assert_array_equal(a.whitening_, b.whitening_)
 
 
@@ -65,23 +66,24 @@ def test_bad_params_raise(kwargs: dict) -> None:
 
 def test_save_load_round_trip(fitted: RX, tmp_path: Path) -> None:
     path = tmp_path / "rx.safetensors"
-    fitted.save(path)
-    loaded = RX.load(path)
+    fitted.calibrate([1.0, 2.0, 3.0]).save(path)
+    loaded = load_detector(path)
+    assert isinstance(loaded, RX) and loaded.threshold_ == fitted.threshold_
     cube = _correlated_cubes(1, seed=5)[0]
-    np.testing.assert_array_equal(loaded.score_map(cube), fitted.score_map(cube))
+    np.testing.assert_array_equal(loaded.score_cube(cube), fitted.score_cube(cube))
     assert (loaded.shrinkage, loaded.shrinkage_) == (fitted.shrinkage, fitted.shrinkage_)
     (tmp_path / "junk").write_bytes(b"not a model")
     with pytest.raises(SpecadError, match="junk"):
-        RX.load(tmp_path / "junk")
+        load_detector(tmp_path / "junk")
 
 
 def test_channel_mismatch_and_unfitted(fitted: RX) -> None:
     with pytest.raises(SpecadError, match="model expects 6 channels, got 5"):
-        fitted.score_map(np.zeros((4, 4, 5)))
+        fitted.score_cube(np.zeros((4, 4, 5)))
     with pytest.raises(SpecadError, match="not fitted"):
-        RX().score_map(np.zeros((4, 4, 5)))
+        RX().score_cube(np.zeros((4, 4, 5)))
     with pytest.raises(SpecadError, match="channels"):
-        RX().fit([np.zeros((4, 4, 5)), np.zeros((4, 4, 6))])
+        RX().fit_cubes([np.zeros((4, 4, 5)), np.zeros((4, 4, 6))])
 
 
 def _numpy_rx(data: np.ndarray) -> np.ndarray:

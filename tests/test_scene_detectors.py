@@ -46,7 +46,7 @@ def planted_scene(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("name", list(SCENE_DETECTORS))
 def test_planted_target_ranks_first(name: str) -> None:
     cube, mask = planted_scene()
-    score = make_detector(name, **SMALL[name]).score_map(cube)
+    score = make_detector(name, **SMALL[name]).score_cube(cube)
     assert score.shape == mask.shape and score.dtype == np.float32
     assert score[mask].min() > score[~mask].max(), name
 
@@ -127,18 +127,18 @@ def tiny() -> np.ndarray:
 
 
 def test_lrx_matches_per_pixel_loops(tiny: np.ndarray) -> None:
-    fast = LocalRX(outer=7, inner=3, ridge=1e-2).score_map(tiny)
+    fast = LocalRX(outer=7, inner=3, ridge=1e-2).score_cube(tiny)
     np.testing.assert_allclose(fast, slow_lrx(tiny, 7, 3, 1e-2), rtol=1e-4, atol=1e-5)
 
 
 def test_crd_matches_per_pixel_loops(tiny: np.ndarray) -> None:
-    fast = CRD(outer=5, inner=3, lam=1e-2).score_map(tiny)
+    fast = CRD(outer=5, inner=3, lam=1e-2).score_cube(tiny)
     centred = tiny - tiny.reshape(-1, 4).mean(0)  # CRD runs on the scene-centred cube
     np.testing.assert_allclose(fast, slow_crd(centred, 5, 3, 1e-2), rtol=1e-4, atol=1e-6)
 
 
 def test_glrt_matches_per_pixel_loops(tiny: np.ndarray) -> None:
-    fast = TwoStepGLRT(outer=7, inner=3, ridge=0.0).score_map(tiny)
+    fast = TwoStepGLRT(outer=7, inner=3, ridge=0.0).score_cube(tiny)
     np.testing.assert_allclose(fast, slow_glrt(tiny, 7, 3), rtol=1e-4, atol=1e-6)
 
 
@@ -148,13 +148,13 @@ def test_glrt_matches_per_pixel_loops(tiny: np.ndarray) -> None:
         ({"outer": 8}, "odd"),
         ({"outer": 5, "inner": 5}, "smaller"),
         ({"outer": 99}, "too large"),
-        ({"size": 3}, "bad parameters"),
+        ({"size": 3}, "lrx size: Unexpected keyword argument"),
     ],
 )
 def test_bad_windows_are_one_clear_error(params: dict, message: str) -> None:
     cube, _ = planted_scene()
     with pytest.raises(SpecadError, match=message):
-        make_detector("lrx", **params).score_map(cube)
+        make_detector("lrx", **params).score_cube(cube)
 
 
 # --------------------------------------------------------------------------- band preparation

@@ -124,8 +124,8 @@ def train_cmd(
 
 
 def _load_detector(model: str, dataset: Path | None, device: str, runtime: str = "auto"):
-    """A saved model, or ``rx``/``knn``: that detector fitted on the dataset's train/good now."""
-    from specad.evaluate import FIT_ON_DATASET
+    """A saved model, or ``rx``/``knn``/...: that detector fitted on the dataset's train/good."""
+    from specad.evaluate import FIT_ON_DATASET, fit_on_dataset
     from specad.infer import Detector
 
     if model in FIT_ON_DATASET:
@@ -133,7 +133,7 @@ def _load_detector(model: str, dataset: Path | None, device: str, runtime: str =
             fail(f"--model {model} needs a dataset to fit on; save one with `specad fit {model}`")
         from specad.data import load_dataset
 
-        return FIT_ON_DATASET[model](load_dataset(dataset)).use_runtime(runtime)
+        return fit_on_dataset(model, load_dataset(dataset), device=device).use_runtime(runtime)
     return Detector.load(model, device=device, runtime=runtime)
 
 
@@ -271,22 +271,26 @@ def export_cmd(
     int8 is calibrated on training images and gets its own threshold from the validation ones.
     """
     from specad.data import load_dataset
+    from specad.export import export_detector
     from specad.infer import Detector
     from specad.train import calibration_images, load_inputs
 
     if fmt != "onnx":
         fail(f"unknown export format '{fmt}' (only 'onnx')")
     det = Detector.load(model, device="cpu", runtime="torch")
+    config = getattr(det.model, "config", None)
+    if config is None:
+        fail(f"{model}: ONNX export is for EfficientAD models, this one is '{det.kind}'")
     images = validation = None
     if int8 or data is not None:
-        root = data or Path(det.meta.config.get("data", {}).get("root", ""))
+        root = data or config.data.root
         if not str(root) or not root.is_dir():
             fail(f"{root}: calibration dataset not found; pass --data DIR")
         ds = load_dataset(root)
         images = load_inputs(det.meta.preprocess, calibration_images(ds.require("train"))).x
         validation = load_inputs(det.meta.preprocess, ds.require("val")).x
-    far = det.meta.config.get("train", {}).get("threshold_far", 0.01)
-    diffs = det.export(model, images, int8=int8, validation=validation, far=far)
+    far = config.train.threshold_far
+    diffs = export_detector(det, model, images, int8=int8, validation=validation, far=far)
     for name, diff in diffs.items():
         out.print(f"{name}: largest map difference from torch fp32 {diff:.3g}")
 
@@ -389,11 +393,11 @@ def rx_fit(
 ) -> None:
     """Fit global RX on normal cubes and save it like any model."""
     from specad.data import load_dataset
-    from specad.evaluate import fit_rx
+    from specad.evaluate import fit_on_dataset
     from specad.io import refuse_nonempty
 
     refuse_nonempty(out_dir, force)
-    out.print(str(fit_rx(load_dataset(dataset)).save(out_dir)))
+    out.print(str(fit_on_dataset("rx", load_dataset(dataset)).save(out_dir)))
 
 
 @app.command("fit")
@@ -410,7 +414,7 @@ def fit_cmd(
     """Fit a training-free detector on normal cubes (threshold on val/good) and save it."""
     from specad.config import apply_override
     from specad.data import load_dataset
-    from specad.evaluate import FIT_ON_DATASET
+    from specad.evaluate import FIT_ON_DATASET, fit_on_dataset
     from specad.io import refuse_nonempty
 
     if model not in FIT_ON_DATASET:
@@ -419,11 +423,7 @@ def fit_cmd(
     kwargs: dict = {}
     for item in params or []:
         apply_override(kwargs, item)
-    try:
-        det = FIT_ON_DATASET[model](load_dataset(dataset), **kwargs)
-    except TypeError as e:  # an unknown parameter name
-        fail(f"--set: {e}")
-    out.print(str(det.save(out_dir)))
+    out.print(str(fit_on_dataset(model, load_dataset(dataset), **kwargs).save(out_dir)))
 
 
 teacher_app = typer.Typer(no_args_is_help=True, help="Teacher networks: adapt, distill, info.")

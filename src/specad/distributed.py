@@ -47,8 +47,7 @@ class ModelSource:
     def of(cls, detector: Detector, model: str | Path | None, device: str = "auto") -> ModelSource:
         if model is None or str(model) in FIT_ON_DATASET:
             return cls(None, pickled=pickle.dumps(detector))
-        runtime = detector.runtime if detector.kind == "efficientad" else "auto"
-        return cls(str(Path(model).resolve()), device, runtime)
+        return cls(str(Path(model).resolve()), device, detector.runtime)
 
     def load(self) -> Detector:
         if self.pickled is not None:

@@ -18,17 +18,16 @@ import torch
 from specad.data import Dataset, Preprocess, Sample, read_mask
 from specad.errors import SpecadError
 from specad.infer import Detector
-from specad.io import Cube, read_cube
-from specad.metrics import evaluate, is_anomalous, pixel_auroc, threshold_at_far
+from specad.io import read_cube
+from specad.metrics import evaluate, is_anomalous, pixel_auroc
 from specad.modelfile import ModelMeta
 from specad.models.bands import BandPrep
+from specad.models.base import DEFAULT_FAR
+from specad.models.registry import DETECTORS, TRAINED
 from specad.runtime import pick_device
 
 if TYPE_CHECKING:
     from specad.distributed import Cluster
-
-DEFAULT_FAR = 0.01
-"""False-alarm rate of the pixel thresholds (and of image ones refitted on request)."""
 
 
 @dataclass
@@ -74,64 +73,52 @@ def run_split(
     return SplitResults(list(samples), np.asarray(scores, dtype=np.float64), maps, masks)
 
 
-def fit_rx(
-    dataset: Dataset, channels: str | list = "all", shrinkage: float | str = "auto"
-) -> Detector:
-    """An RX baseline fitted on ``train/good``, packaged like any trained model."""
-    from specad.data import select_channels
-    from specad.models.rx import RX
-
-    train = dataset.require("train")
-    first = train[0].read()
-    idx = select_channels(first, channels, train[0].path)
-    pre = Preprocess(first.channels, idx, 0)
-    rx = RX(shrinkage=shrinkage).fit(
-        pre.select(s.read(), s.path)
-        for s in train  # type: ignore[arg-type]
-    )
-    return _calibrated(rx, "rx", pre, first.select(idx), dataset, "cpu")
-
-
-def fit_knn(
+def fit_on_dataset(
+    name: str,
     dataset: Dataset,
     channels: str | list = "all",
-    image_size: int = 256,
     device: str = "auto",
+    far: float = DEFAULT_FAR,
+    image_size: int | None = None,
     **params: Any,
 ) -> Detector:
-    """A training-free `KNN` detector: its bank from ``train/good``, packaged like any model.
+    """A detector that needs no training run, fitted on ``train/good`` and thresholded on
+    ``val/good`` exactly as ``specad predict`` scores, packaged like any trained model.
 
-    Cubes are resized to ``image_size`` and standardised per channel with train/good statistics,
-    as EfficientAD's input is; all of train/good is held in memory while fitting
-    (cubes x channels x ``image_size``^2 float32). ``params`` go to `KNN`.
+    Detectors with an ``input_size`` (knn: 256; ``image_size`` overrides it) see cubes resized
+    to it and standardised per
+    channel with train/good statistics, as EfficientAD's input is, all of train/good in memory
+    (cubes x channels x size^2 float32); the others (RX, the scene detectors) stream
+    train/good at native size. ``params`` go to the detector's class.
     """
     from specad.data import select_channels
-    from specad.models.knn import KNN
 
+    if name not in FIT_ON_DATASET:
+        trained = f"; {name} is trained with `specad train -c CONFIG`" if name in TRAINED else ""
+        raise SpecadError(
+            f"no detector '{name}' to fit here (one of {', '.join(FIT_ON_DATASET)}){trained}"
+        )
+    model = DETECTORS[name](**params)
     train = dataset.require("train")
     first = train[0].read()
     idx = select_channels(first, channels, train[0].path)
-    pre = Preprocess(first.channels, idx, image_size)
-    x = torch.stack([pre.cube_tensor(s.read(), s.path) for s in train])
-    pre.fit(x)
+    size = model.input_size if image_size is None else image_size
+    pre = Preprocess(first.channels, idx, size)
     chosen = first.select(idx)
-    knn = KNN(**params).fit(pre.normalise(x).to(pick_device(device)), chosen.wavelengths)
-    return _calibrated(knn, "knn", pre, chosen, dataset, device)
-
-
-def _calibrated(
-    model: Any, kind: str, pre: Preprocess, chosen: Cube, dataset: Dataset, device: str
-) -> Detector:
-    """A detector fitted on train/good, with its threshold at 1 % false alarms on val/good."""
-    meta = ModelMeta(kind, pre, float("inf"), chosen.bands, chosen.wavelengths, chosen.rgb)
+    if size:
+        x = torch.stack([pre.cube_tensor(s.read(), s.path) for s in train])
+        pre.fit(x)
+        images: Any = pre.normalise(x).to(pick_device(device))
+    else:
+        images = (pre.cube_tensor(s.read(), s.path) for s in train)
+    model.fit_maps(images, [], wavelengths=chosen.wavelengths)
+    meta = ModelMeta(name, pre, chosen.bands, chosen.wavelengths, chosen.rgb)
     det = Detector(model, meta, device)
-    val = run_split(det, dataset.require("val"))
-    meta.threshold = threshold_at_far(val.scores, 0.01)
-    meta.extra = {"val_scores": val.scores.tolist()}
+    model.calibrate(run_split(det, dataset.require("val")).scores, far)
     return det
 
 
-FIT_ON_DATASET = {"rx": fit_rx, "knn": fit_knn}
+FIT_ON_DATASET = tuple(name for name in DETECTORS if name not in TRAINED)
 """Detectors fitted on a dataset in seconds, by name: ``specad evaluate rx DATASET`` etc."""
 
 
@@ -239,10 +226,10 @@ def scene_scores(
         for name in detectors:
             det = make_detector(name, **(params or {}).get(name, {}))
             start = time.perf_counter()
-            score_map = det.score_map(data)
+            score_map = det.score_cube(data)
             seconds = time.perf_counter() - start
             auroc = None if mask is None else float(pixel_auroc([score_map], [mask]))
-            runs.append(SceneRun(name, det.params(), score_map, auroc, seconds))
+            runs.append(SceneRun(name, det.get_params(), score_map, auroc, seconds))
     except SpecadError as err:
         if err.path is not None:
             raise

@@ -8,15 +8,23 @@ retrained model never runs through a stale export.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from specad.errors import SpecadError
 from specad.io import atomic_file, file_sha256
+from specad.metrics import threshold_at_far
+from specad.modelfile import META_FILE, model_file
+from specad.runtime import cpu_has_amx, cpu_has_vnni
+
+if TYPE_CHECKING:
+    from specad.infer import Detector
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
 DIGEST_KEY = "specad_weights_sha256"
@@ -24,8 +32,25 @@ INPUT, OUTPUT = "image", "anomaly_map"
 
 
 def weights_digest(path: Path) -> str:
-    """What an export is stamped with: the SHA-256 of the weights file it came from."""
-    return file_sha256(path)
+    """What an export is stamped with: the SHA-256 of the tensors it came from (names, types,
+    shapes and bytes), so that rewriting the file's metadata (a new int8 threshold) keeps it."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(str(path), framework="pt") as f:
+        for name in sorted(f.keys()):  # noqa: SIM118 (not iterable)
+            t = f.get_tensor(name).contiguous().reshape(-1)
+            digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _digests(path: Path) -> set[str]:
+    """Stamps an export of these weights may carry: exports made before stamps covered the
+    tensors only carry the SHA-256 of the whole file."""
+    return {weights_digest(path), file_sha256(path)}
 
 
 def _onnx():
@@ -117,7 +142,9 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray], dige
 class OnnxRunner:
     """An onnxruntime session on an exported model: [B, C, H, W] tensors in, maps out."""
 
-    def __init__(self, path: Path, digest: str | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self, path: Path, digests: set[str] | None = None, threads: int | None = None
+    ) -> None:
         _, ort = _onnx()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -129,7 +156,7 @@ class OnnxRunner:
             reason = str(err).splitlines()[0]
             raise SpecadError(f"not a loadable ONNX model ({reason})", path) from err
         stamped = self.session.get_modelmeta().custom_metadata_map.get(DIGEST_KEY)
-        if digest is not None and stamped != digest:
+        if digests is not None and stamped not in digests:
             raise SpecadError(
                 "export does not match the model weights (re-run `specad export`)", path
             )
@@ -138,3 +165,93 @@ class OnnxRunner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         feed = {INPUT: np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)}
         return torch.from_numpy(self.session.run([OUTPUT], feed)[0])
+
+
+def open_runner(runtime: str, model_path: str | Path | None) -> OnnxRunner:
+    """The onnxruntime session of the ``onnx`` or ``int8`` export beside a saved model."""
+    if model_path is None:
+        raise SpecadError(f"runtime '{runtime}' needs the saved model's path")
+    path = model_file(model_path)
+    onnx = path.with_name(INT8_FILE if runtime == "int8" else ONNX_FILE)
+    if not onnx.is_file():
+        raise SpecadError(f"no {runtime} export; run `specad export {path.parent}`", onnx)
+    return OnnxRunner(onnx, _digests(path))
+
+
+def choose_runtime(detector: Detector, model_path: str | Path | None) -> str:
+    """``auto``: on a CPU, the first export made from these very weights (int8 only on CPUs
+    with VNNI, and only with its own threshold), then onnx; otherwise torch, under bf16 on CPUs
+    with AMX; on a GPU, torch. Detectors without exports run their only runtime."""
+    runtimes = detector.model.runtimes
+    if "onnx" not in runtimes:
+        return runtimes[0]
+    if detector.device.type != "cpu":
+        return "torch"
+    candidates = ["onnx"] if model_path is not None else []
+    if candidates and cpu_has_vnni() and getattr(detector.model, "int8_threshold_", None):
+        candidates.insert(0, "int8")
+    for runtime in candidates:
+        try:
+            open_runner(runtime, model_path)
+        except SpecadError:  # no export, or a stale one: try the next
+            continue
+        return runtime
+    return "bf16" if cpu_has_amx() else "torch"
+
+
+def export_detector(
+    detector: Detector,
+    model_path: str | Path,
+    images: torch.Tensor | None = None,
+    *,
+    int8: bool = False,
+    validation: torch.Tensor | None = None,
+    far: float = 0.01,
+) -> dict[str, float]:
+    """Write ``model.onnx`` (and ``model.int8.onnx``) beside a saved EfficientAD model.
+
+    ``images`` are preprocessed normal images [B, C, S, S]: the int8 calibration set and the
+    parity check. With ``validation`` images the int8 export gets its own threshold, at the
+    false-alarm rate ``far``, saved with the model; only then does ``auto`` choose it. Returns
+    each export's largest absolute map difference from the torch fp32 maps on ``images``; an
+    fp32 export that differs by more than 1e-3 is refused.
+    """
+    path = model_file(model_path)
+    size = detector.meta.preprocess.image_size
+    if "onnx" not in detector.model.runtimes or not size:
+        raise SpecadError("ONNX export needs an EfficientAD model with fixed image_size", path)
+    if int8 and images is None:
+        raise SpecadError("int8 export needs calibration images", path)
+    channels = len(detector.meta.preprocess.channels)
+    if images is None:
+        images = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    digest = weights_digest(path)
+    model, batches = detector.model, images.split(8)
+    with torch.inference_mode():
+        reference = torch.cat([model.score_maps(b.to(detector.device)).cpu() for b in batches])
+
+    def parity(runner: OnnxRunner) -> float:
+        maps = torch.cat([runner(b) for b in batches])
+        return float((maps - reference).abs().max())
+
+    network = copy.deepcopy(model.network_)  # type: ignore[attr-defined]
+    onnx = export_onnx(network, channels, size, path.with_name(ONNX_FILE), digest)
+    diffs = {"onnx": parity(OnnxRunner(onnx, {digest}))}
+    if diffs["onnx"] > 1e-3:
+        onnx.unlink()
+        raise SpecadError(f"ONNX export's maps differ from torch by {diffs['onnx']:.2g}", onnx)
+    if int8:  # a new int8 file needs a new threshold, or none
+        singles = (b.float().numpy() for b in images.split(1))
+        int8_file = quantize_int8(onnx, path.with_name(INT8_FILE), singles, digest)
+        runner = OnnxRunner(int8_file, {digest})
+        diffs["int8"] = parity(runner)
+        model.int8_threshold_ = None  # type: ignore[attr-defined]
+        if validation is not None:
+            scores = [model.score(m) for b in validation.split(8) for m in runner(b)]
+            model.int8_threshold_ = threshold_at_far(np.array(scores), far)  # type: ignore[attr-defined]
+        # the weights are unchanged, so the exports' digest still holds
+        with atomic_file(path) as tmp:
+            model.save(tmp)
+    with atomic_file(path.with_name(META_FILE)) as tmp:
+        tmp.write_text(detector.meta.to_json())
+    return diffs

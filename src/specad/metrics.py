@@ -257,9 +257,11 @@ def per_class(
 # ---------------------------------------------------------------------------- thresholds
 
 
-def is_anomalous(score: float, threshold: float) -> bool:
-    """The one comparison every command uses: flagged when ``score >= threshold``."""
-    return bool(score >= threshold)
+def is_anomalous(score: Any, threshold: float) -> Any:
+    """The one comparison every command uses: flagged when ``score >= threshold``; a bool for
+    a score, a boolean array for a map."""
+    flagged = np.asarray(score) >= threshold
+    return bool(flagged) if flagged.ndim == 0 else flagged
 
 
 class ThresholdWarning(UserWarning):

@@ -12,7 +12,8 @@ import torch
 
 from specad.errors import SpecadError
 
-RUNTIMES = ("auto", "torch", "bf16", "onnx", "int8")
+RUNTIMES = ("auto", "torch", "bf16", "onnx", "int8", "numpy")
+"""How maps can be computed; each detector class lists those that apply to it."""
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -32,14 +32,14 @@ from specad.data import (
     select_channels,
 )
 from specad.errors import SpecadError
+from specad.evaluate import run_split
 from specad.infer import Detector
 from specad.io import refuse_nonempty, reserve_output
-from specad.metrics import threshold_at_far
 from specad.modelfile import MODEL_FILE, ModelMeta
-from specad.models.build import build_efficientad
 from specad.models.efficientad import EfficientAD
+from specad.models.efficientad_detector import EfficientADDetector
 from specad.penalty import PenaltySet
-from specad.runtime import cpu_has_amx
+from specad.runtime import cpu_has_amx, pick_device
 
 CHECKPOINT = "checkpoints/last.pt"
 
@@ -67,15 +67,7 @@ def prepare(cfg: Config, ds: Dataset) -> tuple[Preprocess, ModelMeta, torch.Tens
     elif cfg.data.normalize != "none":
         pre.mean, pre.std = cfg.data.normalize.mean, cfg.data.normalize.std
     chosen = first.select(channels)
-    meta = ModelMeta(
-        kind="efficientad",
-        preprocess=pre,
-        threshold=float("inf"),
-        bands=chosen.bands,
-        wavelengths=chosen.wavelengths,
-        rgb=chosen.rgb,
-        config=cfg.model_dump(mode="json"),
-    )
+    meta = ModelMeta("efficientad", pre, chosen.bands, chosen.wavelengths, chosen.rgb)
     return pre, meta, pre.normalise(raw)
 
 
@@ -207,18 +199,55 @@ def _check_output(out: Path, resume: bool, force: bool) -> None:
 def _train(
     cfg: Config, out: Path, resume: bool, stop_after: int | None, progress: bool, ranks: ddp.Ranks
 ) -> Path:
-    ckpt_path = out / CHECKPOINT
-    device = ranks.device
     torch.manual_seed(cfg.train.seed)
-
     ds = load_dataset(cfg.data.root, cfg.data.layout)
     pre, meta, train_x = prepare(cfg, ds)
     val_x = load_inputs(pre, ds.require("val")).x
+    monitor = _monitor_set(pre, ds) if cfg.train.val_every and ranks.main else None
+    run = Run(out, ranks, resume, stop_after, progress, monitor)
+    det = EfficientADDetector(config=cfg)
+    det.fit_maps(train_x, val_x, wavelengths=meta.wavelengths, run=run)
+    if not hasattr(det, "network_"):
+        return out / CHECKPOINT
+    if not ranks.main:  # rank 0 alone calibrates and writes the model
+        return out / MODEL_FILE
+    detector = Detector(det, meta, ranks.device)  # thresholded as `specad predict` scores
+    det.calibrate(run_split(detector, ds.require("val")).scores, cfg.train.threshold_far)
+    path = detector.save(out / MODEL_FILE)
+    if cfg.train.export:
+        int8 = "int8" in cfg.train.export
+        _export(detector, path, calibration_images(train_x), int8, val_x, cfg.train.threshold_far)
+    return path
 
-    model = build_efficientad(
-        cfg.model, len(pre.channels), cfg.data.image_size, meta.wavelengths, cfg.train.seed
-    ).to(device, memory_format=torch.channels_last)
-    penalty = _penalty(cfg, pre, meta) if cfg.penalty.enabled else None
+
+@dataclass
+class Run:
+    """What `specad train` adds to fitting a network: a run folder (checkpoints, metrics log),
+    resume, an early stop, progress, a monitor set, and the processes of a data-parallel run."""
+
+    out: Path
+    ranks: ddp.Ranks
+    resume: bool = False
+    stop_after: int | None = None
+    progress: bool = True
+    monitor: Inputs | None = None
+
+
+def fit_network(
+    model: EfficientAD,
+    cfg: Config,
+    train_x: torch.Tensor,
+    val_x: torch.Tensor,
+    run: Run | None = None,
+    wavelengths: list[float] | None = None,
+) -> int | None:
+    """Train ``model`` on normal images, then fit its map quantiles on ``val_x``; returns the
+    steps trained, or None when ``run.stop_after`` ended it early (checkpoint written)."""
+    ranks = run.ranks if run is not None else ddp.Ranks(device=pick_device(cfg.train.device))
+    device = ranks.device
+    model.to(device, memory_format=torch.channels_last)
+    ckpt_path = run.out / CHECKPOINT if run is not None else None
+    penalty = _penalty(cfg, train_x.shape[1], wavelengths) if cfg.penalty.enabled else None
     params = list(model.student.parameters()) + list(model.autoencoder.parameters())
     opt = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     decay_step = max(1, int(cfg.train.lr_decay_at * cfg.train.steps))
@@ -226,20 +255,22 @@ def _train(
     gen = torch.Generator().manual_seed(cfg.train.seed)
     step = 0
     cache = _cache_teacher(cfg, len(train_x), model)
-    if resume:
+    if run is not None and run.resume:
         step = _load_checkpoint(ckpt_path, model, opt, sched, gen)
         teacher_x = _teacher_outputs(model, train_x, device) if cache else None
     else:
         teacher_x = ddp.fit_teacher_stats(model, train_x, ranks, keep=cache)
-        if ranks.main:
-            (out / "config.yaml").write_text(dump_config(cfg))
-            (out / "metrics.jsonl").write_text("")
+        if run is not None and ranks.main:
+            (run.out / "config.yaml").write_text(dump_config(cfg))
+            (run.out / "metrics.jsonl").write_text("")
     ranks.broadcast(model)
     bf16 = use_bf16(cfg.train.bf16, device)
 
+    stop_after = run.stop_after if run is not None else None
     end = cfg.train.steps if stop_after is None else min(cfg.train.steps, stop_after)
-    monitor = _monitor_set(pre, ds) if cfg.train.val_every and ranks.main else None
-    log = (out / "metrics.jsonl").open("a") if ranks.main else None
+    monitor = run.monitor if run is not None else None
+    log = (run.out / "metrics.jsonl").open("a") if run is not None and ranks.main else None
+    progress = run is not None and run.progress and ranks.main
     bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress, unit="step")
     model.train()
     model.teacher.eval()
@@ -272,27 +303,17 @@ def _train(
             if log is not None:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-        if ranks.main and (step % cfg.train.checkpoint_every == 0 or step == end):
+        due = step % cfg.train.checkpoint_every == 0 or step == end
+        if ckpt_path is not None and ranks.main and due:
             _save_checkpoint(ckpt_path, model, opt, sched, gen, step)
     bar.close()
     if log is not None:
         log.close()
     if step < cfg.train.steps:
-        return ckpt_path
-
-    if not ranks.main:  # rank 0 fits the map quantiles on all of val and writes the model
-        return out / MODEL_FILE
+        return None
     model.eval()
     model.fit_quantiles(_batches(val_x, 8, device))
-    val_scores = _scores(model, val_x, device)
-    meta.threshold = threshold_at_far(val_scores, cfg.train.threshold_far)
-    meta.extra = {"val_scores": val_scores.tolist(), "steps": step}
-    detector = Detector(model, meta, device)
-    path = detector.save(out / "model.safetensors")
-    if cfg.train.export:
-        int8 = "int8" in cfg.train.export
-        _export(detector, path, calibration_images(train_x), int8, val_x, cfg.train.threshold_far)
-    return path
+    return step
 
 
 def calibration_images(x: Sequence, count: int = 32) -> Sequence:
@@ -309,18 +330,20 @@ def _export(
     far: float,
 ) -> None:
     """The fast CPU runtimes' files; a failure costs speed, never the trained model."""
+    from specad.export import export_detector
+
     try:
-        detector.export(path, images, int8=int8, validation=validation, far=far)
+        export_detector(detector, path, images, int8=int8, validation=validation, far=far)
     except SpecadError as err:
         tqdm.write(f"warning: ONNX export skipped ({err})", file=sys.stderr)
 
 
-def _penalty(cfg: Config, pre: Preprocess, meta: ModelMeta) -> PenaltySet:
+def _penalty(cfg: Config, channels: int, wavelengths: list[float] | None) -> PenaltySet:
     return PenaltySet(
-        len(pre.channels),
+        channels,
         cfg.data.image_size,
         folder=cfg.penalty.folder,
-        wavelengths=meta.wavelengths,
+        wavelengths=wavelengths,
         mapping=cfg.penalty.mapping,
     )
 

@@ -31,7 +31,7 @@ except ModuleNotFoundError:
 
 from specad.config import load_config
 from specad.data import load_dataset
-from specad.evaluate import fit_rx
+from specad.evaluate import fit_on_dataset
 from specad.infer import Detector
 from specad.io import Cube, read_cube
 from specad.synth import synthesize
@@ -56,7 +56,9 @@ def model(tray: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def rx_model(tray: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fit_rx(load_dataset(tray)).save(tmp_path_factory.mktemp("rx") / "model.safetensors")
+    return fit_on_dataset("rx", load_dataset(tray)).save(
+        tmp_path_factory.mktemp("rx") / "model.safetensors"
+    )
 
 
 @pytest.fixture(scope="session")

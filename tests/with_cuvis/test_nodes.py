@@ -71,12 +71,13 @@ def test_state_dict_carries_weights_threshold_and_statistics(model: Path) -> Non
     state = source.state_dict()
     assert "_extra_state" in state and any(k.startswith("model.student.") for k in state)
     target = EfficientADNode(str(model))
-    target.detector.meta.threshold = 123.0
+    target.detector.model.threshold_ = 123.0
     target.detector.meta.preprocess.mean = [0.0] * 6
     with torch.no_grad():
         next(target.model.student.parameters()).add_(1.0)
     target.load_state_dict(state)
     assert target.detector.meta == source.detector.meta
+    assert target.detector.threshold == source.detector.threshold != 123.0
     for key, value in target.state_dict().items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, state[key]), key

@@ -19,6 +19,7 @@ _LAZY = {
     "DetectorNode": "nodes",
     "EfficientADNode": "nodes",
     "RXNode": "nodes",
+    "KNNNode": "nodes",
     "SceneDetectorNode": "nodes",
     "ReflectanceNormalizer": "nodes",
     "ThresholdDecider": "nodes",

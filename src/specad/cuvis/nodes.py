@@ -7,6 +7,7 @@ of ``specad predict`` on the same cube.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,7 +22,7 @@ from specad.data import select_channels
 from specad.errors import SpecadError
 from specad.infer import Detector
 from specad.io import Cube, to_reflectance
-from specad.modelfile import ModelMeta
+from specad.modelfile import ModelMeta, load_model
 
 Channels = list[int | float | str]
 """Band indices, wavelengths in nm (nearest band within 10 nm) or band names."""
@@ -84,8 +85,8 @@ class DetectorNode(Node):
         **kwargs: Any,
     ) -> None:
         super().__init__(model_path=str(model_path), channels=channels, tiled=tiled, **kwargs)
-        # torch: the weights live in the node's state_dict, which pipelines save and restore
-        detector = Detector.load(model_path, device="cpu", runtime="torch")
+        model, meta = load_model(model_path)
+        detector = Detector(model, meta, "cpu")  # the default runtime: torch for networks
         if detector.kind != self.KIND:
             raise SpecadError(
                 f"{type(self).__name__} runs '{self.KIND}' models, this one is '{detector.kind}'",
@@ -94,8 +95,9 @@ class DetectorNode(Node):
         self.detector = detector
         self.channels = channels
         self.tiled = tiled
-        if isinstance(detector.model, torch.nn.Module):
-            self.model = detector.model  # a submodule: its weights land in state_dict()
+        network = getattr(model, "network_", None)
+        self.model = network if isinstance(network, torch.nn.Module) else None
+        # a submodule: its weights land in state_dict() and move with the pipeline
 
     @property
     def in_channels(self) -> int:
@@ -105,16 +107,23 @@ class DetectorNode(Node):
     def _apply(self, fn: Any, recurse: bool = True) -> DetectorNode:
         """Keep the detector's device in step with its weights when the pipeline moves them."""
         super()._apply(fn, recurse)
-        if isinstance(self.detector.model, torch.nn.Module):
-            self.detector.device = next(self.detector.model.buffers()).device
+        if self.model is not None:
+            self.detector.device = next(self.model.buffers()).device
         return self
 
     def get_extra_state(self) -> dict[str, Any]:
-        """Threshold and preprocessing travel in the pipeline's weights file with the network."""
-        return {"meta": self.detector.meta.to_json()}
+        """Threshold, preprocessing and fitted tensors travel in the pipeline's weights file
+        (a network's weights are the node's own parameters already)."""
+        tensors, values = self.detector.model.state()
+        return {
+            "meta": self.detector.meta.to_json(),
+            "values": json.dumps(values),
+            "tensors": {} if self.model is not None else tensors,
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.detector.meta = ModelMeta.from_json(state["meta"])
+        self.detector.model.restore(state["tensors"], json.loads(state["values"]))
 
     def forward(
         self, cube: torch.Tensor, wavelengths: Any = None, **_: Any
@@ -152,28 +161,23 @@ class EfficientADNode(DetectorNode):
 
 
 class RXNode(DetectorNode):
-    """specad's RX baseline (``specad rx fit``), fitted on normal cubes, as a drop-in alternative.
-
-    The RX statistics are NumPy arrays, not torch weights, so they go into the node's extra
-    state; the node runs on the CPU whatever device the pipeline is on.
-    """
+    """specad's RX baseline (``specad fit rx``), fitted on normal cubes, as a drop-in alternative.
+    It runs on the CPU whatever device the pipeline is on."""
 
     KIND = "rx"
     _tags = frozenset(
         {NodeTag.ANOMALY, NodeTag.MULTISPECTRAL, NodeTag.HYPERSPECTRAL, NodeTag.NUMPY}
     )
 
-    def get_extra_state(self) -> dict[str, Any]:
-        rx = self.detector.model
-        return super().get_extra_state() | {
-            "mean": torch.from_numpy(rx.mean_),
-            "whitening": torch.from_numpy(rx.whitening_),
-        }
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        super().set_extra_state(state)
-        self.detector.model.mean_ = state["mean"].cpu().numpy()
-        self.detector.model.whitening_ = state["whitening"].cpu().numpy()
+class KNNNode(DetectorNode):
+    """specad's training-free nearest-neighbour detector (``specad fit knn``) on the full
+    N-channel cube; it runs on the CPU whatever device the pipeline is on."""
+
+    KIND = "knn"
+    _tags = frozenset(
+        {NodeTag.ANOMALY, NodeTag.MULTISPECTRAL, NodeTag.HYPERSPECTRAL, NodeTag.TORCH}
+    )
 
 
 class SceneDetectorNode(Node):
@@ -235,7 +239,7 @@ class SceneDetectorNode(Node):
         maps = []
         for scene in cube.detach().float().cpu().numpy():
             data, _record = self.prep.apply(Cube(scene))
-            maps.append(self.detector.score_map(data).astype(np.float32))
+            maps.append(self.detector.score_cube(data).astype(np.float32))
         stacked = torch.from_numpy(np.stack(maps)[..., None])
         return {
             "anomaly_map": stacked.to(cube.device),

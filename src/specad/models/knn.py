@@ -14,29 +14,26 @@ Memory, stated for the defaults (blocks 4 + 10 + 12: D = 344 features per patch,
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from specad.errors import SpecadError
+from specad.models.base import BaseDetector, Images, NonNegative, PositiveInt, Seed, detector
 from specad.models.teachers import EfficientNetLite0Teacher
 from specad.spectral import Mapping
 
-_FORMAT = "specad.knn/1"
 CDIST_ELEMENTS = 1 << 24
 """Patch-to-bank distances computed at once (float32: 64 MB), which bounds scoring memory."""
 _BATCH = 16  # images per extractor forward while fitting
 
 
-class KNN:
+@detector
+class KNN(BaseDetector):
     """Nearest-neighbour anomaly maps against a coreset of normal patch features.
 
     Features: the outputs of EfficientNet-Lite0 ``blocks``, upsampled to the first one's grid,
@@ -47,54 +44,29 @@ class KNN:
     ``coreset_size`` by greedy k-centre selection, distances measured after a Gaussian random
     projection to ``projection`` dimensions as PatchCore does. A patch's score is the Euclidean
     distance to its nearest bank feature; the map is upsampled to the input size and blurred
-    with a Gaussian of ``sigma`` pixels (0: none). Inputs are [B, N, S, S] tensors, [0, 1]-like
-    as for the teacher (specad's `Preprocess` provides them).
+    with a Gaussian of ``sigma`` pixels (0: none). Shapes: images [B, N, S, S], [0, 1]-like as
+    for the teacher (specad's `Preprocess` provides them) -> maps [B, 1, S, S].
     """
 
-    def __init__(
-        self,
-        blocks: Sequence[int] = (4, 10, 12),
-        coreset_size: int = 2048,
-        projection: int = 64,
-        max_patches: int = 50_000,
-        sigma: float = 8.0,
-        mapping: Mapping = "repeat",
-        seed: int = 0,
-    ) -> None:
-        for name, value in {
-            "coreset_size": coreset_size,
-            "projection": projection,
-            "max_patches": max_patches,
-        }.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise SpecadError(f"knn {name} must be a positive integer, got {value!r}")
-        if not isinstance(sigma, int | float) or sigma < 0:
-            raise SpecadError(f"knn sigma must be a number >= 0, got {sigma!r}")
-        self.blocks = tuple(int(b) for b in blocks)
-        self.coreset_size = coreset_size
-        self.projection = projection
-        self.max_patches = max_patches
-        self.sigma = float(sigma)
-        self.mapping = mapping
-        self.seed = seed
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor's arguments, as scikit-learn names them; saved with the model."""
-        return {
-            "blocks": list(self.blocks),
-            "coreset_size": self.coreset_size,
-            "projection": self.projection,
-            "max_patches": self.max_patches,
-            "sigma": self.sigma,
-            "mapping": self.mapping,
-            "seed": self.seed,
-        }
+    kind: ClassVar[str] = "knn"
+    fitted: ClassVar[tuple[str, ...]] = ("bank_", "extractor_")
+    input_size: ClassVar[int] = 256
+    blocks: tuple[int, ...] = (4, 10, 12)
+    coreset_size: PositiveInt = 2048
+    projection: PositiveInt = 64
+    max_patches: PositiveInt = 50_000
+    sigma: NonNegative = 8.0
+    mapping: Mapping = "repeat"
+    seed: Seed = 0
 
     # ------------------------------------------------------------------ fitting
 
     @torch.inference_mode()
-    def fit(self, images: Tensor, wavelengths: Sequence[float] | None = None) -> Self:
-        """Build the bank from normal images [B, N, S, S]; ``wavelengths`` for that mapping."""
+    def fit_maps(
+        self, train: Images, val: Images, *, wavelengths: Sequence[float] | None = None
+    ) -> Self:
+        """Build the bank from normal images [B, N, S, S]; ``wavelengths`` for the mapping."""
+        images = train if isinstance(train, Tensor) else torch.stack(list(train))
         if images.ndim != 4 or len(images) == 0:
             raise SpecadError(
                 f"knn fit needs normal images [B, N, S, S], got {tuple(images.shape)}"
@@ -121,21 +93,16 @@ class KNN:
 
     # ------------------------------------------------------------------ scoring
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "bank_"):
-            raise SpecadError("knn model is not fitted; call fit() or KNN.load() first")
-
     @property
     def n_channels(self) -> int:
         """Input channels the model was fitted on; fails clearly if it was never fitted."""
-        self._check_fitted()
+        self.check_fitted()
         return self.extractor_.stem.in_channels
 
     @torch.inference_mode()
-    def score_maps(self, x: Tensor) -> Tensor:
+    def _score_maps(self, x: Tensor) -> Tensor:
         """[B, 1, S, S] maps (distance to the nearest normal patch) for input [B, N, S, S]."""
-        self._check_fitted()
-        if x.ndim != 4 or x.shape[1] != self.n_channels:
+        if x.shape[1] != self.n_channels:
             raise SpecadError(f"knn expects [B, {self.n_channels}, S, S], got {tuple(x.shape)}")
         x = x.to(self.bank_.device)
         f = self.extractor_(x)  # [B, D, h, w]
@@ -150,51 +117,31 @@ class KNN:
 
     def to(self, device: str | torch.device) -> Self:
         """Move the fitted extractor and bank (scoring runs where they are)."""
-        self._check_fitted()
+        self.check_fitted()
         self.extractor_ = self.extractor_.to(device)
         self.bank_ = self.bank_.to(device)
         return self
 
-    def save(self, path: str | Path) -> None:
-        """Write one safetensors file: the bank, the extractor, parameters in its metadata."""
-        self._check_fitted()
-        tensors = {"bank": self.bank_} | {
-            f"extractor.{k}": v for k, v in self.extractor_.state_dict().items()
-        }
-        metadata = {
-            "format": _FORMAT,
-            "params": json.dumps(self.get_params()),
-            "channels": str(self.n_channels),
-            "wavelengths": json.dumps(self.wavelengths_),
-        }
-        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        save_file(tensors, str(path), metadata=metadata)
+    def _tensors(self) -> dict[str, Tensor]:
+        extractor = {f"extractor.{k}": v for k, v in self.extractor_.state_dict().items()}
+        return {"bank": self.bank_} | extractor
 
-    @classmethod
-    def load(cls, path: str | Path) -> Self:
-        """Read a model written by :meth:`save` (tensors only: nothing is unpickled)."""
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not iterable)
-        except (OSError, SafetensorError) as err:
-            raise SpecadError(f"cannot read knn model: {err}", path=path) from err
-        if metadata.get("format") != _FORMAT or "bank" not in tensors:
-            raise SpecadError("not a specad knn model file", path=path)
-        model = cls(**json.loads(metadata["params"]))
-        model.wavelengths_ = json.loads(metadata["wavelengths"])
-        model.extractor_ = EfficientNetLite0Teacher(
-            int(metadata["channels"]), model.blocks, model.mapping, model.wavelengths_
+    def _scalars(self) -> dict[str, Any]:
+        return {"channels": self.n_channels, "wavelengths": self.wavelengths_}
+
+    def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
+        self.wavelengths_ = scalars["wavelengths"]
+        self.extractor_ = EfficientNetLite0Teacher(
+            int(scalars["channels"]), self.blocks, self.mapping, self.wavelengths_
         )
         prefix = "extractor."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
-            model.extractor_.load_state_dict(state, strict=True)
+            self.extractor_.load_state_dict(state, strict=True)
         except RuntimeError as err:
             detail = " ".join(str(err).split())[:300]
-            raise SpecadError(f"knn extractor weights do not fit: {detail}", path) from err
-        model.bank_ = tensors["bank"]
-        return model
+            raise SpecadError(f"knn extractor weights do not fit: {detail}") from err
+        self.bank_ = tensors["bank"]
 
 
 def greedy_coreset(

@@ -6,32 +6,22 @@ classic baseline every learned spectral detector should beat.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+import torch
+from pydantic import Field
 from sklearn.covariance import empirical_covariance, ledoit_wolf_shrinkage, shrunk_covariance
+from torch import Tensor
 
 from specad.errors import SpecadError
+from specad.models.base import CubeDetector, Images, Seed, detector
 
-Shrinkage = float | Literal["auto"]
+Shrinkage = Literal["auto"] | Annotated[float, Field(strict=True, ge=0, le=1)]
 
-_FORMAT = "specad.rx/1"
 _CHUNK_PIXELS = 65_536  # bounds the float64 working memory of scoring large cubes
-
-
-def _check_shrinkage(shrinkage: object) -> Shrinkage:
-    if shrinkage == "auto":
-        return "auto"
-    is_number = isinstance(shrinkage, int | float) and not isinstance(shrinkage, bool)
-    if is_number and 0.0 <= shrinkage <= 1.0:
-        return float(shrinkage)
-    raise SpecadError(f"RX shrinkage must be 'auto' or a number in [0, 1], got {shrinkage!r}")
 
 
 def _pixels(cube: np.ndarray) -> np.ndarray:
@@ -42,27 +32,30 @@ def _pixels(cube: np.ndarray) -> np.ndarray:
     return cube.reshape(-1, cube.shape[2])
 
 
-class RX:
-    """Global RX detector fitted on normal cubes, scikit-learn style.
+@detector
+class RX(CubeDetector):
+    """Global RX detector fitted on normal cubes: ``d(y) = (y - mu)^T S^-1 (y - mu)``.
 
-    ``fit`` estimates the background mean and covariance from a uniform random subsample of at
-    most ``max_pixels`` training pixels. The covariance is shrunk toward a scaled identity,
-    ``(1 - a) S + a tr(S)/C I``, which keeps it invertible when bands are highly correlated or
-    pixels are few: ``a`` is the Ledoit-Wolf estimate for ``"auto"``, or the given number
-    (``0`` is classic RX). Its inverse is kept as a whitening matrix from an eigendecomposition,
-    discarding numerically null directions like a pseudo-inverse, so distances never go negative.
+    ``fit`` estimates the background mean ``mu`` and covariance ``S`` from a uniform random
+    subsample of at most ``max_pixels`` training pixels. The covariance is shrunk toward a
+    scaled identity, ``(1 - a) S + a tr(S)/C I``, which keeps it invertible when bands are highly
+    correlated or pixels are few: ``a`` is the Ledoit-Wolf estimate for ``"auto"``, or the given
+    number (``0`` is classic RX). Its inverse is kept as a whitening matrix from an
+    eigendecomposition, discarding numerically null directions like a pseudo-inverse, so
+    distances never go negative. Shapes: cube (H, W, C) -> map (H, W); images [B, C, H, W] ->
+    maps [B, 1, H, W].
     """
 
-    def __init__(self, shrinkage: Shrinkage = "auto", max_pixels: int = 200_000, seed: int = 0):
-        if not isinstance(max_pixels, int) or max_pixels < 2:
-            raise SpecadError(f"RX max_pixels must be an integer >= 2, got {max_pixels!r}")
-        if not isinstance(seed, int):
-            raise SpecadError(f"RX seed must be an integer, got {seed!r}")
-        self.shrinkage = _check_shrinkage(shrinkage)
-        self.max_pixels = max_pixels
-        self.seed = seed
+    kind: ClassVar[str] = "rx"
+    fitted: ClassVar[tuple[str, ...]] = ("mean_", "whitening_")
+    shrinkage: Shrinkage = "auto"
+    max_pixels: Annotated[int, Field(strict=True, ge=2)] = 200_000
+    seed: Seed = 0
 
-    def fit(self, cubes: Iterable[np.ndarray]) -> Self:
+    def fit_maps(self, train: Images, val: Images, *, wavelengths: Any = None) -> Self:
+        return self.fit_cubes(self.cubes(train))
+
+    def fit_cubes(self, cubes: Iterable[np.ndarray]) -> Self:
         """Fit the background on normal (H, W, C) cubes; ``cubes`` may be a one-pass iterator."""
         # Bottom-k sampling: every pixel draws a random key and the smallest keys are kept, a
         # uniform sample without replacement over the whole stream in bounded memory.
@@ -102,11 +95,10 @@ class RX:
     @property
     def n_channels(self) -> int:
         """Channel count the model was fitted on; fails clearly if it was never fitted."""
-        if not hasattr(self, "mean_"):
-            raise SpecadError("RX model is not fitted; call fit() or RX.load() first")
+        self.check_fitted()
         return self.mean_.shape[0]
 
-    def score_map(self, cube: np.ndarray) -> np.ndarray:
+    def score_cube(self, cube: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of every pixel to the background, as (H, W) float32."""
         px = _pixels(cube)
         if px.shape[1] != self.n_channels:
@@ -117,41 +109,19 @@ class RX:
             out[start : start + _CHUNK_PIXELS] = np.square(chunk @ self.whitening_).sum(axis=1)
         return out.reshape(np.shape(cube)[:2])
 
-    def save(self, path: str | Path) -> None:
-        """Write a safetensors file (float64 tensors, settings in its metadata); no pickle."""
-        metadata = {
-            "format": _FORMAT,
-            "channels": str(self.n_channels),
-            "shrinkage": json.dumps(self.shrinkage),
-            "shrinkage_fitted": repr(self.shrinkage_),
-            "max_pixels": str(self.max_pixels),
-            "seed": str(self.seed),
+    def _tensors(self) -> dict[str, Tensor]:
+        return {
+            "mean": torch.from_numpy(self.mean_),
+            "whitening": torch.from_numpy(np.ascontiguousarray(self.whitening_)),
         }
-        tensors = {"mean": self.mean_, "whitening": np.ascontiguousarray(self.whitening_)}
-        save_file(tensors, str(path), metadata=metadata)
 
-    @classmethod
-    def load(cls, path: str | Path) -> Self:
-        """Read a model written by :meth:`save`."""
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                metadata = f.metadata() or {}
-                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not iterable)
-        except (OSError, SafetensorError) as err:
-            raise SpecadError(f"cannot read RX model: {err}", path=path) from err
-        if metadata.get("format") != _FORMAT or set(tensors) != {"mean", "whitening"}:
-            raise SpecadError("not a specad RX model file", path=path)
-        model = cls(
-            shrinkage=json.loads(metadata["shrinkage"]),
-            max_pixels=int(metadata["max_pixels"]),
-            seed=int(metadata["seed"]),
-        )
-        model.mean_ = tensors["mean"]
-        model.whitening_ = tensors["whitening"]
-        model.shrinkage_ = float(metadata["shrinkage_fitted"])
-        if model.n_channels != int(metadata["channels"]):
-            raise SpecadError("RX model file is inconsistent: channel count", path=path)
-        return model
+    def _scalars(self) -> dict[str, Any]:
+        return {"shrinkage": self.shrinkage_}
+
+    def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
+        self.mean_ = tensors["mean"].double().numpy()
+        self.whitening_ = tensors["whitening"].double().numpy()
+        self.shrinkage_ = float(scalars["shrinkage"])
 
 
 def rx_scene(cube: np.ndarray, shrinkage: Shrinkage = 0.0) -> np.ndarray:
@@ -161,4 +131,4 @@ def rx_scene(cube: np.ndarray, shrinkage: Shrinkage = 0.0) -> np.ndarray:
     anomalies are assumed rare enough not to distort the scene statistics.
     """
     n_pixels = math.prod(np.shape(cube)[:2])
-    return RX(shrinkage=shrinkage, max_pixels=max(n_pixels, 2)).fit([cube]).score_map(cube)
+    return RX(shrinkage=shrinkage, max_pixels=max(n_pixels, 2)).fit_cubes([cube]).score_cube(cube)

@@ -7,25 +7,29 @@ target a few pixels wide does not leak into its own background; its ``K = outer*
 pixels form the local background. Scene borders are mirrored (``numpy.pad(mode="symmetric")``,
 as the published MATLAB code does).
 
-Every detector is a class whose ``__init__`` stores parameters only and whose
-``score_map(cube)`` maps an (H, W, B) cube to an (H, W) float32 map, larger = more anomalous;
-``SCENE_DETECTORS`` maps the CLI names to the classes. All work is batched (torch matmuls, NumPy
-LAPACK solves): the local first and second moments come from running box sums (cost independent
-of the window size), the per-pixel solves from batched LAPACK calls one image row at a time.
+Every detector follows specad's one contract (`specad.models.base`): ``__init__`` stores
+validated parameters only, ``score_cube(cube)`` maps an (H, W, B) cube to an (H, W) float32
+map, larger = more anomalous, and ``score_maps`` does the same for images [N, B, H, W]. They
+need no fitting (``fit`` only sets a threshold), so they also run on datasets (``specad evaluate
+lrx``). ``SCENE_DETECTORS`` maps the ``specad scene`` names to the classes. All work is batched
+(torch matmuls, NumPy LAPACK solves): the local first and second moments come from running box
+sums (cost independent of the window size), the per-pixel solves from batched LAPACK calls one
+image row at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import numpy as np
 import torch
+from pydantic import StrictInt
 from threadpoolctl import threadpool_limits
 
 from specad.errors import SpecadError
-from specad.models.rx import rx_scene
+from specad.models.base import CubeDetector, NonNegative, detector
+from specad.models.rx import Shrinkage, rx_scene
 
 
 def _cube(cube: np.ndarray) -> np.ndarray:
@@ -110,17 +114,17 @@ def annulus_moments(
         yield i, s1[i], s2_out - s2_in
 
 
-@dataclass
-class SceneDetector:
-    """Base of the single-scene detectors: parameters as dataclass fields, one ``score_map``."""
+class SceneDetector(CubeDetector):
+    """Base of the single-scene detectors: every pixel against its own scene's background."""
 
-    name: ClassVar[str]
+    scene_name: ClassVar[str]
+    """The name in ``specad scene --detectors``."""
 
-    def params(self) -> dict:
-        """The parameters, for the JSON output and the benchmark table."""
-        return asdict(self)
+    def __post_init__(self) -> None:
+        if hasattr(self, "outer"):
+            _check_windows(self.outer, self.inner)
 
-    def score_map(self, cube: np.ndarray) -> np.ndarray:
+    def score_cube(self, cube: np.ndarray) -> np.ndarray:
         """The (H, W) float32 map of an (H, W, B) cube; larger = more anomalous."""
         # Thousands of small LAPACK calls: threading inside each one only adds contention.
         with threadpool_limits(1, user_api="blas"):
@@ -130,7 +134,7 @@ class SceneDetector:
         raise NotImplementedError
 
 
-@dataclass
+@detector
 class GlobalRX(SceneDetector):
     """Global RX (Reed & Yu 1990): ``d(y) = (y - mu)^T S^-1 (y - mu)`` with the scene's mean and
     covariance; ``shrinkage`` as in :class:`specad.models.rx.RX` (0 = classic, pseudo-inverse).
@@ -138,14 +142,15 @@ class GlobalRX(SceneDetector):
     Shapes: cube (H, W, B) -> map (H, W). Cost O(H W B^2 + B^3): a fraction of a second.
     """
 
-    name: ClassVar[str] = "rx"
-    shrinkage: float = 0.0
+    kind: ClassVar[str] = "global-rx"
+    scene_name: ClassVar[str] = "rx"
+    shrinkage: Shrinkage = 0.0
 
     def _score_map(self, cube: np.ndarray) -> np.ndarray:
         return rx_scene(_cube(cube), shrinkage=self.shrinkage)
 
 
-@dataclass
+@detector
 class LocalRX(SceneDetector):
     """Local (dual-window) RX: RX against the mean ``mu_p`` and covariance ``C_p`` of the ``K``
     background pixels in the dual window around each pixel ``p``:
@@ -157,10 +162,11 @@ class LocalRX(SceneDetector):
     O(H W B^3 / 3) for the batched solves, independent of the window sizes.
     """
 
-    name: ClassVar[str] = "lrx"
-    outer: int = 25
-    inner: int = 5
-    ridge: float = 1e-3
+    kind: ClassVar[str] = "lrx"
+    scene_name: ClassVar[str] = "lrx"
+    outer: StrictInt = 25
+    inner: StrictInt = 5
+    ridge: NonNegative = 1e-3
 
     def _score_map(self, cube: np.ndarray) -> np.ndarray:
         x = _cube(cube)
@@ -176,7 +182,7 @@ class LocalRX(SceneDetector):
         return out
 
 
-@dataclass
+@detector
 class TwoStepGLRT(SceneDetector):
     """Two-step GLRT for multipixel anomalies of unknown pattern (Liu, Hou, Li, Tao, Orlando &
     Li, IEEE TNNLS 2022, doi:10.1109/TNNLS.2021.3071026).
@@ -193,10 +199,11 @@ class TwoStepGLRT(SceneDetector):
     L^3)): keep ``inner`` small (3-7).
     """
 
-    name: ClassVar[str] = "2s-glrt"
-    outer: int = 21
-    inner: int = 5
-    ridge: float = 1e-6
+    kind: ClassVar[str] = "2s-glrt"
+    scene_name: ClassVar[str] = "2s-glrt"
+    outer: StrictInt = 21
+    inner: StrictInt = 5
+    ridge: NonNegative = 1e-6
 
     def _score_map(self, cube: np.ndarray) -> np.ndarray:
         x = minmax_bands(np.asarray(cube, dtype=np.float64))
@@ -211,7 +218,7 @@ class TwoStepGLRT(SceneDetector):
         return out
 
 
-@dataclass
+@detector
 class CRD(SceneDetector):
     """Collaborative-representation detector (Li & Du, IEEE TGRS 2015): each pixel ``y`` is
     represented by its ``K`` dual-window background pixels ``X_s`` (B x K),
@@ -225,16 +232,15 @@ class CRD(SceneDetector):
     which grows with the window: (outer, inner) = (11, 5) is K = 96.
     """
 
-    name: ClassVar[str] = "crd"
-    outer: int = 11
-    inner: int = 5
-    lam: float = 1e-6
+    kind: ClassVar[str] = "crd"
+    scene_name: ClassVar[str] = "crd"
+    outer: StrictInt = 11
+    inner: StrictInt = 5
+    lam: NonNegative = 1e-6
 
     def _score_map(self, cube: np.ndarray) -> np.ndarray:
         x = _cube(cube)
         _check_windows(self.outer, self.inner, x.shape)
-        if not self.lam >= 0:
-            raise SpecadError(f"CRD lambda must be >= 0, got {self.lam!r}")
         t, ti = self.outer // 2, self.inner // 2
         ring = np.ones((self.outer, self.outer), dtype=bool)
         ring[t - ti : t + ti + 1, t - ti : t + ti + 1] = False
@@ -270,22 +276,18 @@ def minmax_bands(x: np.ndarray) -> np.ndarray:
 
 
 SCENE_DETECTORS: dict[str, type[SceneDetector]] = {
-    cls.name: cls for cls in (GlobalRX, LocalRX, CRD, TwoStepGLRT)
+    cls.scene_name: cls for cls in (GlobalRX, LocalRX, CRD, TwoStepGLRT)
 }
-"""CLI name -> detector class; adding a detector is one class and one entry here."""
+"""``specad scene`` name -> detector class (all of them are in `specad.models.registry` too)."""
 
 
 def make_detector(name: str, **params: float | int) -> SceneDetector:
-    """The detector called ``name`` with the given parameters (unknown ones are an error)."""
+    """The scene detector called ``name`` with the given parameters (unknown ones are an error)."""
     if name not in SCENE_DETECTORS:
         raise SpecadError(f"unknown detector '{name}' (one of {', '.join(SCENE_DETECTORS)})")
-    cls = SCENE_DETECTORS[name]
-    try:
-        return cls(**params)  # type: ignore[arg-type]
-    except TypeError as err:
-        raise SpecadError(f"bad parameters for detector '{name}': {err}") from err
+    return SCENE_DETECTORS[name](**params)  # type: ignore[arg-type]
 
 
 def detect_scene(cube: np.ndarray, detector: str = "rx", **params: float | int) -> np.ndarray:
     """One call: the (H, W) map of detector ``detector`` on an (H, W, B) scene."""
-    return make_detector(detector, **params).score_map(cube)
+    return make_detector(detector, **params).score_cube(cube)

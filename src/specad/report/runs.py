@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 
 from specad.data import Dataset, load_dataset
-from specad.evaluate import FIT_ON_DATASET, SplitResults, evaluate_split, run_split
+from specad.evaluate import (
+    FIT_ON_DATASET,
+    SplitResults,
+    evaluate_split,
+    fit_on_dataset,
+    run_split,
+)
 from specad.infer import Detector
 from specad.metrics import curves
 from specad.predict import cluster
@@ -78,7 +84,7 @@ def run_dataset(
     test, val = ds.require("test"), ds.require("val")
     runs = []
     for model, spec in cfg.models.items():
-        det = FIT_ON_DATASET[spec](ds) if spec in FIT_ON_DATASET else loaded[model]
+        det = fit_on_dataset(spec, ds) if spec in FIT_ON_DATASET else loaded[model]
         with cluster(cfg.scheduler, cfg.workers, det, spec, "cpu") as dask:
             if dask is not None:  # on the Dask workers, cube for cube as in this process
                 res = dask.run_split(test, tiled=cfg.tiled)

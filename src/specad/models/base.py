@@ -1,0 +1,235 @@
+"""The one contract every specad detector follows, after scikit-learn and PyOD estimators.
+
+>>> det = KNN(coreset_size=1024)    # __init__ stores parameters only, validated by their types
+>>> det.fit(train, val)             # -> det: maps fitted on train, threshold_ on val (normal)
+>>> maps = det.score_maps(x)        # [B, C, H, W] -> [B, 1, H, W], larger = more anomalous
+>>> det.score(maps[0])              # an image's score: its map's maximum, for every detector
+>>> det.predict(x)                  # score >= threshold_, the one comparison (specad.metrics)
+>>> det.save("model.safetensors"); load_detector("model.safetensors")
+
+Images are float tensors [B, C, H, W], or sequences of [C, H, W] tensors whose sizes may differ,
+already preprocessed (`specad.data.Preprocess`; the `Detector` of `specad.infer` does that for
+cubes). Parameters are the fields of a pydantic dataclass (`detector` below), so a bad value is
+refused in ``__init__`` with one line, the same way for every detector. Fitted state ends in
+``_``; asking an unfitted detector for maps or verdicts raises one clear error.
+
+Adding a detector: subclass `BaseDetector` under ``@detector``, implement ``_score_maps`` (and
+``fit_maps`` if it learns from normal images, ``_tensors``/``_restore`` if it keeps tensors),
+and add the class to `specad.models.registry.DETECTORS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Self, TypeVar
+
+import numpy as np
+import torch
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from torch import Tensor
+
+from specad.errors import SpecadError
+from specad.metrics import is_anomalous, threshold_at_far
+
+Images = Tensor | Sequence[Tensor]
+"""[B, C, H, W], or [C, H, W] images of differing sizes."""
+
+FORMAT = "specad.detector/2"
+T = TypeVar("T", bound=type)
+PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+NonNegative = Annotated[float, Field(strict=True, ge=0)]
+Seed = Annotated[int, Field(strict=True)]
+DEFAULT_FAR = 0.01
+"""False-alarm rate on normal validation images that sets ``threshold_`` unless told otherwise."""
+
+
+def detector(cls: T) -> T:
+    """Class decorator: the class's fields become its validated parameters (pydantic), and a
+    refused value is a `SpecadError` naming the detector and the parameter."""
+    cls = pydantic_dataclass(cls, config=ConfigDict(extra="forbid", arbitrary_types_allowed=True))
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = first["loc"][0] if first["loc"] else "parameters"
+            unexpected = first["type"] == "unexpected_keyword_argument"
+            got = "" if unexpected else f" (got {first['input']!r})"
+            raise SpecadError(f"{cls.kind} {where}: {first['msg']}{got}") from None
+
+    cls.__init__ = __init__
+    return cls
+
+
+class BaseDetector(ABC):
+    """What every detector is: parameters in, ``fit`` -> fitted state, maps, scores, verdicts."""
+
+    kind: ClassVar[str]
+    """The detector's name in the CLI, in configs and in saved files."""
+    fitted: ClassVar[tuple[str, ...]] = ()
+    """Attributes `fit_maps` sets; empty for detectors whose maps need no training data."""
+    runtimes: ClassVar[tuple[str, ...]] = ("torch",)
+    """How maps can be computed (`specad.infer.Detector.use_runtime`); the first is the default."""
+    input_size: ClassVar[int] = 0
+    """Side in pixels that cubes are resized to when fitted on a dataset; 0 keeps their size."""
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(
+        self,
+        train: Images,
+        val: Images,
+        *,
+        far: float = DEFAULT_FAR,
+        wavelengths: Sequence[float] | None = None,
+    ) -> Self:
+        """Fit the maps on normal ``train`` images, then ``threshold_`` on normal ``val`` ones."""
+        self.fit_maps(train, val, wavelengths=wavelengths)
+        return self.calibrate(self.scores(val), far)
+
+    def fit_maps(
+        self, train: Images, val: Images, *, wavelengths: Sequence[float] | None = None
+    ) -> Self:
+        """Learn what the maps need from normal images (``val`` only for map normalisation);
+        nothing here for detectors that score each image against itself."""
+        return self
+
+    def calibrate(self, val_scores: Sequence[float] | np.ndarray, far: float = DEFAULT_FAR) -> Self:
+        """``threshold_``: the rule of `specad.metrics.threshold_at_far` on normal scores."""
+        scores = np.asarray(val_scores, dtype=np.float64)
+        self.threshold_ = threshold_at_far(scores, far)
+        self.val_scores_ = scores
+        self.far_ = float(far)
+        return self
+
+    def check_fitted(self, threshold: bool = False) -> None:
+        missing = [a for a in self.fitted + ("threshold_",) * threshold if not hasattr(self, a)]
+        if missing:
+            raise SpecadError(
+                f"{self.kind} detector is not fitted ({', '.join(missing)} missing); "
+                "call fit() or load a saved one"
+            )
+
+    # ------------------------------------------------------------------ maps, scores, verdicts
+
+    def score_maps(self, x: Tensor) -> Tensor:
+        """[B, 1, H, W] anomaly maps of preprocessed images [B, C, H, W]."""
+        self.check_fitted()
+        if x.ndim != 4:
+            raise SpecadError(f"{self.kind} expects images [B, C, H, W], got {tuple(x.shape)}")
+        return self._score_maps(x)
+
+    @abstractmethod
+    def _score_maps(self, x: Tensor) -> Tensor: ...
+
+    @staticmethod
+    def score(anomaly_map: Tensor | np.ndarray) -> float:
+        """An image's score: its map's maximum (one definition for every detector)."""
+        return float(anomaly_map.max())
+
+    def scores(self, images: Images, batch_size: int = 8) -> np.ndarray:
+        """Each image's score, maps computed ``batch_size`` images at a time where sizes match."""
+        if isinstance(images, Tensor) and images.ndim == 4:
+            batches = images.split(batch_size)
+        else:
+            batches = [image[None] for image in images]
+        return np.array([self.score(m) for b in batches for m in self.score_maps(b)], np.float64)
+
+    def predict(self, images: Images) -> np.ndarray:
+        """Each image's verdict: ``score >= threshold_``."""
+        self.check_fitted(threshold=True)
+        return np.array([is_anomalous(s, self.threshold_) for s in self.scores(images)])
+
+    def threshold_for(self, runtime: str) -> float:
+        """The image threshold for maps computed by ``runtime`` (int8 maps may differ)."""
+        self.check_fitted(threshold=True)
+        return self.threshold_
+
+    def to(self, device: str | torch.device) -> Self:  # noqa: ARG002 - nothing to move here
+        """Move the fitted state to ``device``; maps are computed where it is."""
+        return self
+
+    # ------------------------------------------------------------------ state and files
+
+    def get_params(self) -> dict[str, Any]:
+        """The parameters, JSON-ready (scikit-learn's name)."""
+        adapter = TypeAdapter(type(self))
+        return adapter.dump_python(self, mode="json")  # type: ignore[no-any-return]
+
+    def _tensors(self) -> dict[str, Tensor]:
+        """Fitted tensors to save (names without dots are fine, prefixes group them)."""
+        return {}
+
+    def _scalars(self) -> dict[str, Any]:
+        """Fitted JSON values to save, beside the threshold."""
+        return {}
+
+    def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:  # noqa: B027
+        """Set the fitted state from what `_tensors` and `_scalars` saved (nothing by default)."""
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """The fitted state: tensors (on the CPU) and JSON values, the threshold among them."""
+        self.check_fitted(threshold=True)
+        values = self._scalars() | {
+            "threshold": self.threshold_,
+            "val_scores": self.val_scores_.tolist(),
+            "far": self.far_,
+        }
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self._tensors().items()}
+        return tensors, values
+
+    def restore(self, tensors: dict[str, Tensor], values: dict[str, Any]) -> Self:
+        """Set the fitted state from what `state` returned."""
+        self._restore(tensors, values)
+        self.threshold_ = float(values["threshold"])  # as saved, whatever rule made it
+        self.val_scores_ = np.asarray(values.get("val_scores", []), dtype=np.float64)
+        self.far_ = float(values.get("far", DEFAULT_FAR))
+        self.check_fitted(threshold=True)
+        return self
+
+    def save(self, path: str | Path) -> None:
+        """One safetensors file: fitted tensors, with parameters and fitted values as JSON in
+        its metadata (no pickle, so loading a file from anyone is safe)."""
+        from safetensors.torch import save_file
+
+        tensors, values = self.state()
+        metadata = {
+            "format": FORMAT,
+            "kind": self.kind,
+            "params": json.dumps(self.get_params()),
+            "fitted": json.dumps(values),
+        }
+        save_file(tensors, str(path), metadata=metadata)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return f"{type(self).__name__}({fields})"
+
+
+class CubeDetector(BaseDetector):
+    """A detector that maps one (H, W, C) NumPy cube at a time (RX and the scene detectors):
+    float64 linear algebra, any image size, on the CPU."""
+
+    runtimes: ClassVar[tuple[str, ...]] = ("numpy",)
+
+    def _score_maps(self, x: Tensor) -> Tensor:
+        maps = [self.score_cube(xi.permute(1, 2, 0).cpu().numpy()) for xi in x]  # (H, W) each
+        return torch.from_numpy(np.stack(maps)[:, None].astype(np.float32))  # [B, 1, H, W]
+
+    @abstractmethod
+    def score_cube(self, cube: np.ndarray) -> np.ndarray:
+        """The (H, W) map of one (H, W, C) cube."""
+
+    @staticmethod
+    def cubes(images: Iterable[Tensor]) -> Iterator[np.ndarray]:
+        """(H, W, C) NumPy views of images given as tensors [C, H, W], one at a time."""
+        return (x.permute(1, 2, 0).cpu().numpy() for x in images)

@@ -1,0 +1,115 @@
+"""EfficientAD on specad's detector contract: the network of `specad.models.efficientad`,
+trained by `specad.train`, scored, thresholded and saved like every other detector."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import torch
+from torch import Tensor
+
+from specad.config import Config
+from specad.errors import SpecadError
+from specad.models.base import BaseDetector, Images, detector
+from specad.models.build import build_efficientad
+from specad.models.efficientad import EfficientAD
+
+if TYPE_CHECKING:
+    from specad.train import Run
+
+
+@detector
+class EfficientADDetector(BaseDetector):
+    """EfficientAD (Batzner et al. 2023) widened to N input channels.
+
+    ``config`` is the whole training configuration (`specad.config.Config`): the model section
+    builds the network, the train section runs `specad.train.fit_network`. Fitted state: the
+    network ``network_`` (teacher statistics and map quantiles included), the input it was built
+    for (``in_channels_``, ``image_size_``, ``wavelengths_``), the steps trained ``steps_`` and,
+    once an int8 export is calibrated, ``int8_threshold_``. Shapes: images [B, N, S, S] ->
+    maps [B, 1, S, S].
+    """
+
+    kind: ClassVar[str] = "efficientad"
+    fitted: ClassVar[tuple[str, ...]] = ("network_",)
+    runtimes: ClassVar[tuple[str, ...]] = ("torch", "bf16", "onnx", "int8")
+    config: Config
+
+    def fit_maps(
+        self,
+        train: Images,
+        val: Images,
+        *,
+        wavelengths: Sequence[float] | None = None,
+        run: Run | None = None,
+    ) -> Self:
+        """Train on normal images [B, N, S, S], fit the map quantiles on ``val``. With ``run``
+        (`specad train`): checkpoints, logs, resume and several processes; a run stopped early
+        leaves the detector unfitted."""
+        from specad.train import fit_network
+
+        train = train if isinstance(train, Tensor) else torch.stack(list(train))
+        val = val if isinstance(val, Tensor) else torch.stack(list(val))
+        self.in_channels_, self.image_size_ = train.shape[1], train.shape[-1]
+        self.wavelengths_ = None if wavelengths is None else [float(w) for w in wavelengths]
+        network = self._build()
+        steps = fit_network(network, self.config, train, val, run, self.wavelengths_)
+        if steps is not None:
+            self.network_, self.steps_ = network, steps
+        return self
+
+    def _build(self) -> EfficientAD:
+        try:
+            return build_efficientad(
+                self.config.model,
+                self.in_channels_,
+                self.image_size_,
+                self.wavelengths_,
+                self.config.train.seed,
+            )
+        except (RuntimeError, ValueError) as err:
+            reason = str(err).splitlines()[0]
+            raise SpecadError(f"cannot build the EfficientAD model ({reason})") from err
+
+    def _score_maps(self, x: Tensor) -> Tensor:
+        return self.network_.anomaly_map(x)
+
+    def threshold_for(self, runtime: str) -> float:
+        """int8 maps differ from fp32 ones, so the int8 export has its own threshold."""
+        if runtime == "int8" and getattr(self, "int8_threshold_", None) is not None:
+            return self.int8_threshold_  # type: ignore[no-any-return]
+        return super().threshold_for(runtime)
+
+    def to(self, device: str | torch.device) -> Self:
+        self.check_fitted()
+        self.network_ = self.network_.to(device, memory_format=torch.channels_last).eval()
+        return self
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return dict(self.network_.state_dict())
+
+    def _scalars(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels_,
+            "image_size": self.image_size_,
+            "wavelengths": self.wavelengths_,
+            "steps": self.steps_,
+            "int8_threshold": getattr(self, "int8_threshold_", None),
+        }
+
+    def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
+        self.in_channels_ = int(scalars["in_channels"])
+        self.image_size_ = int(scalars["image_size"])
+        self.wavelengths_ = scalars["wavelengths"]
+        self.steps_ = scalars.get("steps")
+        self.int8_threshold_ = scalars.get("int8_threshold")
+        if not tensors and hasattr(self, "network_"):
+            return  # values only: the weights arrive on their own (a cuvis.ai pipeline's)
+        network = self._build()
+        try:
+            network.load_state_dict(tensors, strict=True)
+        except RuntimeError as err:
+            reason = str(err).splitlines()[0]
+            raise SpecadError(f"weights do not fit the model ({reason})") from err
+        self.network_ = network.eval()

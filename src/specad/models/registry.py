@@ -1,0 +1,77 @@
+"""The one place that maps detector names to classes, and reading any saved detector back.
+
+Adding a detector: write its class on the contract of `specad.models.base`, add it here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from specad.errors import SpecadError
+from specad.models.base import FORMAT, BaseDetector
+from specad.models.efficientad_detector import EfficientADDetector
+from specad.models.knn import KNN
+from specad.models.rx import RX
+from specad.models.scene import CRD, GlobalRX, LocalRX, TwoStepGLRT
+
+DETECTORS: dict[str, type[BaseDetector]] = {
+    cls.kind: cls for cls in (EfficientADDetector, KNN, RX, GlobalRX, LocalRX, CRD, TwoStepGLRT)
+}
+"""Detector name -> class."""
+
+TRAINED = ("efficientad",)
+"""Detectors that need `specad train -c CONFIG`; the others fit on a dataset in seconds
+(``specad evaluate NAME DATASET``, ``specad fit NAME DATASET``)."""
+
+
+def detector_class(kind: str, path: Path | None = None) -> type[BaseDetector]:
+    if kind not in DETECTORS:
+        raise SpecadError(f"unknown detector '{kind}' (one of {', '.join(DETECTORS)})", path)
+    return DETECTORS[kind]
+
+
+def read_file(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """A safetensors file's metadata and tensors; errors name the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not iterable)
+    except (OSError, SafetensorError, ValueError) as err:
+        raise SpecadError(f"corrupt model weights ({err})", path) from err
+    return metadata, tensors
+
+
+def load_detector(path: Path) -> BaseDetector:
+    """The detector saved in ``path`` by `BaseDetector.save`."""
+    metadata, tensors = read_file(path)
+    if metadata.get("format") != FORMAT:
+        raise SpecadError("not a specad detector file", path)
+    try:
+        params: dict[str, Any] = json.loads(metadata["params"])
+        values: dict[str, Any] = json.loads(metadata["fitted"])
+    except (KeyError, ValueError) as err:
+        raise SpecadError(f"corrupt detector metadata ({err})", path) from err
+    return restore(metadata.get("kind", ""), params, tensors, values, path)
+
+
+def restore(
+    kind: str,
+    params: dict[str, Any],
+    tensors: dict[str, Tensor],
+    values: dict[str, Any],
+    path: Path,
+) -> BaseDetector:
+    """A fitted detector of ``kind`` from its parameters and state; errors name ``path``."""
+    cls = detector_class(kind, path)
+    try:
+        return cls(**params).restore(tensors, values)
+    except SpecadError as err:
+        raise SpecadError(str(err), path) from err
+    except (KeyError, TypeError, ValueError) as err:
+        raise SpecadError(f"corrupt {kind} model ({type(err).__name__}: {err})", path) from err
