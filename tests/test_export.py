@@ -16,7 +16,7 @@ from test_train import tiny_config
 from specad.data import load_dataset
 from specad.errors import SpecadError
 from specad.evaluate import fit_on_dataset
-from specad.export import INT8_FILE, ONNX_FILE
+from specad.export import INT8_FILE, ONNX_FILE, export_detector
 from specad.infer import Detector
 from specad.metrics import threshold_at_far
 from specad.runtime import cpu_has_vnni
@@ -136,7 +136,7 @@ def test_cli_export_and_evaluate_with_a_runtime(trained: tuple[Path, Path], tmp_
     done = specad("evaluate", str(copy), str(root), "--runtime", "fast", ok=False)
     assert "unknown runtime 'fast'" in done.stderr
     done = specad("evaluate", "rx", str(root), "--runtime", "int8", ok=False)
-    assert "runtime 'int8' applies to EfficientAD models" in done.stderr
+    assert "runtime 'int8' does not apply to rx models (they run on numpy)" in done.stderr
 
 
 def test_export_can_be_switched_off(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_dataset
+from safetensors import safe_open
 
 from specad.config import Config, load_config
 from specad.data import load_dataset
@@ -53,7 +54,7 @@ def test_resume_ends_with_the_same_weights(tmp_path: Path, flips: str) -> None:
     train(cfg, tmp_path / "b", stop_after=3, progress=False)
     assert not (tmp_path / "b" / "model.safetensors").exists()
     resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
-    a, b = Detector.load(straight).model.state_dict(), Detector.load(resumed).model.state_dict()
+    a, b = (Detector.load(run).model.network_.state_dict() for run in (straight, resumed))
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
@@ -73,7 +74,7 @@ def test_student_does_not_start_as_a_copy_of_its_random_teacher() -> None:
 def test_quantiles_are_fitted_on_val_good_only(trained: tuple[Path, Path]) -> None:
     root, run = trained
     det = Detector.load(run)
-    model, pre = det.model, det.meta.preprocess
+    model, pre = det.model.network_, det.meta.preprocess
     stored = [model.st_p90.item(), model.st_p995.item(), model.ae_p90.item(), model.ae_p995.item()]
     ds = load_dataset(root)
     model.fit_quantiles([load_inputs(pre, ds.split("val")).x])
@@ -98,7 +99,11 @@ def test_model_file_describes_itself(trained: tuple[Path, Path]) -> None:
     assert meta["wavelengths"] == [630.0, 532.0, 465.0, 1050.0, 1200.0, 1450.0]
     assert len(meta["preprocess"]["mean"]) == 6
     assert meta["versions"]["torch"] == torch.__version__
-    assert np.isfinite(meta["threshold"])
+    with safe_open(str(trained[1] / "model.safetensors"), framework="pt") as f:
+        header = f.metadata()  # the detector's own file: its parameters and fitted values
+    assert header["kind"] == "efficientad" and json.loads(header["params"])["config"]["train"]
+    fitted = json.loads(header["fitted"])
+    assert np.isfinite(fitted["threshold"]) and fitted["steps"] > 0
 
 
 def test_trained_model_separates_the_tiny_defects(trained: tuple[Path, Path]) -> None:

@@ -75,7 +75,10 @@ class Detector:
         if runtime == "auto":
             runtime = choose_runtime(self, model_path)
         elif runtime not in self.model.runtimes:
-            raise SpecadError(f"runtime '{runtime}' does not apply to {self.kind} models")
+            runs = ", ".join(self.model.runtimes)
+            raise SpecadError(
+                f"runtime '{runtime}' does not apply to {self.kind} models (they run on {runs})"
+            )
         self.runtime = runtime
         self._runner = open_runner(runtime, model_path) if runtime in ("onnx", "int8") else None
         return self
