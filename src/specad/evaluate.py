@@ -93,11 +93,10 @@ def fit_on_dataset(
     """
     from specad.data import select_channels
 
-    if name not in FIT_ON_DATASET:
-        trained = f"; {name} is trained with `specad train -c CONFIG`" if name in TRAINED else ""
-        raise SpecadError(
-            f"no detector '{name}' to fit here (one of {', '.join(FIT_ON_DATASET)}){trained}"
-        )
+    if name not in DETECTORS or name in TRAINED:
+        names = ", ".join(n for n in DETECTORS if n not in TRAINED)
+        hint = f"; {name} is trained by `specad train -c CONFIG`" if name in TRAINED else ""
+        raise SpecadError(f"no detector '{name}' to fit here (one of {names}){hint}")
     model = DETECTORS[name](**params)
     train = dataset.require("train")
     first = train[0].read()

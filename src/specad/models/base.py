@@ -126,7 +126,8 @@ class BaseDetector(ABC):
         self.check_fitted()
         if x.ndim != 4:
             raise SpecadError(f"{self.kind} expects images [B, C, H, W], got {tuple(x.shape)}")
-        return self._score_maps(x)
+        with torch.inference_mode():
+            return self._score_maps(x)
 
     @abstractmethod
     def _score_maps(self, x: Tensor) -> Tensor: ...
