@@ -1,0 +1,288 @@
+"""Commands that fit, train, run and report detectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from specad.cli.app import (
+    Device,
+    Force,
+    Layout,
+    Runtime,
+    Scheduler,
+    Variable,
+    Workers,
+    app,
+    err,
+    fail,
+    fmt_number,
+    out,
+)
+
+
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Training YAML config.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Run folder.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: key.sub=value.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint.")] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
+    force: Force = False,
+) -> None:
+    """Train EfficientAD on a dataset's normal cubes; prints the model path last."""
+    from specad.config import load_config
+    from specad.train import train
+
+    sets = list(overrides or []) + ([f"train.device={device}"] if device else [])
+    cfg = load_config(config, sets)
+    run = out_dir or Path("runs") / config.stem
+    path = train(cfg, run, resume=resume, force=force)
+    out.print(str(path), markup=False, highlight=False, soft_wrap=True)
+
+
+def _load_detector(model: str, dataset: Path | None, device: str, runtime: str = "auto"):
+    """A saved model, or ``rx``/``knn``/...: that detector fitted on the dataset's train/good."""
+    from specad.evaluate import FIT_ON_DATASET, fit_on_dataset
+    from specad.infer import Detector
+
+    if model in FIT_ON_DATASET:
+        if dataset is None:
+            fail(f"--model {model} needs a dataset to fit on; save one with `specad fit {model}`")
+        from specad.data import load_dataset
+
+        return fit_on_dataset(model, load_dataset(dataset), device=device).use_runtime(runtime)
+    return Detector.load(model, device=device, runtime=runtime)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="Model file or run folder.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Cube files or folders.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to create.")],
+    tiled: Annotated[bool, typer.Option(help="Native-resolution overlapping tiles.")] = False,
+    variable: Variable = None,
+    layout: Layout = None,
+    device: Device = "auto",
+    runtime: Runtime = "auto",
+    force: Force = False,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+) -> None:
+    """Score cubes: float32 TIFF maps, PNG overlays and scores.csv. Bad cubes are listed."""
+    from specad.predict import cluster, expand_inputs, predict_files
+
+    det = _load_detector(model, None, device, runtime)
+    err.print(f"runtime: {det.runtime}", highlight=False)
+    files = expand_inputs(inputs)
+    with cluster(scheduler, workers, det, model, device) as dask:
+        run = predict_files(
+            det,
+            files,
+            out_dir,
+            tiled=tiled,
+            force=force,
+            variable=variable,
+            layout=layout,
+            progress=True,
+            cluster=dask,
+        )
+    out.print(f"wrote {run.out} ({run.scored} cubes)")
+    if run.failed:
+        for line in run.failed:
+            err.print(f"skipped: {line}", markup=False, highlight=False, soft_wrap=True)
+        fail(f"{len(run.failed)} of {len(files)} inputs could not be scored")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Model file, run folder, 'rx' or 'knn'.")],
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+    far: Annotated[
+        float | None,
+        typer.Option(
+            help="Refit the image threshold at this false-alarm rate on val/good (default: the "
+            "model's own threshold, the one predict uses)."
+        ),
+    ] = None,
+    tiled: Annotated[bool, typer.Option(help="Native-resolution overlapping tiles.")] = False,
+    layout: Layout = None,
+    device: Device = "auto",
+    runtime: Runtime = "auto",
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+) -> None:
+    """Image/pixel AUROC, AUPRO, per-class AUROC and thresholds on the test split."""
+    import json
+
+    from specad.data import load_dataset
+    from specad.evaluate import evaluate_detector
+    from specad.predict import cluster
+
+    ds = load_dataset(dataset, layout)
+    det = _load_detector(model, dataset, device, runtime)
+    with cluster(scheduler, workers, det, model, device) as dask:
+        metrics = evaluate_detector(
+            det, ds, far=far, tiled=tiled, progress=not as_json, cluster=dask
+        )
+    metrics["runtime"] = det.runtime
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    table = Table(title=f"{model} on {dataset} ({det.runtime})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("image_auroc", "image_f1_max", "pixel_auroc", "aupro_0.3"):
+        table.add_row(key, fmt_number(metrics.get(key)))
+    out.print(table)
+    per = Table(title="per anomaly class")
+    for col in ("class", "images", "image AUROC", "pixel AUROC"):
+        per.add_column(col)
+    for name, row in metrics["per_class"].items():
+        per.add_row(
+            name,
+            str(row["n_images"]),
+            fmt_number(row["image_auroc"]),
+            fmt_number(row["pixel_auroc"]),
+        )
+    out.print(per)
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[Path, typer.Argument(help="Model file or run folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="Only 'onnx' for now.")] = "onnx",
+    int8: Annotated[
+        bool, typer.Option(help="Also write model.int8.onnx, calibrated on normal images.")
+    ] = False,
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset for calibration (default: the training one).")
+    ] = None,
+) -> None:
+    """Write model.onnx (and model.int8.onnx) beside the model, for the fast CPU runtimes.
+
+    int8 is calibrated on training images and gets its own threshold from the validation ones.
+    """
+    from specad.data import load_dataset
+    from specad.export import export_detector
+    from specad.infer import Detector
+    from specad.train import calibration_images, load_inputs
+
+    if fmt != "onnx":
+        fail(f"unknown export format '{fmt}' (only 'onnx')")
+    det = Detector.load(model, device="cpu", runtime="torch")
+    config = getattr(det.model, "config", None)
+    if config is None:
+        fail(f"{model}: ONNX export is for EfficientAD models, this one is '{det.kind}'")
+    images = validation = None
+    if int8 or data is not None:
+        root = data or config.data.root
+        if not str(root) or not root.is_dir():
+            fail(f"{root}: calibration dataset not found; pass --data DIR")
+        ds = load_dataset(root)
+        images = load_inputs(det.meta.preprocess, calibration_images(ds.require("train"))).x
+        validation = load_inputs(det.meta.preprocess, ds.require("val")).x
+    far = config.train.threshold_far
+    diffs = export_detector(det, model, images, int8=int8, validation=validation, far=far)
+    for name, diff in diffs.items():
+        out.print(f"{name}: largest map difference from torch fp32 {diff:.3g}")
+
+
+rx_app = typer.Typer(no_args_is_help=True, help="The RX baseline.")
+app.add_typer(rx_app, name="rx")
+
+
+@rx_app.command("fit")
+def rx_fit(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (uses train/good, val/good).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model.")],
+    force: Force = False,
+) -> None:
+    """Fit global RX on normal cubes and save it like any model."""
+    from specad.data import load_dataset
+    from specad.evaluate import fit_on_dataset
+    from specad.io import refuse_nonempty
+
+    refuse_nonempty(out_dir, force)
+    out.print(str(fit_on_dataset("rx", load_dataset(dataset)).save(out_dir)))
+
+
+@app.command("fit")
+def fit_cmd(
+    model: Annotated[str, typer.Argument(help="knn or rx.")],
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder (uses train/good, val/good).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model.")],
+    params: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="A fitting parameter: key=value (knn: image_size=320, ...)."),
+    ] = None,
+    force: Force = False,
+) -> None:
+    """Fit a training-free detector on normal cubes (threshold on val/good) and save it."""
+    from specad.config import apply_override
+    from specad.data import load_dataset
+    from specad.evaluate import FIT_ON_DATASET, fit_on_dataset
+    from specad.io import refuse_nonempty
+
+    if model not in FIT_ON_DATASET:
+        fail(f"unknown detector '{model}'; use one of {', '.join(FIT_ON_DATASET)}")
+    refuse_nonempty(out_dir, force)
+    kwargs: dict = {}
+    for item in params or []:
+        apply_override(kwargs, item)
+    out.print(str(fit_on_dataset(model, load_dataset(dataset), **kwargs).save(out_dir)))
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything.")] = Path(
+        "demo"
+    ),
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a training key: key.sub=value.")
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="Smaller images for a quick look.")] = None,
+    force: Force = False,
+) -> None:
+    """Synthesise tray6, train the CPU preset, compare with RX, write the report."""
+    from specad.demo import run_demo
+
+    index = run_demo(out_dir, force=force, overrides=overrides, size=size)
+    out.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+def report(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Report YAML.")] = None,
+    models: Annotated[
+        list[str] | None, typer.Option("--model", help="name=path, 'rx' or 'knn'. Repeatable.")
+    ] = None,
+    datasets: Annotated[list[Path] | None, typer.Option("--dataset", help="Repeatable.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to create.")] = None,
+    scheduler: Scheduler = None,
+    workers: Workers = None,
+    force: Force = False,
+) -> None:
+    """Write an HTML report (ROC/PR, per-class tables, per-image panels) for one or more models."""
+    from specad.report import load_report_config, write_report
+
+    flags: dict = {}
+    if models:
+        flags["models"] = dict(m.split("=", 1) if "=" in m else (Path(m).stem, m) for m in models)
+    if datasets:
+        flags["datasets"] = [str(d) for d in datasets]
+    if out_dir is not None:
+        flags["out"] = str(out_dir)
+    if force:
+        flags["force"] = True
+    if scheduler is not None and workers is not None:
+        fail("give --scheduler or --workers, not both")
+    flags |= {k: v for k, v in (("scheduler", scheduler), ("workers", workers)) if v is not None}
+    index = write_report(load_report_config(config, **flags), progress=True)
+    out.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)
