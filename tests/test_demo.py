@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from specad.infer import Detector
+
 
 def test_demo_writes_a_report_with_every_class_and_both_models(tmp_path: Path) -> None:
     out = tmp_path / "demo"
@@ -32,5 +34,5 @@ def test_demo_writes_a_report_with_every_class_and_both_models(tmp_path: Path) -
     for name in classes.values():
         if name != "background":
             assert name in html
-    config = json.loads((out / "run" / "model.json").read_text())["config"]
-    assert config["model"]["teacher"] == "efficientnet-lite0"
+    config = Detector.load(out / "run").model.config
+    assert config.model.teacher == "efficientnet-lite0"
