@@ -16,10 +16,10 @@ from test_train import tiny_config
 from specad.data import load_dataset
 from specad.errors import SpecadError
 from specad.evaluate import fit_on_dataset
-from specad.export import INT8_FILE, ONNX_FILE, export_detector
+from specad.export import AGREEMENT, CHOICE_FILE, INT8_FILE, ONNX_FILE, export_detector
 from specad.infer import Detector
 from specad.metrics import threshold_at_far
-from specad.runtime import cpu_has_vnni
+from specad.runtime import cpu_has_vnni, cpu_model
 from specad.train import load_inputs, train
 
 
@@ -58,7 +58,10 @@ def test_auto_picks_int8_on_vnni_cpus_with_its_own_threshold(
     trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     root, run = trained
-    det = Detector.load(run, device="cpu")
+    unmeasured = tmp_path / "unmeasured"  # without a measurement on this CPU: the flag rule
+    shutil.copytree(run, unmeasured)
+    (unmeasured / CHOICE_FILE).unlink()
+    det = Detector.load(unmeasured, device="cpu")
     assert det.runtime == ("int8" if cpu_has_vnni() else "onnx")
     int8 = Detector.load(run, device="cpu", runtime="int8")
     scores = int8.maps(_val(root, int8)).amax(dim=(1, 2, 3)).numpy()
@@ -71,6 +74,24 @@ def test_auto_picks_int8_on_vnni_cpus_with_its_own_threshold(
     model.int8_threshold_ = None
     model.save(copy / "model.safetensors")  # the same tensors: the exports still match them
     assert Detector.load(copy, device="cpu").runtime == "onnx"
+
+
+def test_auto_takes_the_fastest_accurate_runtime_measured_on_this_cpu(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, run = trained
+    record = json.loads((run / CHOICE_FILE).read_text())  # written by training's export
+    assert record["cpu"] == cpu_model() and record["runtimes"]["torch"]["agreement"] == 1.0
+    assert {"onnx", "int8"} <= set(record["runtimes"])
+    accurate = {r: v for r, v in record["runtimes"].items() if v["agreement"] >= AGREEMENT}
+    assert record["choice"] == max(accurate, key=lambda r: accurate[r]["images_per_s"])
+    assert Detector.load(run, device="cpu").runtime == record["choice"]
+
+    copy = tmp_path / "run"  # measured on another CPU model: not this one's choice
+    shutil.copytree(run, copy)
+    record |= {"cpu": "another CPU", "choice": "torch"}
+    (copy / CHOICE_FILE).write_text(json.dumps(record))
+    assert Detector.load(copy, device="cpu").runtime == ("int8" if cpu_has_vnni() else "onnx")
 
 
 def test_int8_and_bf16_maps_follow_fp32(trained: tuple[Path, Path]) -> None:

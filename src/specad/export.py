@@ -9,6 +9,8 @@ retrained model never runs through a stale export.
 from __future__ import annotations
 
 import copy
+import json
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +23,7 @@ from specad.errors import SpecadError
 from specad.io import atomic_file, file_sha256
 from specad.metrics import threshold_at_far
 from specad.modelfile import META_FILE, model_file
-from specad.runtime import cpu_has_amx, cpu_has_vnni
+from specad.runtime import cpu_has_amx, cpu_has_native_bf16, cpu_has_vnni, cpu_model
 
 if TYPE_CHECKING:
     from specad.infer import Detector
@@ -178,25 +180,106 @@ def open_runner(runtime: str, model_path: str | Path | None) -> OnnxRunner:
     return OnnxRunner(onnx, _digests(path))
 
 
+CHOICE_FILE = "runtime.json"
+AGREEMENT = 0.995
+"""A fast runtime must find fp32's top 1 % pixels on normal images with a pixel AUROC of at
+least this (the project's rule: within 0.005 of fp32)."""
+
+
 def choose_runtime(detector: Detector, model_path: str | Path | None) -> str:
-    """``auto``: on a CPU, the first export made from these very weights (int8 only on CPUs
-    with VNNI, and only with its own threshold), then onnx; otherwise torch, under bf16 on CPUs
-    with AMX; on a GPU, torch. Detectors without exports run their only runtime."""
+    """``auto``: on a CPU, what `measure_runtimes` found fastest among the accurate runtimes for
+    these very weights on this CPU model; where nothing was measured here, the first export
+    made from these weights (int8 only on CPUs with VNNI and with its own threshold), then onnx,
+    else torch (bf16 on CPUs with AMX). On a GPU, torch. Detectors without exports run their
+    only runtime."""
     runtimes = detector.model.runtimes
     if "onnx" not in runtimes:
         return runtimes[0]
     if detector.device.type != "cpu":
         return "torch"
-    candidates = ["onnx"] if model_path is not None else []
-    if candidates and cpu_has_vnni() and getattr(detector.model, "int8_threshold_", None):
+    measured = recorded_choice(model_path)
+    if measured == "int8" and not _has_int8_threshold(detector):
+        measured = None  # an int8 export without its own threshold is never chosen by itself
+    candidates = [measured] if measured else ["onnx"] if model_path is not None else []
+    if not measured and candidates and cpu_has_vnni() and _has_int8_threshold(detector):
         candidates.insert(0, "int8")
     for runtime in candidates:
+        if runtime not in ("onnx", "int8"):
+            return runtime
         try:
             open_runner(runtime, model_path)
         except SpecadError:  # no export, or a stale one: try the next
             continue
         return runtime
     return "bf16" if cpu_has_amx() else "torch"
+
+
+def _has_int8_threshold(detector: Detector) -> bool:
+    return getattr(detector.model, "int8_threshold_", None) is not None
+
+
+def recorded_choice(model_path: str | Path | None) -> str | None:
+    """The runtime measured fastest for these weights on this CPU model, if it was measured."""
+    if model_path is None:
+        return None
+    path = model_file(model_path)
+    try:
+        record = json.loads(path.with_name(CHOICE_FILE).read_text())
+        same = record["cpu"] == cpu_model() and record["weights"] == weights_digest(path)
+        return str(record["choice"]) if same else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def measure_runtimes(
+    detector: Detector, model_path: str | Path, images: torch.Tensor, repeats: int = 3
+) -> dict:
+    """Time each runtime these weights have on this CPU (median of ``repeats`` calls on
+    ``images``, normal validation images [B, C, S, S]) and check its maps against torch fp32;
+    the fastest accurate one is written to ``runtime.json`` beside the model with the CPU model,
+    for ``auto``. bf16 is measured only on CPUs that have it in hardware, int8 only with its
+    own threshold."""
+    from sklearn.metrics import roc_auc_score
+
+    path = model_file(model_path)
+    detector.use_runtime("torch")
+    reference = detector.maps(images)
+    top = reference >= torch.quantile(reference.flatten()[:: max(1, reference.numel() >> 20)], 0.99)
+    rows: dict[str, dict[str, float]] = {}
+    for runtime in detector.model.runtimes:
+        if (runtime == "bf16" and not cpu_has_native_bf16()) or (
+            runtime == "int8" and not _has_int8_threshold(detector)
+        ):
+            continue
+        try:
+            detector.use_runtime(runtime, path)
+        except SpecadError:  # no such export
+            continue
+        detector.maps(images[:1])  # warm-up: first-call allocations and kernel choice
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            maps = detector.maps(images)
+            seconds.append(time.perf_counter() - start)
+        agreement = float(roc_auc_score(top.flatten().numpy(), maps.flatten().float().numpy()))
+        rows[runtime] = {
+            "images_per_s": round(len(images) / float(np.median(seconds)), 2),
+            "agreement": round(agreement, 4),
+        }
+    accurate = [r for r, row in rows.items() if row["agreement"] >= AGREEMENT]
+    choice = max(accurate, key=lambda r: rows[r]["images_per_s"])
+    record = {
+        "cpu": cpu_model(),
+        "weights": weights_digest(path),
+        "choice": choice,
+        "rule": f"fastest runtime whose maps find fp32's top 1 % pixels with AUROC >= {AGREEMENT}",
+        "images": len(images),
+        "runtimes": rows,
+    }
+    with atomic_file(path.with_name(CHOICE_FILE)) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    detector.use_runtime(choice, path)
+    return record
 
 
 def export_detector(

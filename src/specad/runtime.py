@@ -1,7 +1,8 @@
 """Where and how a model runs: the device, and what this CPU can do fast.
 
-``auto`` picks CUDA when present; the CPU features decide which exported runtime is worth
-trying first (see :meth:`specad.infer.Detector.use_runtime`).
+``auto`` picks CUDA when present. Which runtime is fastest on a CPU is measured
+(`specad.export.measure_runtimes`); the CPU features here are the fallback where nothing was
+measured, and decide what is worth measuring.
 """
 
 from __future__ import annotations
@@ -48,3 +49,20 @@ def cpu_has_amx() -> bool:
 def cpu_has_vnni() -> bool:
     """VNNI int8 dot products: the int8 export ran 2.5x faster than the fp32 one with them."""
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
+
+
+def cpu_has_native_bf16() -> bool:
+    """bf16 arithmetic in hardware; without it bf16 is emulated and far slower than fp32."""
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as runtime measurements record it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    import platform
+
+    return platform.processor() or platform.machine()

@@ -168,9 +168,11 @@ def export_cmd(
     """Write model.onnx (and model.int8.onnx) beside the model, for the fast CPU runtimes.
 
     int8 is calibrated on training images and gets its own threshold from the validation ones.
+    With a dataset, every runtime is then timed on this CPU and checked against fp32 on
+    validation images; `auto` takes the fastest accurate one here (runtime.json).
     """
     from specad.data import load_dataset
-    from specad.export import export_detector
+    from specad.export import export_detector, measure_runtimes
     from specad.infer import Detector
     from specad.train import calibration_images, load_inputs
 
@@ -192,6 +194,11 @@ def export_cmd(
     diffs = export_detector(det, model, images, int8=int8, validation=validation, far=far)
     for name, diff in diffs.items():
         out.print(f"{name}: largest map difference from torch fp32 {diff:.3g}")
+    if validation is not None:  # which runtime is fastest on this CPU, among the accurate ones
+        record = measure_runtimes(det, model, calibration_images(validation, 8))
+        for name, row in record["runtimes"].items():
+            out.print(f"{name}: {row['images_per_s']} images/s, agreement {row['agreement']}")
+        out.print(f"auto on {record['cpu']}: {record['choice']}")
 
 
 rx_app = typer.Typer(no_args_is_help=True, help="The RX baseline.")
