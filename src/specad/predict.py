@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from specad.errors import SpecadError
 from specad.infer import Detector
 from specad.io import CUBE_SUFFIXES, atomic_dir, read_cube
@@ -83,7 +85,6 @@ def score_file(
 ) -> float:
     """Score one cube into ``tmp/maps/NAME.tif`` and ``tmp/overlays/NAME.png``; its score.
     Shared by local runs and Dask workers, so both write the same files."""
-    import tifffile
     from PIL import Image
 
     from specad.visual import false_colour, overlay
@@ -92,12 +93,21 @@ def score_file(
     pred = detector.predict(cube, tiled=tiled, paths=[path])
     map_file = tmp / "maps" / f"{name}.tif"
     map_file.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(map_file, pred.anomaly_map)
+    write_map(map_file, pred.anomaly_map)
     png = tmp / "overlays" / f"{name}.png"
     png.parent.mkdir(parents=True, exist_ok=True)
     rgb = false_colour(cube.data, cube.rgb or (0, 0, 0))
     Image.fromarray(overlay(rgb, pred.anomaly_map, detector.threshold)).save(png)
     return pred.score
+
+
+def write_map(path: Path, anomaly_map: np.ndarray) -> None:
+    """A float32 TIFF, zlib-compressed; maps of large cubes in 256 x 256 tiles, so viewers and
+    readers can open any window of a gigapixel map without reading all of it."""
+    import tifffile
+
+    tile = (256, 256) if min(anomaly_map.shape) >= 256 else None
+    tifffile.imwrite(path, anomaly_map.astype(np.float32), tile=tile, compression="zlib")
 
 
 def _score_here(

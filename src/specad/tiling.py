@@ -27,19 +27,23 @@ def tile_starts(length: int, tile: int) -> list[int]:
     return starts + [length - tile]
 
 
-def tiled_map(maps: MapFn, pre: Preprocess, cube: Cube) -> np.ndarray:
-    """The (H, W) map of a cube at least one tile (``pre.image_size``) in each direction."""
+def tiled_map(maps: MapFn, pre: Preprocess, cube: Cube, batch_size: int = 8) -> np.ndarray:
+    """The (H, W) map of a cube at least one tile (``pre.image_size``) in each direction.
+
+    Tiles are cut, normalised and scored ``batch_size`` at a time, so memory beyond the cube
+    is the (H, W) sums and weights (8 bytes a pixel) plus one batch of tiles.
+    """
     tile = pre.image_size
     h, w = cube.shape[:2]
-    native = Preprocess(pre.source_channels, pre.channels, 0, pre.mean, pre.std)
-    x = native.normalise(
-        torch.from_numpy(np.ascontiguousarray(cube.data[:, :, pre.channels].transpose(2, 0, 1)))
-    )
     total = np.zeros((h, w), np.float32)
     weight = np.zeros((h, w), np.float32)
-    for top in tile_starts(h, tile):
-        for left in tile_starts(w, tile):
-            m = maps(x[None, :, top : top + tile, left : left + tile])[0, 0].numpy()
+    origins = [(top, left) for top in tile_starts(h, tile) for left in tile_starts(w, tile)]
+    for i in range(0, len(origins), batch_size):
+        batch = origins[i : i + batch_size]
+        tiles = [cube.data[t : t + tile, x : x + tile][:, :, pre.channels] for t, x in batch]
+        x = torch.from_numpy(np.stack(tiles).transpose(0, 3, 1, 2).astype(np.float32))
+        out = maps(pre.normalise(x))[:, 0].numpy()  # [B, S, S]
+        for (top, left), m in zip(batch, out, strict=True):
             total[top : top + tile, left : left + tile] += m
             weight[top : top + tile, left : left + tile] += 1
     return total / weight
