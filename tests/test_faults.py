@@ -7,6 +7,7 @@ and prediction path as EfficientAD); the CLI is run as a user runs it, in a subp
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,6 +20,8 @@ import scipy.io
 import tifffile
 from conftest import make_dataset
 from PIL import Image
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from specad.config import load_config
 from specad.data import check_dataset, load_dataset, read_mask
@@ -165,7 +168,6 @@ def test_extreme_pixel_is_an_error_naming_the_cube(tmp_path: Path, rx_model) -> 
         (lambda m: m["preprocess"].update(std=[0.0] * 6, mean=[0.0] * 6), "std"),
         (lambda m: m["preprocess"].update(mean=[float("nan")] * 6, std=[1.0] * 6), "mean"),
         (lambda m: m["preprocess"].update(channels=[0, 99]), "channels"),
-        (lambda m: m.update(threshold=float("nan")), "threshold"),
     ],
 )
 def test_model_files_with_bad_normalisation_are_refused(tmp_path, rx_model, edit, needle) -> None:
@@ -177,6 +179,18 @@ def test_model_files_with_bad_normalisation_are_refused(tmp_path, rx_model, edit
     (bad / "model.json").write_text(json.dumps(meta))
     (bad / "model.safetensors").write_bytes((model / "model.safetensors").read_bytes())
     with pytest.raises(SpecadError, match=f"model.json: .*{needle}"):
+        Detector.load(bad)
+
+
+def test_a_detector_file_with_a_nan_threshold_is_refused(tmp_path, rx_model) -> None:
+    _, model = rx_model
+    bad = tmp_path / "bad"
+    shutil.copytree(model, bad)
+    with safe_open(str(bad / "model.safetensors"), framework="np") as f:
+        header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    header["fitted"] = json.dumps(json.loads(header["fitted"]) | {"threshold": float("nan")})
+    save_file(tensors, str(bad / "model.safetensors"), metadata=header)
+    with pytest.raises(SpecadError, match="model.safetensors: the threshold is not a finite"):
         Detector.load(bad)
 
 
@@ -206,7 +220,6 @@ def _efficientad_meta(tmp_path: Path, **config_model) -> Path:
     }
     folder = tmp_path / "m"
     folder.mkdir()
-    from safetensors.numpy import save_file
 
     save_file({"x": np.zeros(1, np.float32)}, str(folder / "model.safetensors"))
     (folder / "model.json").write_text(json.dumps(meta))
@@ -216,12 +229,12 @@ def _efficientad_meta(tmp_path: Path, **config_model) -> Path:
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"size": "gigantic"}, "model.size"),
-        ({"teacher": 7}, "model.teacher"),
+        ({"size": "gigantic"}, "config.model.size"),
+        ({"teacher": 7}, "config.model.teacher"),
     ],
 )
 def test_model_json_with_bad_config_is_one_line(tmp_path: Path, change, needle) -> None:
-    with pytest.raises(SpecadError, match=f"model.json: {needle}"):
+    with pytest.raises(SpecadError, match=f"model.json: efficientad {needle}: Input should be"):
         Detector.load(_efficientad_meta(tmp_path, **change))
 
 
@@ -230,7 +243,7 @@ def test_model_json_with_tiny_image_size_is_one_line(tmp_path: Path) -> None:
     meta = json.loads((folder / "model.json").read_text())
     meta["preprocess"]["image_size"] = 8
     (folder / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(SpecadError, match="model.json: cannot build the model"):
+    with pytest.raises(SpecadError, match="model.json: cannot build the EfficientAD model"):
         Detector.load(folder)
 
 

@@ -94,7 +94,7 @@ def check_meta(meta: ModelMeta, path: Path) -> None:
 def check_detector(det: BaseDetector, meta: ModelMeta, path: Path) -> None:
     """The detector must be the kind ``model.json`` names, with finite thresholds."""
     if det.kind != meta.kind:
-        raise SpecadError(f"model.json says '{meta.kind}', the weights are '{det.kind}'", path)
+        raise SpecadError(f"model.json says '{meta.kind}', the file holds '{det.kind}'", path)
     thresholds = [det.threshold_, getattr(det, "int8_threshold_", None) or 0.0]
     if not all(isinstance(t, int | float) and np.isfinite(t) for t in thresholds):
         raise SpecadError("the threshold is not a finite number", path)
@@ -111,11 +111,11 @@ def load_model(path: str | Path) -> tuple[BaseDetector, ModelMeta]:
     meta, raw = read_meta(meta_path)
     metadata, tensors = read_file(path)
     if metadata.get("format") == FORMAT:
-        det = load_detector(path)
-    else:
+        det, source = load_detector(path), path
+    else:  # parameters and threshold in model.json: its errors name it
         params, values = _legacy_state(meta, raw, metadata, meta_path)
-        det = restore(meta.kind, params, tensors, values, path)
-    check_detector(det, meta, meta_path)
+        det, source = restore(meta.kind, params, tensors, values, meta_path), meta_path
+    check_detector(det, meta, source)
     return det, meta
 
 

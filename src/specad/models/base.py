@@ -61,7 +61,8 @@ def detector(cls: T) -> T:
             init(self, *args, **kwargs)
         except ValidationError as err:
             first = err.errors()[0]
-            where = first["loc"][0] if first["loc"] else "parameters"
+            names = [str(p) for p in first["loc"] if str(p).isidentifier() or isinstance(p, int)]
+            where = ".".join(names) or "parameters"  # without pydantic's union branch tags
             unexpected = first["type"] == "unexpected_keyword_argument"
             got = "" if unexpected else f" (got {first['input']!r})"
             raise SpecadError(f"{cls.kind} {where}: {first['msg']}{got}") from None
