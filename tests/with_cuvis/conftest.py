@@ -55,6 +55,12 @@ def model(tray: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def knn_model(tray: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    knn = fit_on_dataset("knn", load_dataset(tray), device="cpu", image_size=64, coreset_size=64)
+    return knn.save(tmp_path_factory.mktemp("knn") / "model.safetensors")
+
+
+@pytest.fixture(scope="session")
 def rx_model(tray: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fit_on_dataset("rx", load_dataset(tray)).save(
         tmp_path_factory.mktemp("rx") / "model.safetensors"
@@ -72,9 +78,10 @@ def batch(cubes: list[Cube]) -> torch.Tensor:
 
 
 def reference(model_path: Path, cubes: list[Cube], **kwargs: object) -> dict[str, np.ndarray]:
-    """What ``specad predict --runtime torch`` gives (Detector.predict, one cube at a time), as
-    port arrays; nodes run torch, whose weights they carry in their state_dict."""
-    detector = Detector.load(model_path, device="cpu", runtime="torch")
+    """What ``specad predict`` gives on the detector's default runtime (torch for networks, whose
+    weights nodes carry in their state_dict), one cube at a time, as port arrays."""
+    detector = Detector.load(model_path, device="cpu", runtime="auto")
+    detector.use_runtime(detector.model.runtimes[0])
     preds = [detector.predict(c, **kwargs) for c in cubes]
     return {
         "anomaly_map": np.stack([p.anomaly_map for p in preds])[..., None],

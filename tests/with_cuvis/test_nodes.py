@@ -12,7 +12,13 @@ import torch
 from cuvis_ai_core.pipeline.pipeline import CuvisPipeline
 from cuvis_ai_schemas.pipeline import PortCompatibilityError
 
-from specad.cuvis import EfficientADNode, ReflectanceNormalizer, RXNode, SceneDetectorNode
+from specad.cuvis import (
+    EfficientADNode,
+    KNNNode,
+    ReflectanceNormalizer,
+    RXNode,
+    SceneDetectorNode,
+)
 from specad.errors import SpecadError
 from specad.io import Cube
 
@@ -49,6 +55,22 @@ def test_tiled_node_equals_tiled_predict(model: Path, cubes: list[Cube]) -> None
 
 def test_rx_node_equals_specad_predict(rx_model: Path, cubes: list[Cube]) -> None:
     assert_same(RXNode(str(rx_model)).forward(cube=batch(cubes)), reference(rx_model, cubes))
+
+
+def test_knn_node_equals_specad_predict_and_keeps_its_state(
+    knn_model: Path, cubes: list[Cube]
+) -> None:
+    ref = reference(knn_model, cubes)
+    node = KNNNode(str(knn_model))
+    target = KNNNode(str(knn_model))
+    target.detector.model.bank_ = target.detector.model.bank_ + 1.0
+    target.detector.model.threshold_ = 123.0
+    target.load_state_dict(node.state_dict())  # bank, extractor and threshold come back
+    for out in (node.forward(cube=batch(cubes)), target.forward(cube=batch(cubes))):
+        # batched distances differ from one-at-a-time ones in the last float bits
+        np.testing.assert_allclose(out["anomaly_map"].numpy(), ref["anomaly_map"], rtol=1e-5)
+        np.testing.assert_allclose(out["anomaly_score"].numpy(), ref["anomaly_score"], rtol=1e-5)
+        assert np.array_equal(out["mask"].numpy(), ref["mask"])
 
 
 def test_channels_select_by_wavelength_or_index(model: Path, cubes: list[Cube]) -> None:
