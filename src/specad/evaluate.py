@@ -93,10 +93,11 @@ def fit_on_dataset(
     """
     from specad.data import select_channels
 
-    if name not in DETECTORS or name in TRAINED:
+    if name in TRAINED:
+        raise SpecadError(f"{name} is trained by `specad train -c CONFIG`, not fitted here")
+    if name not in DETECTORS:
         names = ", ".join(n for n in DETECTORS if n not in TRAINED)
-        hint = f"; {name} is trained by `specad train -c CONFIG`" if name in TRAINED else ""
-        raise SpecadError(f"no detector '{name}' to fit here (one of {names}){hint}")
+        raise SpecadError(f"unknown detector '{name}' (one of {names})")
     model = DETECTORS[name](**params)
     train = dataset.require("train")
     first = train[0].read()

@@ -234,11 +234,9 @@ def fit_cmd(
     """Fit a training-free detector on normal cubes (threshold on val/good) and save it."""
     from specad.config import apply_override
     from specad.data import load_dataset
-    from specad.evaluate import FIT_ON_DATASET, fit_on_dataset
+    from specad.evaluate import fit_on_dataset
     from specad.io import refuse_nonempty
 
-    if model not in FIT_ON_DATASET:
-        fail(f"unknown detector '{model}'; use one of {', '.join(FIT_ON_DATASET)}")
     refuse_nonempty(out_dir, force)
     kwargs: dict = {}
     for item in params or []:
