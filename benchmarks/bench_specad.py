@@ -22,10 +22,12 @@ import torch
 from specad.config import Config, ModelConfig
 from specad.data import Preprocess
 from specad.errors import SpecadError
+from specad.export import export_detector
 from specad.infer import Detector
 from specad.modelfile import ModelMeta
 from specad.models.build import build_efficientad
 from specad.models.efficientad import EfficientAD
+from specad.models.efficientad_detector import EfficientADDetector
 from specad.train import ae_augment, train_step
 
 RUNTIMES = ("torch", "bf16", "onnx", "int8")
@@ -76,7 +78,7 @@ def _export(path: Path, channels: int, int8: bool) -> None:
     det = Detector.load(path, device="cpu", runtime="torch")
     images = harness.random_images(8, channels, seed=2)
     with contextlib.suppress(SpecadError):  # as `specad train`: unexportable models run on torch
-        det.export(path, images, int8=int8, validation=images if int8 else None)
+        export_detector(det, path, images, int8=int8, validation=images if int8 else None)
 
 
 def _detector(model: EfficientAD, c: harness.Case, folder: Path) -> Detector:
@@ -85,9 +87,9 @@ def _detector(model: EfficientAD, c: harness.Case, folder: Path) -> Detector:
     pre = Preprocess(channels, list(range(channels)), harness.SIZE)
     bands = [f"b{i}" for i in range(channels)]
     cfg = Config(data={"root": "."}, model=ModelConfig(teacher=c["model"]))
-    config = cfg.model_dump(mode="json")
-    meta = ModelMeta("efficientad", pre, float("inf"), bands, None, None, config)
-    path = Detector(model, meta, "cpu").save(folder / "model.safetensors")
+    meta = ModelMeta("efficientad", pre, bands, None, None)
+    detector = EfficientADDetector.from_network(model, cfg, channels).calibrate([0.0])
+    path = Detector(detector, meta, "cpu").save(folder / "model.safetensors")
     child = multiprocessing.get_context("spawn").Process(
         target=_export, args=(path, channels, c["path"] in ("int8", "detector"))
     )

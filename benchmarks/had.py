@@ -58,7 +58,7 @@ def main() -> None:
         "",
         f"CPU: {cpu_model()} (shared with other jobs while this ran: times are upper bounds).",
         "Command: `nice -n 10 .venv/bin/python benchmarks/had.py`. Default parameters: "
-        + "; ".join(f"{n} {cls().params()}" for n, cls in SCENE_DETECTORS.items())
+        + "; ".join(f"{n} {cls().get_params()}" for n, cls in SCENE_DETECTORS.items())
         + ". Published anchors (issue 14) only where the scene matches; other papers use other "
         "band subsets, so they are anchors, not targets.",
         "",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from specad.data import load_dataset
 from specad.evaluate import evaluate_detector
+from specad.export import export_detector
 from specad.infer import Detector
 from specad.modelfile import META_FILE, MODEL_FILE
 from specad.train import calibration_images, load_inputs
@@ -39,7 +40,7 @@ def main() -> None:
         shutil.copy(args.run / name, folder / name)
     det = Detector.load(folder, device="cpu", runtime="torch")
     images = load_inputs(det.meta.preprocess, calibration_images(ds.require("train"))).x
-    diffs = det.export(folder, images, int8=True)
+    diffs = export_detector(det, folder, images, int8=True)
     print("largest map difference from torch fp32 on the calibration images:", diffs)
 
     rows = []

@@ -25,6 +25,7 @@ from specad.evaluate import evaluate_detector
 from specad.infer import Detector
 from specad.modelfile import ModelMeta
 from specad.models.build import build_efficientad
+from specad.models.efficientad_detector import EfficientADDetector
 from specad.runtime import pick_device
 from specad.synth import synthesize
 from specad.train import CHECKPOINT, load_inputs, prepare, train
@@ -52,7 +53,9 @@ def score_checkpoint(
     model.load_state_dict(state)
     model.to(device).eval()
     model.fit_quantiles(val_x.split(8))
-    metrics = evaluate_detector(Detector(model, meta, device), ds)
+    det = EfficientADDetector.from_network(model, cfg, n_channels, meta.wavelengths)
+    det.calibrate(det.scores(val_x.to(device)), cfg.train.threshold_far)
+    metrics = evaluate_detector(Detector(det, meta, device), ds)
     nan = float("nan")  # undefined (one class only) compares false with the target, as wanted
     return metrics["image_auroc"] or nan, metrics["pixel_auroc"] or nan
 

@@ -59,6 +59,23 @@ class EfficientADDetector(BaseDetector):
             self.network_, self.steps_ = network, steps
         return self
 
+    @classmethod
+    def from_network(
+        cls,
+        network: EfficientAD,
+        config: Config,
+        in_channels: int,
+        wavelengths: Sequence[float] | None = None,
+        steps: int | None = None,
+    ) -> Self:
+        """A detector around a network trained elsewhere (a checkpoint, a benchmark's model);
+        it still needs its threshold (`calibrate`)."""
+        det = cls(config=config)
+        det.in_channels_, det.image_size_ = in_channels, network.image_size[0]
+        det.wavelengths_ = None if wavelengths is None else [float(w) for w in wavelengths]
+        det.network_, det.steps_ = network.eval(), steps
+        return det
+
     def _build(self) -> EfficientAD:
         try:
             return build_efficientad(
