@@ -1,12 +1,13 @@
 """Tiled prediction at scale: ``specad predict --tiled`` on cubes up to 6000 x 4000 x 6.
 
-Speed does not depend on what a model learned, so the model is an EfficientAD of the CPU preset
+The model is ``--model`` (a trained 6-channel run), or else an EfficientAD of the CPU preset
 fitted for one step on random images (256 px, 6 channels), exported (fp32 and int8) and with its
-runtime chosen by measurement, as ``specad train`` leaves a real one. Each cube is a float32
+runtime chosen by measurement, as ``specad train`` leaves a real one. Speed does not depend on
+what a model learned, but which runtime passes the accuracy check does. Each cube is a float32
 ``.npy`` of normal texture; each run is a fresh ``specad predict --tiled`` process, timed from
 start to the written map, with its peak RSS. Usage::
 
-    .venv/bin/python benchmarks/tiled.py [--sizes 1500x1000,3000x2000,6000x4000] [--runtime auto]
+    .venv/bin/python benchmarks/tiled.py [--sizes 1500x1000,3000x2000,6000x4000] [--model RUN]
 """
 
 from __future__ import annotations
@@ -86,12 +87,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1500x1000,3000x2000,6000x4000")
     parser.add_argument("--runtime", default="auto")
+    parser.add_argument(
+        "--model", type=Path, help="a trained 6-channel run folder (default: an untrained one)"
+    )
     args = parser.parse_args()
     harness.set_threads()
     print(json.dumps(harness.machine()), flush=True)
     with tempfile.TemporaryDirectory(prefix="specad-tiled-") as tmp:
         work = Path(tmp)
-        model = make_model(work)
+        model = args.model or make_model(work)
         for i, size in enumerate(args.sizes.split(",")):  # ascending: peak RSS is cumulative
             width, height = (int(v) for v in size.split("x"))
             cube = work / f"cube{i}.npy"
