@@ -9,9 +9,15 @@ def false_colour(data: np.ndarray, bands: tuple[int, ...] | list[int]) -> np.nda
     """(H, W, 3) uint8 from three bands, each stretched between its 1st and 99th percentile,
     so that dim reflectance still shows its contrast."""
     rgb = data[:, :, list(bands)].astype(np.float32)
-    lo, hi = np.percentile(rgb, [1, 99], axis=(0, 1))
-    rgb = (rgb - lo) / np.maximum(hi - lo, 1e-12)
-    return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
+    # percentiles of at most about a million pixels: exact below that, and a gigapixel cube's
+    # sorted copies (several GB) are not needed for a display stretch
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1e6)))
+    lo, hi = np.percentile(rgb[::step, ::step], [1, 99], axis=(0, 1))
+    rgb -= lo.astype(np.float32)
+    rgb /= np.maximum(hi - lo, 1e-12).astype(np.float32)
+    np.clip(rgb, 0, 1, out=rgb)
+    rgb *= 255
+    return rgb.astype(np.uint8)
 
 
 def heat(anomaly_map: np.ndarray, vmax: float) -> np.ndarray:
@@ -23,7 +29,12 @@ def heat(anomaly_map: np.ndarray, vmax: float) -> np.ndarray:
 
 def overlay(rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
     """(H, W, 3) uint8: the heat map blended over the image where the map exceeds half the
-    threshold, so normal regions stay readable."""
-    colour = heat(anomaly_map, 2 * threshold)[:, :, :3] * 255
-    alpha = np.clip(anomaly_map / max(threshold, 1e-9) - 0.5, 0, 1)[:, :, None] * 0.7
-    return (rgb * (1 - alpha) + colour * alpha).astype(np.uint8)
+    threshold, so normal regions stay readable. Blended 256 rows at a time: the float64 RGBA of
+    a whole 24-megapixel map alone would take 768 MB."""
+    out = np.empty(rgb.shape, np.uint8)
+    for top in range(0, rgb.shape[0], 256):
+        rows = slice(top, top + 256)
+        colour = heat(anomaly_map[rows], 2 * threshold)[:, :, :3] * 255
+        alpha = np.clip(anomaly_map[rows] / max(threshold, 1e-9) - 0.5, 0, 1)[:, :, None] * 0.7
+        out[rows] = (rgb[rows] * (1 - alpha) + colour * alpha).astype(np.uint8)
+    return out
