@@ -27,6 +27,7 @@ from specad.report import (
     write_report,
 )
 from specad.report.panels import false_colour_views
+from specad.runtime import cpu_model
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "report.yaml"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -72,6 +73,7 @@ def test_index_is_self_contained(built: tuple[Path, Path]) -> None:
     assert "<script" not in text and "<link" not in text and "url(" not in text
     assert not [h for h in _hrefs(text) if re.match(r"[a-z]+:", h)]  # no http:, file:, ...
     assert "How to read this report" in text
+    assert f"inference on {html.escape(cpu_model())}" in text  # the CPU the runtimes ran on
 
 
 def test_tables_list_every_class_and_model(built: tuple[Path, Path]) -> None:

@@ -23,7 +23,13 @@ from specad.errors import SpecadError
 from specad.io import atomic_file, file_sha256
 from specad.metrics import threshold_at_far
 from specad.modelfile import META_FILE, model_file
-from specad.runtime import cpu_has_amx, cpu_has_native_bf16, cpu_has_vnni, cpu_model
+from specad.runtime import (
+    cpu_has_amx,
+    cpu_has_native_bf16,
+    cpu_has_vnni,
+    cpu_model,
+    cpu_speed_flags,
+)
 
 if TYPE_CHECKING:
     from specad.infer import Detector
@@ -270,6 +276,7 @@ def measure_runtimes(
     choice = max(accurate, key=lambda r: rows[r]["images_per_s"])
     record = {
         "cpu": cpu_model(),
+        "cpu_flags": cpu_speed_flags(),
         "weights": weights_digest(path),
         "choice": choice,
         "rule": f"fastest runtime whose maps find fp32's top 1 % pixels with AUROC >= {AGREEMENT}",

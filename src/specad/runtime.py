@@ -66,3 +66,10 @@ def cpu_model() -> str:
     import platform
 
     return platform.processor() or platform.machine()
+
+
+def cpu_speed_flags() -> list[str]:
+    """The CPU flags that decide which runtime can be fast, as measurements record them."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    flags = _cpu_flags()
+    return [f for f in wanted if f in flags]

@@ -39,6 +39,7 @@ from specad.report.runs import (
     unique,
     verdict,
 )
+from specad.runtime import cpu_model
 
 SUMMARY_METRICS = (
     ("image_auroc", "Image AUROC"),
@@ -160,6 +161,7 @@ def _index_html(
         far=f"{cfg.far:g}",
         limit=AUPRO_FPR_LIMIT,
         tiled=cfg.tiled,
+        cpu=cpu_model(),
         version=__version__,
         stamp=datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     )
