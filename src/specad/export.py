@@ -22,7 +22,7 @@ import torch
 from specad.errors import SpecadError
 from specad.io import atomic_file, file_sha256
 from specad.metrics import threshold_at_far
-from specad.modelfile import META_FILE, model_file
+from specad.modelfile import model_file
 from specad.runtime import (
     cpu_has_amx,
     cpu_has_native_bf16,
@@ -175,15 +175,18 @@ class OnnxRunner:
         return torch.from_numpy(self.session.run([OUTPUT], feed)[0])
 
 
-def open_runner(runtime: str, model_path: str | Path | None) -> OnnxRunner:
-    """The onnxruntime session of the ``onnx`` or ``int8`` export beside a saved model."""
+def open_runner(
+    runtime: str, model_path: str | Path | None, digests: set[str] | None = None
+) -> OnnxRunner:
+    """The onnxruntime session of the ``onnx`` or ``int8`` export beside a saved model, refused
+    unless stamped with one of ``digests`` (default: those of the saved weights)."""
     if model_path is None:
         raise SpecadError(f"runtime '{runtime}' needs the saved model's path")
     path = model_file(model_path)
     onnx = path.with_name(INT8_FILE if runtime == "int8" else ONNX_FILE)
     if not onnx.is_file():
         raise SpecadError(f"no {runtime} export; run `specad export {path.parent}`", onnx)
-    return OnnxRunner(onnx, _digests(path))
+    return OnnxRunner(onnx, _digests(path) if digests is None else digests)
 
 
 CHOICE_FILE = "runtime.json"
@@ -192,46 +195,49 @@ AGREEMENT = 0.995
 least this (the project's rule: within 0.005 of fp32)."""
 
 
-def choose_runtime(detector: Detector, model_path: str | Path | None) -> str:
+def choose_runtime(
+    detector: Detector, model_path: str | Path | None
+) -> tuple[str, OnnxRunner | None]:
     """``auto``: on a CPU, what `measure_runtimes` found fastest among the accurate runtimes for
     these very weights on this CPU model; where nothing was measured here, the first export
     made from these weights (int8 only on CPUs with VNNI and with its own threshold), then onnx,
     else torch (bf16 on CPUs with AMX). On a GPU, torch. Detectors without exports run their
-    only runtime."""
+    only runtime. Returns the runtime and, for an export, its opened runner."""
     runtimes = detector.model.runtimes
     if "onnx" not in runtimes:
-        return runtimes[0]
+        return runtimes[0], None
     if detector.device.type != "cpu":
-        return "torch"
-    measured = recorded_choice(model_path)
+        return "torch", None
+    if model_path is None:
+        return "bf16" if cpu_has_amx() else "torch", None
+    digests = _digests(model_file(model_path))
+    measured = recorded_choice(model_path, digests)
     if measured == "int8" and not _has_int8_threshold(detector):
         measured = None  # an int8 export without its own threshold is never chosen by itself
-    candidates = [measured] if measured else ["onnx"] if model_path is not None else []
-    if not measured and candidates and cpu_has_vnni() and _has_int8_threshold(detector):
+    candidates = [measured] if measured else ["onnx"]
+    if not measured and cpu_has_vnni() and _has_int8_threshold(detector):
         candidates.insert(0, "int8")
     for runtime in candidates:
         if runtime not in ("onnx", "int8"):
-            return runtime
+            return runtime, None
         try:
-            open_runner(runtime, model_path)
+            return runtime, open_runner(runtime, model_path, digests)
         except SpecadError:  # no export, or a stale one: try the next
             continue
-        return runtime
-    return "bf16" if cpu_has_amx() else "torch"
+    return "bf16" if cpu_has_amx() else "torch", None
 
 
 def _has_int8_threshold(detector: Detector) -> bool:
     return getattr(detector.model, "int8_threshold_", None) is not None
 
 
-def recorded_choice(model_path: str | Path | None) -> str | None:
-    """The runtime measured fastest for these weights on this CPU model, if it was measured."""
-    if model_path is None:
-        return None
+def recorded_choice(model_path: str | Path, digests: set[str]) -> str | None:
+    """The runtime measured fastest for these weights (one of ``digests``) on this CPU model,
+    if it was measured."""
     path = model_file(model_path)
     try:
         record = json.loads(path.with_name(CHOICE_FILE).read_text())
-        same = record["cpu"] == cpu_model() and record["weights"] == weights_digest(path)
+        same = record["cpu"] == cpu_model() and record["weights"] in digests
         return str(record["choice"]) if same else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -342,6 +348,4 @@ def export_detector(
         # the weights are unchanged, so the exports' digest still holds
         with atomic_file(path) as tmp:
             model.save(tmp)
-    with atomic_file(path.with_name(META_FILE)) as tmp:
-        tmp.write_text(detector.meta.to_json())
     return diffs

@@ -73,8 +73,9 @@ class Detector:
         if runtime not in RUNTIMES:
             raise SpecadError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}")
         if runtime == "auto":
-            runtime = choose_runtime(self, model_path)
-        elif runtime not in self.model.runtimes:
+            self.runtime, self._runner = choose_runtime(self, model_path)
+            return self
+        if runtime not in self.model.runtimes:
             runs = ", ".join(self.model.runtimes)
             raise SpecadError(
                 f"runtime '{runtime}' does not apply to {self.kind} models (they run on {runs})"

@@ -102,7 +102,7 @@ def check_detector(det: BaseDetector, meta: ModelMeta, path: Path) -> None:
 
 def load_model(path: str | Path) -> tuple[BaseDetector, ModelMeta]:
     """The detector in a model file (or the run folder holding it) and its ``model.json``."""
-    from specad.models.registry import load_detector, read_file, restore
+    from specad.models.registry import from_file, read_file, restore
 
     path = model_file(path)
     meta_path = path.with_name(META_FILE)
@@ -111,7 +111,7 @@ def load_model(path: str | Path) -> tuple[BaseDetector, ModelMeta]:
     meta, raw = read_meta(meta_path)
     metadata, tensors = read_file(path)
     if metadata.get("format") == FORMAT:
-        det, source = load_detector(path), path
+        det, source = from_file(metadata, tensors, path), path
     else:  # parameters and threshold in model.json: its errors name it
         params, values = _legacy_state(meta, raw, metadata, meta_path)
         det, source = restore(meta.kind, params, tensors, values, meta_path), meta_path

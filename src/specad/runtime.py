@@ -30,14 +30,19 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo(field: str) -> str:
+    """A field of the first CPU in /proc/cpuinfo ('' where there is none)."""
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
-        return set()
+        return ""
     for line in cpuinfo.read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+        if line.startswith(field):
+            return line.partition(":")[2].strip()
+    return ""
+
+
+def _cpu_flags() -> set[str]:
+    return set(_cpuinfo("flags").split())
 
 
 def cpu_has_amx() -> bool:
@@ -58,14 +63,9 @@ def cpu_has_native_bf16() -> bool:
 
 def cpu_model() -> str:
     """The CPU's model name, as runtime measurements record it."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
     import platform
 
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_speed_flags() -> list[str]:

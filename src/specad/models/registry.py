@@ -49,7 +49,11 @@ def read_file(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
 
 def load_detector(path: Path) -> BaseDetector:
     """The detector saved in ``path`` by `BaseDetector.save`."""
-    metadata, tensors = read_file(path)
+    return from_file(*read_file(path), path)
+
+
+def from_file(metadata: dict[str, str], tensors: dict[str, Tensor], path: Path) -> BaseDetector:
+    """The detector in a file already read by `read_file`."""
     if metadata.get("format") != FORMAT:
         raise SpecadError("not a specad detector file", path)
     try:
