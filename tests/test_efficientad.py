@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from specad.errors import SpecadError
-from specad.models.efficientad import PDN, EfficientAD, quantile
+from specad.models.efficientad import PDN, EfficientAD
+from specad.models.maps import quantile
 from specad.spectral import rgb_sources
 from specad.train import ae_augment
 

@@ -51,7 +51,9 @@ def test_unfitted_and_bad_input_are_clear_errors(tmp_path: Path) -> None:
     for bad in ({"coreset_size": 0}, {"projection": 1.5}, {"sigma": -1}):
         with pytest.raises(SpecadError, match="knn"):
             KNN(**bad)
-    knn = KNN(coreset_size=8).fit_maps(torch.rand(1, 3, 64, 64), [])
+    with pytest.raises(SpecadError, match="knn needs normal val images"):
+        KNN(coreset_size=8).fit_maps(torch.rand(1, 3, 64, 64), [])
+    knn = KNN(coreset_size=8, spectral=0).fit_maps(torch.rand(1, 3, 64, 64), [])
     with pytest.raises(SpecadError, match=r"knn expects \[B, 3, S, S\]"):
         knn.score_maps(torch.rand(1, 4, 64, 64))
     (tmp_path / "bad.safetensors").write_bytes(b"\0" * 64)
@@ -66,6 +68,45 @@ def test_greedy_coreset_covers_every_cluster() -> None:
     chosen = greedy_coreset(points, 3, projection=8, generator=gen)
     assert sorted((chosen // 50).tolist()) == [0, 1, 2]
     assert len(greedy_coreset(points, 500, 8, gen)) == len(points)
+
+
+def _six_band_images(n: int, seed: int) -> torch.Tensor:
+    """Smooth random textures [n, 6, 64, 64] whose bands 3-5 repeat bands 0-2."""
+    gen = torch.Generator().manual_seed(seed)
+    rgb = torch.nn.functional.avg_pool2d(torch.randn(n, 3, 68, 68, generator=gen), 5, 1)
+    return torch.cat([rgb, rgb], dim=1)
+
+
+def test_spectral_map_finds_what_the_adapted_stem_cannot_see() -> None:
+    # The stem sums bands 0 and 3 with equal weights, so raising one and lowering the other by
+    # the same amount is invisible to every patch feature; only the spectra differ.
+    train, val, test = _six_band_images(8, 0), _six_band_images(8, 1), _six_band_images(2, 2)
+    clean = test.clone()
+    test[1, 0, 24:40, 24:40] += 1.5
+    test[1, 3, 24:40, 24:40] -= 1.5
+    params = {"coreset_size": 256, "sigma": 2.0}
+    patch_only = KNN(spectral=0, **params).fit(train, val)
+    both = KNN(**params).fit(train, val)
+    torch.testing.assert_close(
+        patch_only.score_maps(test), patch_only.score_maps(clean), atol=1e-4, rtol=1e-4
+    )
+    assert not patch_only.predict(test)[1]
+    maps = both.score_maps(test)
+    assert both.predict(test).tolist() == [False, True]
+    peak = divmod(int(maps[1, 0].argmax()), 64)
+    assert 24 <= peak[0] < 40 and 24 <= peak[1] < 40
+
+
+def test_files_without_a_spectral_map_load_as_the_patch_map_alone(tmp_path: Path) -> None:
+    images = _six_band_images(4, 0)
+    knn = KNN(coreset_size=64, sigma=2.0).fit(images, images)
+    tensors, values = knn.state()
+    old_tensors = {k: v for k, v in tensors.items() if not k.startswith("spectral.")}
+    old_values = {k: v for k, v in values.items() if "scale" not in k and k != "spectral"}
+    old = KNN(**knn.get_params()).restore(old_tensors, old_values)
+    assert old.spectral == 0 and old.spectral_ is None
+    raw, _ = knn._raw_maps(images)
+    torch.testing.assert_close(old.score_maps(images), raw)
 
 
 def test_planted_defects_score_above_every_normal_cube(root: Path, detector: Detector) -> None:

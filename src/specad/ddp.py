@@ -23,7 +23,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from specad.errors import SpecadError
-from specad.models.efficientad import HARD_QUANTILE, EfficientAD, channel_stats, quantile
+from specad.models.efficientad import HARD_QUANTILE, EfficientAD, channel_stats
+from specad.models.maps import quantile
 from specad.runtime import pick_device
 
 BATCH = 8  # images per teacher/map batch, as in one-process training

@@ -86,10 +86,10 @@ def fit_on_dataset(
     ``val/good`` exactly as ``specad predict`` scores, packaged like any trained model.
 
     Detectors with an ``input_size`` (knn: 256; ``image_size`` overrides it) see cubes resized
-    to it and standardised per
-    channel with train/good statistics, as EfficientAD's input is, all of train/good in memory
-    (cubes x channels x size^2 float32); the others (RX, the scene detectors) stream
-    train/good at native size. ``params`` go to the detector's class.
+    to it and standardised per channel with train/good statistics, as EfficientAD's input is,
+    all of train/good and val/good in memory (cubes x channels x size^2 float32), val/good also
+    for scaling maps; the others (RX, the scene detectors) stream train/good at native size.
+    ``params`` go to the detector's class.
     """
     from specad.data import select_channels
 
@@ -99,22 +99,24 @@ def fit_on_dataset(
         names = ", ".join(n for n in DETECTORS if n not in TRAINED)
         raise SpecadError(f"unknown detector '{name}' (one of {names})")
     model = DETECTORS[name](**params)
-    train = dataset.require("train")
+    train, val_samples = dataset.require("train"), dataset.require("val")
     first = train[0].read()
     idx = select_channels(first, channels, train[0].path)
     size = model.input_size if image_size is None else image_size
     pre = Preprocess(first.channels, idx, size)
     chosen = first.select(idx)
+    val: Any = []
     if size:
         x = torch.stack([pre.cube_tensor(s.read(), s.path) for s in train])
         pre.fit(x)
         images: Any = pre.normalise(x).to(pick_device(device))
+        val = [pre.cube_tensor(s.read(), s.path).to(images.device) for s in val_samples]
     else:
         images = (pre.cube_tensor(s.read(), s.path) for s in train)
-    model.fit_maps(images, [], wavelengths=chosen.wavelengths)
+    model.fit_maps(images, val, wavelengths=chosen.wavelengths)
     meta = ModelMeta(name, pre, chosen.bands, chosen.wavelengths, chosen.rgb)
     det = Detector(model, meta, device)
-    model.calibrate(run_split(det, dataset.require("val")).scores, far)
+    model.calibrate(run_split(det, val_samples).scores, far)
     return det
 
 

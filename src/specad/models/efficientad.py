@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from specad.errors import SpecadError
+from specad.models.maps import normal_quantiles, normalise, quantile
 from specad.spectral import IMAGENET_MEAN, IMAGENET_STD, Mapping, rgb_sources
 
 ModelSize = Literal["small", "medium"]
@@ -176,21 +177,6 @@ class AutoEncoder(nn.Module):
         return x * (keep / (1 - DROPOUT)).to(x.dtype)
 
 
-def quantile(values: Tensor, q: float) -> Tensor:
-    """``torch.quantile(values.flatten(), q)`` (linear interpolation), exact at any size.
-
-    ``torch.quantile`` refuses more than 2**24 elements; anomalib subsamples randomly, which makes
-    the result depend on the RNG. Two ``kthvalue`` selections are exact, O(n) and deterministic.
-    """
-    flat = values.detach().flatten()
-    flat = flat.to(torch.promote_types(flat.dtype, torch.float32))
-    pos = q * (flat.numel() - 1)
-    lo = math.floor(pos)
-    below = flat.kthvalue(lo + 1).values
-    above = flat.kthvalue(min(lo + 2, flat.numel())).values
-    return below + (pos - lo) * (above - below)
-
-
 def hard_loss(distance: Tensor) -> Tensor:
     """The paper's hard-feature loss: the mean of the elements at or above the 0.999 quantile."""
     return distance[distance >= quantile(distance, HARD_QUANTILE)].mean()
@@ -311,8 +297,8 @@ class EfficientAD(nn.Module):
     def anomaly_map(self, x: Tensor) -> Tensor:
         """Combined, quantile-normalised anomaly map [B, 1, H, W] at the input size."""
         map_st, map_ae = self.maps(x)  # [B, 1, 56, 56] each
-        map_st = 0.1 * (map_st - self.st_p90) / (self.st_p995 - self.st_p90)
-        map_ae = 0.1 * (map_ae - self.ae_p90) / (self.ae_p995 - self.ae_p90)
+        map_st = normalise(map_st, self.st_p90, self.st_p995)
+        map_ae = normalise(map_ae, self.ae_p90, self.ae_p995)
         bh, bw = self.map_border
         combined = F.pad(0.5 * map_st + 0.5 * map_ae, (bw, bw, bh, bh))
         return F.interpolate(combined, size=x.shape[-2:], mode="bilinear")
@@ -393,6 +379,6 @@ class EfficientAD(nn.Module):
         if not pairs:
             raise SpecadError("no validation images to fit the map quantiles on")
         for name, index in (("st", 0), ("ae", 1)):
-            values = torch.cat([pair[index] for pair in pairs])
-            getattr(self, f"{name}_p90").copy_(quantile(values, 0.9))
-            getattr(self, f"{name}_p995").copy_(quantile(values, 0.995))
+            low, high = normal_quantiles(pair[index] for pair in pairs)
+            getattr(self, f"{name}_p90").fill_(low)
+            getattr(self, f"{name}_p995").fill_(high)
