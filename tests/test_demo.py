@@ -1,4 +1,5 @@
-"""The demo end to end at a small size: synth, train with the EfficientNet-Lite0 teacher, report."""
+"""The demo end to end at a small size: synth, fit knn, train with the EfficientNet-Lite0
+teacher, report."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 from specad.infer import Detector
 
 
-def test_demo_writes_a_report_with_every_class_and_both_models(tmp_path: Path) -> None:
+def test_demo_writes_a_report_with_every_class_and_every_model(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "specad", "demo", "--out", str(out), "--size", "64",
+        [sys.executable, "-m", "specad", "demo", "--out", str(out), "--size", "64", "--train",
          "--set", "train.steps=3", "--set", "train.val_every=0",
          "--set", "model.teacher=efficientnet-lite0"],
         capture_output=True, text=True, timeout=600,
@@ -22,7 +23,8 @@ def test_demo_writes_a_report_with_every_class_and_both_models(tmp_path: Path) -
     index = Path(done.stdout.strip().splitlines()[-1].removeprefix("report: "))
     assert index == out / "report" / "index.html" and index.is_file()
     metrics = json.loads((out / "report" / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"efficientad", "rx"}
+    assert set(metrics["models"]) == {"knn", "efficientad", "rx"}
+    assert Detector.load(out / "knn").model.kind == "knn"
     # the report runs what `auto` picks: an export if training could write one, else torch
     exported = (out / "run" / "model.onnx").is_file()
     assert exported != ("warning: ONNX export skipped" in done.stderr)
@@ -36,3 +38,16 @@ def test_demo_writes_a_report_with_every_class_and_both_models(tmp_path: Path) -
             assert name in html
     config = Detector.load(out / "run").model.config
     assert config.model.teacher == "efficientnet-lite0"
+
+
+def test_demo_training_keys_need_train(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "specad", "demo", "--out", str(tmp_path / "d"),
+         "--set", "train.steps=3"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: --set sets EfficientAD training keys; add --train to train it"
+    )
+    assert not (tmp_path / "d").exists()

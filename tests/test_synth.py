@@ -169,3 +169,113 @@ def test_mask_covers_everything_the_object_changes(cls: str) -> None:
     near = ndimage.binary_dilation(scene.mask > 0, iterations=3)
     assert changed.any() and not (changed & ~near).any()
     assert changed[scene.mask > 0].mean() > 0.5
+
+
+# --------------------------------------------------------------------------- tray6-hard
+
+# tray6 at 64 px, seed 5, one train cube and one cube per class, as the generator made them
+# before the -hard presets existed: the new settings must not change today's presets.
+TRAY6_SEED5 = {
+    "mean": [0.3613052, 0.3570129, 0.3663236, 0.3563049, 0.3677966, 0.3624399]
+    + [0.3720177, 0.371118, 0.3739606, 0.3694265, 0.3661328],
+    "std": [0.1667018, 0.1688721, 0.1726871, 0.1659538, 0.1737484, 0.1697634]
+    + [0.177057, 0.1758878, 0.1755243, 0.1761139, 0.1751429],
+    "mask_px": [23, 25, 74, 37, 33, 2, 2, 4, 19, 83],
+}
+TINY = {"size": 64, "n_train": 1, "n_val": 0, "n_test_good": 0, "n_test_anomalous": 10}
+
+
+def test_tray6_output_is_unchanged(tmp_path: Path) -> None:
+    root = synthesize(tmp_path / "t6", preset="tray6", seed=5, **TINY)
+    cubes = [read_cube(p).data.astype(np.float64) for p in sorted(root.glob("*/*/*.tif"))]
+    np.testing.assert_allclose([c.mean() for c in cubes], TRAY6_SEED5["mean"], atol=5e-7)
+    np.testing.assert_allclose([c.std() for c in cubes], TRAY6_SEED5["std"], atol=5e-7)
+    masks = [int((m > 0).sum()) for m in _masks(root).values()]
+    assert masks == TRAY6_SEED5["mask_px"]
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hard")
+    small = {**SMALL, "n_train": 6, "n_test_anomalous": 10}
+    return {
+        name: synthesize(root / name, preset=preset, seed=0, **small)
+        for name, preset in (("six", "tray6"), ("hard", "tray6-hard"), ("rgb", "tray-rgb-hard"))
+    }
+
+
+def test_hard_presets_have_the_cameras_and_scenes_of_their_easy_twins(
+    hard: dict[str, Path],
+) -> None:
+    assert PRESETS["tray6-hard"].cameras == PRESETS["tray6"].cameras
+    assert PRESETS["tray-rgb-hard"].cameras == PRESETS["tray-rgb"].cameras
+    f = Path("test/water/water_000.tif")
+    six, rgb = read_cube(hard["hard"] / f), read_cube(hard["rgb"] / f)
+    assert six.channels == 6 and rgb.channels == 3
+    np.testing.assert_array_equal(rgb.data, six.data[..., :3])
+    assert _masks(hard["hard"]).keys() == _masks(hard["rgb"]).keys()
+    for stem, mask in _masks(hard["hard"]).items():
+        assert np.array_equal(mask, _masks(hard["rgb"])[stem])
+    # liquids are not buried: the same spot as in tray6
+    assert np.array_equal(_masks(hard["hard"])["water_000"], _masks(hard["six"])["water_000"])
+
+
+def test_hard_normal_cubes_vary_more_between_trays(hard: dict[str, Path]) -> None:
+    def spread(root: Path) -> tuple[float, float]:
+        cubes = [read_cube(p).data for p in sorted((root / "train/good").glob("*.tif"))]
+        brightness = [c.mean() for c in cubes]
+        water_band = [c[..., 5].mean() / c[..., 3].mean() for c in cubes]  # 1450 / 1050
+        return float(np.std(brightness)), float(np.std(water_band))
+
+    (b_easy, w_easy), (b_hard, w_hard) = spread(hard["six"]), spread(hard["hard"])
+    assert b_hard > 3 * b_easy and w_hard > 3 * w_easy, (b_easy, b_hard, w_easy, w_hard)
+
+
+def test_hard_preset_keeps_water_and_foil_out_of_rgb(hard: dict[str, Path]) -> None:
+    table = contrast_table(hard["hard"])
+    for cls in ("water", "alcohol", "foil"):
+        assert table[cls]["rgb"] < 1.0, (cls, table[cls])
+    assert table["water"]["swir"] > 3.0, table["water"]
+
+
+def _hard_scene(cls: str, size: int = 96, **settings: object):  # noqa: ANN202 - a Scene
+    from specad.synth.presets import Variation
+    from specad.synth.variation import vary
+
+    pitch = PRESETS["tray6"].fov_mm / size
+    scene = make_scene(np.random.default_rng(11), size, pitch, cls, 1, 1.0)
+    vary(scene, np.random.default_rng(12), replace(Variation(), **settings), cls, 1, pitch)
+    return scene
+
+
+def test_partly_buried_objects_are_masked_only_where_visible() -> None:
+    scene = _hard_scene("pet", bury_probability=1.0)
+    buried = [o for o in scene.objects if "footprint_px" in o]
+    assert buried
+    for obj in buried:
+        assert 0 < obj["visible_px"] < 0.85 * obj["footprint_px"], obj
+    visible = sum(int((p.cover >= 0.5).sum()) for p in scene.patches)
+    assert (scene.mask > 0).sum() == visible < sum(o["footprint_px"] for o in buried)
+
+
+def test_pla_pellets_are_one_or_two_pixels() -> None:
+    scene = _hard_scene("pla_white", size=256, pellet_probability=1.0, bury_probability=0.0)
+    pellets = [p for p, o in zip(scene.patches, scene.objects, strict=True) if o.get("pellet")]
+    assert pellets
+    for p in pellets:
+        assert 1 <= max(int((p.cover >= 0.5).sum()), 1) <= 4
+        assert scene.mask[p.rows, p.cols][p.cover == p.cover.max()].all()
+
+
+def test_objects_cast_shadows_and_shine() -> None:
+    scene = _hard_scene("pla_white", bury_probability=0.0, pellet_probability=0.0)
+    flat = replace(scene, patches=[replace(p, lift=0.0, gloss=0.0) for p in scene.patches])
+    rgb = PRESETS["tray6-hard"].cameras[0]
+    lit, unlit = (
+        render(s, rgb, load_library(), np.random.default_rng(3), 1.0) for s in (scene, flat)
+    )
+    diff = (lit - unlit).mean(axis=2)
+    outside = ~ndimage.binary_dilation(scene.mask > 0, iterations=2)  # edge pixels, blur
+    assert diff[outside].min() < -0.03  # a shadow on the sawdust next to the cube
+    assert diff[outside].max() < 1e-3  # and nothing brighter outside the object
+    assert diff[scene.mask > 0].max() > 0.01  # the highlight on the cube

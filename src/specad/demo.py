@@ -1,4 +1,10 @@
-"""The one-command demo: synthesise tray6, train the CPU preset, evaluate beside RX, report."""
+"""The one-command demo: synthesise tray6, fit knn (and train EfficientAD on request), report
+beside RX.
+
+knn is the default because it won on tray6 by the measures the demo shows (image 0.99 / pixel
+0.99 AUROC in about a minute on 2 cores, README "Results on tray6"), where the CPU preset of
+EfficientAD needs 800 steps (30-60 minutes on 2 cores) and scored less.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import time
 from pathlib import Path
 
 from specad.config import load_config
+from specad.errors import SpecadError
 from specad.io import refuse_nonempty
 
 CPU_PRESET = Path(__file__).parent / "cpu.yaml"
@@ -15,32 +22,37 @@ def run_demo(
     out: str | Path,
     *,
     force: bool = False,
+    train_efficientad: bool = False,
     overrides: list[str] | None = None,
     size: int | None = None,
 ) -> Path:
     """Everything from nothing to ``report/index.html``; returns that path.
 
-    ``size`` shrinks the synthetic images for a quick look (the model input follows it).
+    ``train_efficientad`` also trains EfficientAD with the CPU preset (``overrides`` are its
+    ``--set`` keys); ``size`` shrinks the synthetic images for a quick look (the model input
+    follows it).
     """
+    from specad.data import load_dataset
+    from specad.evaluate import fit_on_dataset
     from specad.report import ReportConfig, write_report
     from specad.synth import synthesize
     from specad.train import train
 
+    if overrides and not train_efficientad:
+        raise SpecadError("--set sets EfficientAD training keys; add --train to train it")
     out = Path(out)
     refuse_nonempty(out, force)
     started = time.perf_counter()
     synth = {"size": size} if size else {}
     data = synthesize(out / "tray6", preset="tray6", seed=1, force=force, **synth)
-    sets = [f"data.root={data}"] + ([f"data.image_size={size}"] if size else [])
-    cfg = load_config(CPU_PRESET, sets + list(overrides or []))
-    model = train(cfg, out / "run", force=force)
+    knn = fit_on_dataset("knn", load_dataset(data), image_size=size).save(out / "knn")
+    models = {"knn": str(knn.parent), "rx": "rx"}
+    if train_efficientad:
+        sets = [f"data.root={data}"] + ([f"data.image_size={size}"] if size else [])
+        cfg = load_config(CPU_PRESET, sets + list(overrides or []))
+        models["efficientad"] = str(train(cfg, out / "run", force=force))
     report = write_report(
-        ReportConfig(
-            models={"efficientad": str(model), "rx": "rx"},
-            datasets=[data],
-            out=out / "report",
-            force=force,
-        ),
+        ReportConfig(models=models, datasets=[data], out=out / "report", force=force),
         progress=True,
     )
     print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")

@@ -22,7 +22,9 @@ from specad.cli.app import (
 @app.command()
 def synth(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to create.")],
-    preset: Annotated[str, typer.Option(help="tray6, tray-rgb or tray-hsi.")] = "tray6",
+    preset: Annotated[
+        str, typer.Option(help="tray6, tray-rgb, tray-hsi, tray6-hard or tray-rgb-hard.")
+    ] = "tray6",
     seed: Annotated[int, typer.Option(help="Same seed, same dataset.")] = 0,
     size: Annotated[int | None, typer.Option(help="Image side in pixels.")] = None,
     difficulty: Annotated[float | None, typer.Option(help="1 = default; higher is harder.")] = None,

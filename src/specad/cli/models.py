@@ -249,16 +249,22 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything.")] = Path(
         "demo"
     ),
+    train_efficientad: Annotated[
+        bool, typer.Option("--train", help="Also train EfficientAD (CPU preset, 30-60 min).")
+    ] = False,
     overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a training key: key.sub=value.")
+        list[str] | None,
+        typer.Option("--set", help="Override an EfficientAD training key: key.sub=value."),
     ] = None,
     size: Annotated[int | None, typer.Option(help="Smaller images for a quick look.")] = None,
     force: Force = False,
 ) -> None:
-    """Synthesise tray6, train the CPU preset, compare with RX, write the report."""
+    """Synthesise tray6, fit knn (and train EfficientAD with --train), compare with RX, report."""
     from specad.demo import run_demo
 
-    index = run_demo(out_dir, force=force, overrides=overrides, size=size)
+    index = run_demo(
+        out_dir, force=force, train_efficientad=train_efficientad, overrides=overrides, size=size
+    )
     out.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)
 
 

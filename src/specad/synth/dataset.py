@@ -19,6 +19,7 @@ from specad.synth.materials import load_library
 from specad.synth.presets import SynthConfig, resolve
 from specad.synth.render import render
 from specad.synth.scene import make_scene
+from specad.synth.variation import vary
 
 # Contrast ring: non-anomalous pixels more than RING_PX[0] and at most RING_PX[1] px from a mask.
 RING_PX = (3.0, 8.0)
@@ -41,6 +42,15 @@ def _image(
         cid,
         config.difficulty,
     )
+    if config.variation is not None:  # its own stream: the tray6 scene stays as it is
+        vary(
+            scene,
+            _stream(seed, split, stem, "variation"),
+            config.variation,
+            cls,
+            cid,
+            config.pitch_mm,
+        )
     lib = load_library()
     parts = [
         render(scene, cam, lib, _stream(seed, split, stem, cam.name), config.difficulty)

@@ -93,6 +93,37 @@ HSI_CAMERA = Camera(
 
 
 @dataclass(frozen=True)
+class Variation:
+    """How much trays, lamps and objects vary in the ``-hard`` presets (ranges are uniform).
+
+    Without it every tray has the same sawdust under the same lamp, so a global per-pixel model
+    (RX) separates almost everything. A real line sees other sawdust batches (wood mix, dark
+    particles, moisture), clumps, lamps that age and drift, objects that stand up, cast shadows,
+    shine and sink into the sawdust, and PLA that breaks into pellets.
+    """
+
+    gain: tuple[float, float] = (0.7, 1.3)  # lamp intensity of a cube, both cameras
+    camera_gain: float = 0.06  # std of each camera's own exposure around it
+    colour_temp_k: tuple[float, float] = (2800.0, 3400.0)  # halogen, white reference at 3100 K
+    gradient: float = 0.3  # largest linear fall-off across the image, per camera
+    hotspot: float = 0.35  # largest extra brightness at the lamp's centre, per camera
+    wall_mm: tuple[float, float] = (5.0, 15.0)  # tray wall above the sawdust: casts a shadow
+    wood_mix: tuple[float, float] = (0.0, 0.5)  # share of other (greyer, drier) wood
+    dark_fraction: tuple[float, float] = (0.04, 0.3)  # mean share of dark particles
+    albedo: tuple[float, float] = (0.85, 1.15)  # brightness of the batch
+    texture: tuple[float, float] = (0.7, 1.8)  # contrast of the grain albedo
+    moisture_mm: tuple[float, float] = (0.0, 0.12)  # equivalent water path of the batch
+    clumps: tuple[int, int] = (2, 10)  # clumps per tray
+    clump_mm: tuple[float, float] = (4.0, 15.0)  # clump radius
+    bury_probability: float = 0.5  # share of objects partly under sawdust
+    buried_share: tuple[float, float] = (0.2, 0.6)  # of such an object's footprint
+    pellet_probability: float = 0.6  # PLA images that also hold pellets
+    pellets: tuple[int, int] = (1, 6)  # pellets in such an image
+    pellet_mm: tuple[float, float] = (0.8, 1.8)  # pellet edge: 1-2 px at 256 px
+    gloss: tuple[float, float] = (0.05, 0.3)  # specular gain of plastics and leaves
+
+
+@dataclass(frozen=True)
 class SynthConfig:
     """Everything that defines a synthetic dataset besides the seed.
 
@@ -100,7 +131,8 @@ class SynthConfig:
     pitch is ``fov_mm / size`` (0.82 mm at 256 px) and objects keep their physical sizes.
     ``anomaly_mix`` weights share ``n_test_anomalous`` among classes (0 drops one).
     ``difficulty`` 1 is the default; d scales object sizes by d**-0.5, liquid depth and foil
-    thickness by 1/d, and sensor noise by d.
+    thickness by 1/d, and sensor noise by d. ``variation`` (None: off, today's scenes exactly)
+    adds the normal variation of a real line between trays; see :class:`Variation`.
     """
 
     cameras: tuple[Camera, ...]
@@ -112,6 +144,7 @@ class SynthConfig:
     n_test_anomalous: int = 90
     anomaly_mix: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CLASSES, 1.0))
     difficulty: float = 1.0
+    variation: Variation | None = None
 
     @property
     def pitch_mm(self) -> float:
@@ -157,6 +190,10 @@ PRESETS: dict[str, SynthConfig] = {
     "tray-hsi": SynthConfig(
         cameras=(HSI_CAMERA,), n_train=100, n_val=15, n_test_good=15, n_test_anomalous=50
     ),
+    # tray6's scenes with the normal variation of a real line on top (same seed: same trays,
+    # objects and masks before variation); tray-rgb-hard is its RGB view, as tray-rgb of tray6.
+    "tray6-hard": SynthConfig(cameras=(RGB_CAMERA, SWIR_CAMERA), variation=Variation()),
+    "tray-rgb-hard": SynthConfig(cameras=(RGB_CAMERA,), variation=Variation()),
 }
 
 

@@ -8,6 +8,7 @@ from scipy import ndimage
 from specad.synth.materials import Library
 from specad.synth.presets import Camera
 from specad.synth.scene import Patch, Scene
+from specad.synth.variation import cast_shadow, highlight, lamp, sawdust_bands
 
 # Diffuse share of the lighting: keeps slopes facing away from the lamp from going black.
 AMBIENT = 0.35
@@ -86,7 +87,13 @@ def render(
     w = lib.weights(camera)
     n = scene.mask.shape[0]
     dark = scene.dark[..., None]
-    sawdust = (1 - dark) * lib.band("sawdust", w) + dark * lib.band("sawdust_dark", w)
+    look = scene.look
+    light_dust, dark_dust = (
+        (lib.band("sawdust", w), lib.band("sawdust_dark", w))
+        if look is None
+        else sawdust_bands(look, lib, w)
+    )
+    sawdust = (1 - dark) * light_dust + dark * dark_dust
     ground = sawdust * scene.albedo[..., None]
     tray = scene.tray[..., None]
     ground = ground * (1 - tray) + tray * lib.band("tray_wood", w) * scene.grain[..., None]
@@ -95,9 +102,16 @@ def render(
         t = lib.transmittance(lib.spectrum(material, "absorption_per_mm"), "sawdust", w, depth[wet])
         ground[wet] *= t * (1 - WET_DARKENING * np.minimum(depth[wet], 1.0))[:, None]
     light = camera.light()
-    img = ground * lambert(scene.height, light)[..., None]
+    shade = lambert(scene.height, light)
+    if look is not None:  # objects standing up take the direct light off the sawdust
+        shade = AMBIENT + (shade - AMBIENT) * (1 - cast_shadow(scene, light))
+    img = ground * shade[..., None]
     for p in scene.patches:
         img[p.rows, p.cols] = _patch(p, img[p.rows, p.cols], lib, w, light)
+        if p.gloss > 0:  # achromatic: the lamp's own colour, applied with it below
+            img[p.rows, p.cols] += (p.gloss * p.cover * highlight(p.height, light))[..., None]
+    if look is not None:
+        img *= lamp(look, camera, lib, w, rng, n)
     img *= _illumination(rng, n, camera)[..., None]
     dy, dx = (o * n / 256 + rng.normal(0, 0.15) if o else 0.0 for o in camera.offset_px)
     img = _optics(img, camera.blur_px, (dy, dx))

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from specad.synth.variation import Look
 
 # Sampling of the area coverage used both to render an object's edge and to draw its mask.
 SUPERSAMPLE = 4
@@ -35,6 +38,11 @@ class Patch:
     cover: np.ndarray  # (h, w) covered area fraction
     height: np.ndarray  # (h, w) surface height in px, for shading and highlights
     thickness: np.ndarray | None = None  # foil: optical path relative to the bulk sample
+    # Used only with a Variation (the -hard presets): height of the top above the sawdust (px)
+    # for cast shadows, how much light the object blocks, and its specular gain.
+    lift: float = 0.0
+    opacity: float = 1.0
+    gloss: float = 0.0
 
 
 @dataclass
@@ -48,6 +56,8 @@ class Scene:
     liquids: dict[str, np.ndarray] = field(default_factory=dict)  # material -> depth (mm)
     patches: list[Patch] = field(default_factory=list)
     objects: list[dict] = field(default_factory=list)  # what was placed, for synth.json
+    inner: float = 0.0  # usable half-width inside the walls (px), for later placements
+    look: Look | None = None  # per-cube sawdust batch and lamp (the -hard presets only)
 
 
 # --------------------------------------------------------------------------- noise
@@ -355,6 +365,7 @@ def make_scene(
 ) -> Scene:
     """A tray of sawdust, with instances of anomaly class ``cls`` (mask id ``cid``) if given."""
     scene, inner = _background(rng, size, pitch)
+    scene.inner = inner
     if cls is None:
         return scene
     if cls in LIQUIDS:
