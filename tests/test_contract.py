@@ -93,7 +93,7 @@ class Brightness(BaseDetector):
     runtimes: ClassVar[tuple[str, ...]] = ("numpy",)
     scale: NonNegative = 1.0
 
-    def fit_maps(self, train, val, *, wavelengths=None) -> Brightness:  # noqa: ANN001
+    def fit_maps(self, train, val, *, wavelengths=None, units=None) -> Brightness:  # noqa: ANN001
         self.mean_ = torch.stack(list(train)).mean(dim=(0, 2, 3))  # [C]
         return self
 

@@ -101,10 +101,10 @@ def test_files_without_a_spectral_map_load_as_the_patch_map_alone(tmp_path: Path
     images = _six_band_images(4, 0)
     knn = KNN(coreset_size=64, sigma=2.0).fit(images, images)
     tensors, values = knn.state()
-    old_tensors = {k: v for k, v in tensors.items() if not k.startswith("spectral.")}
-    old_values = {k: v for k, v in values.items() if "scale" not in k and k != "spectral"}
+    old_tensors = {k: v for k, v in tensors.items() if not k.startswith("spectra.")}
+    old_values = {k: v for k, v in values.items() if "scale" not in k and k != "spectra"}
     old = KNN(**knn.get_params()).restore(old_tensors, old_values)
-    assert old.spectral == 0 and old.spectral_ is None
+    assert old.spectral == 0 and old.spectra_ is None
     raw, _ = knn._raw_maps(images)
     torch.testing.assert_close(old.score_maps(images), raw)
 

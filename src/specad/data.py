@@ -412,6 +412,14 @@ class Preprocess:
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         return (x - mean) / std * INPUT_STD + INPUT_MEAN
 
+    def units(self) -> tuple[list[float], list[float]] | None:
+        """Per-channel ``(scale, offset)`` with ``selected cube = input * scale + offset`` (the
+        inverse of `normalise`); None before `fit`, when the input is the cube itself."""
+        if self.mean is None or self.std is None:
+            return None
+        scale = [s / INPUT_STD for s in self.std]
+        return scale, [m - INPUT_MEAN * k for m, k in zip(self.mean, scale, strict=True)]
+
     def fit(self, batch: torch.Tensor) -> None:
         """Per-channel mean/std from training input [B, C, S, S] (before normalisation)."""
         self.mean = batch.mean(dim=(0, 2, 3)).tolist()

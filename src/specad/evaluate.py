@@ -113,7 +113,7 @@ def fit_on_dataset(
         val = [pre.cube_tensor(s.read(), s.path).to(images.device) for s in val_samples]
     else:
         images = (pre.cube_tensor(s.read(), s.path) for s in train)
-    model.fit_maps(images, val, wavelengths=chosen.wavelengths)
+    model.fit_maps(images, val, wavelengths=chosen.wavelengths, units=pre.units())
     meta = ModelMeta(name, pre, chosen.bands, chosen.wavelengths, chosen.rgb)
     det = Detector(model, meta, device)
     model.calibrate(run_split(det, val_samples).scores, far)

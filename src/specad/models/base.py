@@ -39,6 +39,9 @@ from specad.metrics import is_anomalous, threshold_at_far
 
 Images = Tensor | Sequence[Tensor]
 """[B, C, H, W], or [C, H, W] images of differing sizes."""
+Units = tuple[Sequence[float], Sequence[float]]
+"""Per-channel ``(scale, offset)`` with ``stored = image * scale + offset``: how preprocessed
+images map back to the cube's own units (`specad.data.Preprocess.units`)."""
 
 FORMAT = "specad.detector/2"
 T = TypeVar("T", bound=type)
@@ -92,13 +95,21 @@ class BaseDetector(ABC):
         *,
         far: float = DEFAULT_FAR,
         wavelengths: Sequence[float] | None = None,
+        units: Units | None = None,
     ) -> Self:
-        """Fit the maps on normal ``train`` images, then ``threshold_`` on normal ``val`` ones."""
-        self.fit_maps(train, val, wavelengths=wavelengths)
+        """Fit the maps on normal ``train`` images, then ``threshold_`` on normal ``val`` ones.
+        ``units`` (None: the images are in the cube's units) serve detectors that need
+        physical values, such as knn's spectral shape."""
+        self.fit_maps(train, val, wavelengths=wavelengths, units=units)
         return self.calibrate(self.scores(val), far)
 
     def fit_maps(
-        self, train: Images, val: Images, *, wavelengths: Sequence[float] | None = None
+        self,
+        train: Images,
+        val: Images,
+        *,
+        wavelengths: Sequence[float] | None = None,
+        units: Units | None = None,
     ) -> Self:
         """Learn what the maps need from normal images (``val`` only for map normalisation);
         nothing here for detectors that score each image against itself."""

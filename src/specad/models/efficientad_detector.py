@@ -42,6 +42,7 @@ class EfficientADDetector(BaseDetector):
         val: Images,
         *,
         wavelengths: Sequence[float] | None = None,
+        units: Any = None,
         run: Run | None = None,
     ) -> Self:
         """Train on normal images [B, N, S, S], fit the map quantiles on ``val``. With ``run``

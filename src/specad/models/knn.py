@@ -23,9 +23,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from specad.errors import SpecadError
-from specad.models.base import BaseDetector, Images, NonNegative, PositiveInt, Seed, detector
+from specad.models.base import (
+    BaseDetector,
+    Images,
+    NonNegative,
+    PositiveInt,
+    Seed,
+    Units,
+    detector,
+)
 from specad.models.maps import gaussian_blur, normal_quantiles, normalise
-from specad.models.rx import RX
+from specad.models.pixel_spectra import PixelSpectra
 from specad.models.teachers import EfficientNetLite0Teacher
 from specad.spectral import Mapping
 
@@ -51,20 +59,22 @@ class KNN(BaseDetector):
     distance to its nearest bank feature; the map is upsampled to the input size and blurred
     with a Gaussian of ``sigma`` pixels (0: none).
 
-    Spectral map: the Mahalanobis distance of each pixel's N values to the normal pixels (`RX`
-    fitted on the training images), blurred with ``spectral_sigma``. ImageNet features mix the
-    bands the stem adapts, so a material that differs only in SWIR (water, foil) can look
-    normal to them; on tray6 adding this map lifted image AUROC from 0.89 to 0.99.
+    Spectral maps (`PixelSpectra`): the level and the shape of each pixel's spectrum against
+    its image's median, Mahalanobis-scored and blurred with ``spectral_sigma``. ImageNet
+    features mix the bands the stem adapts, so a material that differs only in SWIR (water,
+    foil) can look normal to them; on tray6 these maps lifted image AUROC from 0.89 to 1.00,
+    on tray6-hard from 0.83 to 0.95 (README, "Results on tray6").
 
-    The map is ``normalise(patch) + spectral * normalise(spectral map)``, each normalised by its
-    own 0.9 / 0.995 quantiles on the normal ``val`` images (`specad.models.maps.normalise`), so
-    ``spectral`` weighs the two in units of normal variation (0: the patch map alone).
+    The map is ``normalise(patch) + spectral * sum(normalise(spectral maps))``, each normalised
+    by its own 0.9 / 0.995 quantiles on the normal ``val`` images
+    (`specad.models.maps.normalise`), so ``spectral`` weighs them in units of normal variation
+    (0: the patch map alone).
     Shapes: images [B, N, S, S], standardised per channel (specad's `Preprocess`) -> maps
     [B, 1, S, S].
     """
 
     kind: ClassVar[str] = "knn"
-    fitted: ClassVar[tuple[str, ...]] = ("bank_", "extractor_", "patch_scale_", "spectral_")
+    fitted: ClassVar[tuple[str, ...]] = ("bank_", "extractor_", "patch_scale_", "spectra_")
     input_size: ClassVar[int] = 256
     blocks: tuple[int, ...] = (4, 10, 12)
     coreset_size: PositiveInt = 2048
@@ -80,10 +90,16 @@ class KNN(BaseDetector):
 
     @torch.inference_mode()
     def fit_maps(
-        self, train: Images, val: Images, *, wavelengths: Sequence[float] | None = None
+        self,
+        train: Images,
+        val: Images,
+        *,
+        wavelengths: Sequence[float] | None = None,
+        units: Units | None = None,
     ) -> Self:
-        """Build the bank (and the spectral model) from normal images [B, N, S, S], then the
-        map scales from normal ``val`` images; ``wavelengths`` for the stem's mapping."""
+        """Build the bank (and the spectral maps) from normal images [B, N, S, S], then the
+        map scales from normal ``val`` images; ``wavelengths`` for the stem's mapping,
+        ``units`` for the spectral shape (None: the images are in the cube's units)."""
         images = train if isinstance(train, Tensor) else torch.stack(list(train))
         if images.ndim != 4 or len(images) == 0:
             raise SpecadError(
@@ -106,13 +122,14 @@ class KNN(BaseDetector):
                 kept.append(f[pick])
         patches = torch.cat(kept)[: self.max_patches]
         self.bank_ = patches[greedy_coreset(patches, self.coreset_size, self.projection, gen)]
-        self.spectral_ = RX(seed=self.seed).fit_cubes(RX.cubes(images)) if self.spectral else None
-        self.patch_scale_, self.spectral_scale_ = (0.0, 0.1), None  # identity until fitted
+        self.spectra_ = PixelSpectra.fit(images, units, self.seed) if self.spectral else None
+        self.patch_scale_, self.spectra_scales_ = (0.0, 0.1), []  # identity until fitted
         if len(val):
             raw = [self._raw_maps(x[None].to(images.device)) for x in val]  # sizes may differ
             self.patch_scale_ = normal_quantiles(patch for patch, _ in raw)
-            if self.spectral_ is not None:
-                self.spectral_scale_ = normal_quantiles(spectral for _, spectral in raw)
+            self.spectra_scales_ = [
+                normal_quantiles(spectra[i] for _, spectra in raw) for i in range(len(raw[0][1]))
+            ]
         return self
 
     def _patches(self, x: Tensor) -> Tensor:
@@ -128,8 +145,8 @@ class KNN(BaseDetector):
         self.check_fitted()
         return self.extractor_.stem.in_channels
 
-    def _raw_maps(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The patch map and the spectral map (None without one), [B, 1, S, S] each, unscaled."""
+    def _raw_maps(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The patch map and the spectral maps, [B, 1, S, S] each, unscaled."""
         f = torch.cat([self.extractor_(b) for b in x.split(_BATCH)])  # [B, D, h, w]
         b, d, h, w = f.shape
         queries = f.permute(0, 2, 3, 1).reshape(-1, d)
@@ -137,26 +154,26 @@ class KNN(BaseDetector):
         nearest = torch.cat([torch.cdist(q, self.bank_).amin(1) for q in queries.split(step)])
         patch = F.interpolate(nearest.view(b, 1, h, w), size=x.shape[-2:], mode="bilinear")
         patch = gaussian_blur(patch, self.sigma)
-        if self.spectral_ is None:
-            return patch, None
-        distance = self.spectral_.score_maps(x).to(x.device).sqrt()  # squared Mahalanobis
-        return patch, gaussian_blur(distance, self.spectral_sigma)
+        if self.spectra_ is None:
+            return patch, []
+        spectra = [m.to(x.device) for m in self.spectra_.maps(x)]
+        return patch, [gaussian_blur(m, self.spectral_sigma) for m in spectra]
 
     @torch.inference_mode()
     def _score_maps(self, x: Tensor) -> Tensor:
         """[B, 1, S, S] anomaly maps for input [B, N, S, S]."""
         if x.shape[1] != self.n_channels:
             raise SpecadError(f"knn expects [B, {self.n_channels}, S, S], got {tuple(x.shape)}")
-        patch, spectral = self._raw_maps(x.to(self.bank_.device))
+        patch, spectra = self._raw_maps(x.to(self.bank_.device))
         maps = normalise(patch, *self.patch_scale_)
-        if spectral is not None:
-            maps = maps + self.spectral * normalise(spectral, *self.spectral_scale_)
+        for m, scale in zip(spectra, self.spectra_scales_, strict=True):
+            maps = maps + self.spectral * normalise(m, *scale)
         return maps
 
     # ------------------------------------------------------------------ devices and files
 
     def to(self, device: str | torch.device) -> Self:
-        """Move the fitted extractor and bank (the spectral model computes on the CPU)."""
+        """Move the fitted extractor and bank (the spectral maps are computed on the CPU)."""
         self.check_fitted()
         self.extractor_ = self.extractor_.to(device)
         self.bank_ = self.bank_.to(device)
@@ -164,17 +181,16 @@ class KNN(BaseDetector):
 
     def _tensors(self) -> dict[str, Tensor]:
         extractor = {f"extractor.{k}": v for k, v in self.extractor_.state_dict().items()}
-        spectral = {} if self.spectral_ is None else self.spectral_._tensors()
-        return {"bank": self.bank_} | extractor | {f"spectral.{k}": v for k, v in spectral.items()}
+        spectra = {} if self.spectra_ is None else self.spectra_.tensors()
+        return {"bank": self.bank_} | extractor | {f"spectra.{k}": v for k, v in spectra.items()}
 
     def _scalars(self) -> dict[str, Any]:
-        spectral = None if self.spectral_ is None else self.spectral_._scalars()
         return {
             "channels": self.n_channels,
             "wavelengths": self.wavelengths_,
             "patch_scale": list(self.patch_scale_),
-            "spectral_scale": self.spectral_scale_ and list(self.spectral_scale_),
-            "spectral": spectral,
+            "spectra_scales": [list(s) for s in self.spectra_scales_],
+            "spectra": None if self.spectra_ is None else self.spectra_.scalars(),
         }
 
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
@@ -189,15 +205,17 @@ class KNN(BaseDetector):
             detail = " ".join(str(err).split())[:300]
             raise SpecadError(f"knn extractor weights do not fit: {detail}") from err
         self.bank_ = tensors["bank"]
-        # files written before the spectral map: the patch map alone, unscaled
+        # files written before the spectral maps: the patch map alone, unscaled
         self.patch_scale_ = tuple(scalars.get("patch_scale", (0.0, 0.1)))
-        self.spectral_scale_ = scalars.get("spectral_scale") and tuple(scalars["spectral_scale"])
-        self.spectral_ = None
-        if scalars.get("spectral") is None:
+        self.spectra_scales_ = [tuple(s) for s in scalars.get("spectra_scales", [])]
+        self.spectra_ = None
+        if scalars.get("spectra") is None:
             self.spectral = 0.0
         else:
-            self.spectral_ = RX(seed=self.seed)
-            self.spectral_._restore(_prefixed(tensors, "spectral."), scalars["spectral"])
+            spectra = _prefixed(tensors, "spectra.")
+            self.spectra_ = PixelSpectra.restore(spectra, scalars["spectra"], self.seed)
+            if len(self.spectra_scales_) != 1 + (self.spectra_.shape is not None):
+                raise SpecadError("knn spectral map scales do not match its spectral maps")
 
 
 def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -52,7 +52,9 @@ class RX(CubeDetector):
     max_pixels: Annotated[int, Field(strict=True, ge=2)] = 200_000
     seed: Seed = 0
 
-    def fit_maps(self, train: Images, val: Images, *, wavelengths: Any = None) -> Self:
+    def fit_maps(
+        self, train: Images, val: Images, *, wavelengths: Any = None, units: Any = None
+    ) -> Self:
         return self.fit_cubes(self.cubes(train))
 
     def fit_cubes(self, cubes: Iterable[np.ndarray]) -> Self:
