@@ -6,10 +6,13 @@ CPU-length EfficientAD training (issue 12), and fitting is a forward pass plus a
 Memory, stated for the defaults (blocks 4 + 10 + 12: D = 344 features per patch, stride 8):
 
 - fitted model: the bank, ``coreset_size`` x D float32 (2,048 x 344 = 2.8 MB), and the frozen
-  extractor (blocks 0-12 of EfficientNet-Lite0, 5.7 MB), both saved in the model file;
+  extractor (blocks 0-12 of EfficientNet-Lite0, 5.7 MB), both saved in the model file, plus
+  two N x N spectral models;
 - fitting: at most ``max_patches`` x D float32 patch features (50,000 x 344 = 69 MB) and their
-  random projection (``max_patches`` x ``projection`` = 13 MB), besides the caller's images;
-- scoring: patch-to-bank distances in chunks of at most ``CDIST_ELEMENTS`` floats (64 MB).
+  random projection (``max_patches`` x ``projection`` = 13 MB), the spectral models' pixel
+  sample (200,000 x N float64 each, 9.6 MB at N = 6), besides the caller's train and val images;
+- scoring: patch-to-bank distances in chunks of at most ``CDIST_ELEMENTS`` floats (64 MB), and
+  two float64 copies of each batch for the spectral maps.
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ _BATCH = 4
 
 @detector
 class KNN(BaseDetector):
-    """Nearest-neighbour anomaly maps against a coreset of normal patch features, plus a
-    per-pixel spectral map.
+    """Nearest-neighbour anomaly maps against a coreset of normal patch features, plus
+    per-pixel spectral maps.
 
     Patch map: the outputs of EfficientNet-Lite0 ``blocks``, upsampled to the first one's grid,
     concatenated and 3x3 average-pooled (`EfficientNetLite0Teacher`, stem adapted to N channels).
@@ -107,7 +110,7 @@ class KNN(BaseDetector):
             )
         if self.spectral > 0 and len(val) == 0:
             raise SpecadError(
-                "knn needs normal val images to weigh its spectral map (or spectral=0)"
+                "knn needs normal val images to weigh its spectral maps (or spectral=0)"
             )
         gen = torch.Generator().manual_seed(self.seed)
         self.extractor_ = EfficientNetLite0Teacher(
