@@ -181,9 +181,13 @@ def main(side: str, script: str, cases: list[Case], prepare: Prepare) -> None:
     info = machine() | {"side": side, "matmul_peak_gflops": matmul_peak()}
     results = []
     chosen = [c for c in cases if args.match in label(c)]
+    native_bf16 = bool(set(NATIVE_BF16) & set(info["cpu_flags"]))
     for i, c in enumerate(chosen, 1):
         print(f"{side}: [{i}/{len(chosen)}] {label(c)} ...", file=sys.stderr, flush=True)
-        result = _run_child(script, c, args.reps, args.warmup)
+        if "bf16" in c["path"] and not native_bf16:  # emulated: minutes per call, says nothing
+            result = {**c, "error": "skipped: no native bf16 on this CPU"}
+        else:
+            result = _run_child(script, c, args.reps, args.warmup)
         results.append(result)
         shown = result.get("error") or f"{result['median_s'] * 1e3:.1f} ms"
         print(f"{side}: {label(c)}: {shown}", file=sys.stderr, flush=True)
