@@ -139,9 +139,12 @@ def test_preprocess_checks_channels_and_normalises(tiny_dataset: Path) -> None:
     pre = Preprocess(6, [0, 3], 32)
     x = pre.cube_tensor(cube)
     assert x.shape == (2, 32, 32)
+    assert pre.units() is None  # before fit the input is the cube itself
     pre.fit(x[None])
     z = pre.normalise(x)
     assert torch.allclose(z.mean(dim=(1, 2)), torch.full((2,), 0.45), atol=1e-4)
+    scale, offset = (torch.tensor(u).view(-1, 1, 1) for u in pre.units())
+    torch.testing.assert_close(z * scale + offset, x)  # units undo the standardisation
     with pytest.raises(SpecadError, match="expects cubes with 6 channels, this one has 3"):
         pre.cube_tensor(Cube(np.zeros((8, 8, 3), np.float32)))
 

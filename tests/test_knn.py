@@ -16,6 +16,7 @@ from specad.errors import SpecadError
 from specad.evaluate import fit_on_dataset, run_split
 from specad.infer import Detector
 from specad.models.knn import KNN, greedy_coreset
+from specad.models.pixel_spectra import PixelSpectra
 from specad.models.registry import load_detector
 
 SMALL = {"image_size": 64, "coreset_size": 128}
@@ -95,6 +96,19 @@ def test_spectral_map_finds_what_the_adapted_stem_cannot_see() -> None:
     assert both.predict(test).tolist() == [False, True]
     peak = divmod(int(maps[1, 0].argmax()), 64)
     assert 24 <= peak[0] < 40 and 24 <= peak[1] < 40
+
+
+def test_spectral_shape_is_blind_to_a_lamp_gain_and_the_level_is_relative() -> None:
+    gen = torch.Generator().manual_seed(0)
+    images = 0.2 + 0.5 * torch.rand(6, 4, 32, 32, generator=gen)  # positive, cube units
+    spectra = PixelSpectra.fit(images, None, seed=0)
+    level, shape = spectra.maps(images[:2])
+    dim_level, dim_shape = spectra.maps(0.6 * images[:2])  # the same trays under a dimmer lamp
+    torch.testing.assert_close(dim_shape, shape)
+    assert level.shape == shape.shape == (2, 1, 32, 32)
+    shifted_level, _ = spectra.maps(images[:2] + 0.3)  # brighter everywhere: nothing stands out
+    torch.testing.assert_close(shifted_level, level)
+    assert len(PixelSpectra.fit(images[:, :1], None, seed=0).maps(images[:1, :1])) == 1
 
 
 def test_files_without_a_spectral_map_load_as_the_patch_map_alone(tmp_path: Path) -> None:
