@@ -52,6 +52,17 @@ DEFAULT_FAR = 0.01
 """False-alarm rate on normal validation images that sets ``threshold_`` unless told otherwise."""
 
 
+def nest(part: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``tensors`` named ``part.name``: a fitted part's tensors inside its owner's file."""
+    return {f"{part}.{k}": v for k, v in tensors.items()}
+
+
+def unnest(part: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors `nest` stored for ``part``, under their own names again."""
+    prefix = f"{part}."
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 def detector(cls: T) -> T:
     """Class decorator: the class's fields become its validated parameters (pydantic), and a
     refused value is a `SpecadError` naming the detector and the parameter."""

@@ -34,6 +34,8 @@ from specad.models.base import (
     Seed,
     Units,
     detector,
+    nest,
+    unnest,
 )
 from specad.models.maps import gaussian_blur, normal_quantiles, normalise
 from specad.models.pixel_spectra import PixelSpectra
@@ -183,9 +185,9 @@ class KNN(BaseDetector):
         return self
 
     def _tensors(self) -> dict[str, Tensor]:
-        extractor = {f"extractor.{k}": v for k, v in self.extractor_.state_dict().items()}
+        extractor = nest("extractor", self.extractor_.state_dict())
         spectra = {} if self.spectra_ is None else self.spectra_.tensors()
-        return {"bank": self.bank_} | extractor | {f"spectra.{k}": v for k, v in spectra.items()}
+        return {"bank": self.bank_} | extractor | nest("spectra", spectra)
 
     def _scalars(self) -> dict[str, Any]:
         return {
@@ -201,7 +203,7 @@ class KNN(BaseDetector):
         self.extractor_ = EfficientNetLite0Teacher(
             int(scalars["channels"]), self.blocks, self.mapping, self.wavelengths_
         )
-        state = _prefixed(tensors, "extractor.")
+        state = unnest("extractor", tensors)
         try:
             self.extractor_.load_state_dict(state, strict=True)
         except RuntimeError as err:
@@ -215,15 +217,10 @@ class KNN(BaseDetector):
         if scalars.get("spectra") is None:
             self.spectral = 0.0
         else:
-            spectra = _prefixed(tensors, "spectra.")
+            spectra = unnest("spectra", tensors)
             self.spectra_ = PixelSpectra.restore(spectra, scalars["spectra"], self.seed)
             if len(self.spectra_scales_) != 1 + (self.spectra_.shape is not None):
                 raise SpecadError("knn spectral map scales do not match its spectral maps")
-
-
-def _prefixed(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """The tensors whose names start with ``prefix``, named without it."""
-    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def greedy_coreset(

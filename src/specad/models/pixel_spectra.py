@@ -9,7 +9,7 @@ whole: on ``tray6-hard`` a global model of the spectrum (RX) fell to image AUROC
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from specad.errors import SpecadError
-from specad.models.base import Units
+from specad.models.base import Units, nest, unnest
 from specad.models.rx import RX
 
 FLOOR = 1e-3
@@ -85,7 +85,7 @@ class PixelSpectra:
         return _centred(logs - logs.mean(dim=1, keepdim=True))
 
     @staticmethod
-    def _cubes(images: Tensor, transform: Any) -> Iterator[Any]:
+    def _cubes(images: Tensor, transform: Callable[[Tensor], Tensor]) -> Iterator[Any]:
         """One (H, W, C) NumPy cube per transformed image, for `RX.fit_cubes`."""
         return (transform(x[None].cpu())[0].permute(1, 2, 0).numpy() for x in images)
 
@@ -103,7 +103,7 @@ class PixelSpectra:
         fitted = {"scale": self.scale, "offset": self.offset, "floor": self.floor}
         for name, rx in (("level", self.level), ("shape", self.shape)):
             if rx is not None:
-                fitted |= {f"{name}.{k}": v for k, v in rx._tensors().items()}
+                fitted |= nest(name, rx._tensors())
         return fitted
 
     def scalars(self) -> dict[str, Any]:
@@ -120,9 +120,7 @@ class PixelSpectra:
             if scalars.get(name) is None:
                 return None
             fitted = RX(seed=seed)
-            prefix = f"{name}."
-            own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            fitted._restore(own, scalars[name])
+            fitted._restore(unnest(name, tensors), scalars[name])
             return fitted
 
         level = rx("level")
