@@ -53,6 +53,7 @@ class PixelSpectra:
     @classmethod
     def fit(cls, images: Tensor, units: Units | None, seed: int) -> Self:
         """Fit both maps on normal images [B, C, H, W] (``units`` None: already cube units)."""
+        images = images.cpu()  # like `maps`: the fitted statistics live on the CPU
         c = images.shape[1]
         scale, offset = ([1.0] * c, [0.0] * c) if units is None else units
         spectra = cls(
