@@ -22,7 +22,7 @@ import torch
 from specad.config import Config, ModelConfig
 from specad.data import Preprocess
 from specad.errors import SpecadError
-from specad.export import export_detector
+from specad.export import export_detector, measure_runtimes
 from specad.infer import Detector
 from specad.modelfile import ModelMeta
 from specad.models.build import build_efficientad
@@ -70,7 +70,8 @@ def _model(c: harness.Case) -> EfficientAD:
 
 
 def _export(path: Path, channels: int, int8: bool) -> None:
-    """The exports ``specad train`` writes; run in a child so their memory is not counted.
+    """The exports ``specad train`` writes, and its measurement of which runtime is fastest here
+    (`measure_runtimes`: ``auto`` follows it); run in a child so their memory is not counted.
 
     Random images stand in for the calibration and validation ones: speed does not depend on
     them, and the int8 threshold they give only has to exist for ``auto`` to choose int8.
@@ -79,6 +80,8 @@ def _export(path: Path, channels: int, int8: bool) -> None:
     images = harness.random_images(8, channels, seed=2)
     with contextlib.suppress(SpecadError):  # as `specad train`: unexportable models run on torch
         export_detector(det, path, images, int8=int8, validation=images if int8 else None)
+        if int8:
+            measure_runtimes(det, path, images)
 
 
 def _detector(model: EfficientAD, c: harness.Case, folder: Path) -> Detector:
