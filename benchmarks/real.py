@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ from specad.data import Dataset, Sample, load_dataset, read_mask, resize
 from specad.evaluate import SplitResults, evaluate_split, fit_on_dataset, run_split
 from specad.importing import import_dataset
 from specad.infer import Detector
-from specad.penalty import SKIMAGE_NATURAL
+from specad.penalty import natural_images
 from specad.train import train
 
 HERE = Path(__file__).resolve().parent
@@ -84,15 +85,12 @@ def run_specad(fit: Callable[[Dataset], Detector], ds: Dataset) -> Runs:
 
 def natural_folder(work: Path) -> Path:
     """specad's default penalty photos (scikit-image's) as the ImageFolder anomalib reads."""
-    import skimage.data
-
-    base = Path(skimage.data.__file__).parent
     folder = work / "natural"
     (folder / "natural").mkdir(parents=True, exist_ok=True)
-    for name in SKIMAGE_NATURAL:
-        link = folder / "natural" / name
-        if (base / name).is_file() and not link.exists():
-            link.symlink_to(base / name)
+    for image in natural_images():
+        link = folder / "natural" / image.name
+        if not link.exists():
+            link.symlink_to(image)
     return folder
 
 
@@ -110,6 +108,11 @@ def _anomalib_split(samples: list[Sample], out: Any, name: str, root: Path) -> S
 
 
 def run_anomalib(ds: Dataset, work: Path, steps: int, python: Path) -> Runs:
+    if shutil.which(str(python)) is None:
+        sys.exit(
+            f"{python}: no Python with anomalib (benchmarks/run.sh makes one; or pass "
+            "--anomalib-python)"
+        )
     out_file = work / "anomalib.npz"
     cmd = [str(python), str(HERE / "anomalib_real.py"), "--dataset", str(ds.root)]
     cmd += ["--natural", str(natural_folder(work)), "--steps", str(steps), "--out", str(out_file)]

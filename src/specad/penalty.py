@@ -27,6 +27,14 @@ SKIMAGE_NATURAL = (
 )
 
 
+def natural_images() -> list[Path]:
+    """The default penalty photos: those of `SKIMAGE_NATURAL` that scikit-image ships."""
+    import skimage.data
+
+    base = Path(skimage.data.__file__).parent
+    return [base / n for n in SKIMAGE_NATURAL if (base / n).is_file()]
+
+
 class PenaltySet:
     """Natural RGB images turned into N-channel penalty images on the fly (EfficientAD's
     "ImageNet penalty"), so that no N-channel copy is ever stored.
@@ -57,10 +65,7 @@ class PenaltySet:
     @staticmethod
     def _files(folder: str | Path | None) -> list[Path]:
         if folder is None:
-            import skimage.data
-
-            base = Path(skimage.data.__file__).parent
-            return [base / n for n in SKIMAGE_NATURAL if (base / n).is_file()]
+            return natural_images()
         folder = Path(folder)
         if not folder.is_dir():
             raise SpecadError("penalty image folder not found", folder)

@@ -88,7 +88,7 @@ class PixelSpectra:
     @staticmethod
     def _cubes(images: Tensor, transform: Callable[[Tensor], Tensor]) -> Iterator[Any]:
         """One (H, W, C) NumPy cube per transformed image, for `RX.fit_cubes`."""
-        return (transform(x[None].cpu())[0].permute(1, 2, 0).numpy() for x in images)
+        return (transform(x[None])[0].permute(1, 2, 0).numpy() for x in images)
 
     def maps(self, x: Tensor) -> list[Tensor]:
         """Distance maps [B, 1, H, W] of input [B, C, H, W]: level, then shape if any."""
