@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from specad.errors import SpecadError
-from specad.models.efficientad import PDN, EfficientAD
+from specad.models.efficientad import PDN, EfficientAD, normalised_stack
 from specad.models.maps import quantile
 from specad.spectral import rgb_sources
 from specad.train import ae_augment
@@ -135,6 +135,10 @@ def test_fit_teacher_stats_and_quantiles() -> None:
     std = feats.std(dim=(0, 2, 3), correction=0)
     torch.testing.assert_close(model.teacher_std.flatten(), std, rtol=1e-4, atol=1e-6)
 
+    cache = model.fit_teacher_stats(batches, keep=True)
+    expected = (feats - model.teacher_mean) / model.teacher_std
+    torch.testing.assert_close(cache, expected)
+
     model.train()
     model.fit_quantiles(iter(batches))
     assert model.training  # mode restored
@@ -183,3 +187,13 @@ def test_model_saved_before_the_rewrite_gives_the_same_map() -> None:
     assert expected.std() > 0.01  # a map with structure, not a constant
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     assert float(det.model.network_.st_p90) > 1.0  # the old q_st_a value, loaded under its new name
+
+
+def test_normalised_stack_frees_each_batch_once_copied() -> None:
+    """The teacher cache is built without holding the raw features and the result at once."""
+    batches = [torch.rand(2, 3, 4, 4), torch.rand(1, 3, 4, 4)]
+    mean, std = torch.rand(1, 3, 1, 1), torch.rand(1, 3, 1, 1) + 0.5
+    expected = (torch.cat(batches) - mean) / std
+    features = list(batches)
+    torch.testing.assert_close(normalised_stack(features, mean, std), expected)
+    assert features == []

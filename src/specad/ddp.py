@@ -23,7 +23,12 @@ import torch.distributed as dist
 from torch import Tensor
 
 from specad.errors import SpecadError
-from specad.models.efficientad import HARD_QUANTILE, EfficientAD, channel_stats
+from specad.models.efficientad import (
+    HARD_QUANTILE,
+    EfficientAD,
+    channel_stats,
+    normalised_stack,
+)
 from specad.models.maps import quantile
 from specad.runtime import pick_device
 
@@ -151,9 +156,7 @@ def fit_teacher_stats(model: EfficientAD, x: Tensor, ranks: Ranks, keep: bool) -
     model.teacher_std.copy_(std)
     if not keep:
         return None
-    return torch.cat(
-        [(f.to(ranks.device) - model.teacher_mean) / model.teacher_std for f in features]
-    )
+    return normalised_stack(features, model.teacher_mean, model.teacher_std)
 
 
 def dropout_generators(seeds: Tensor, device: torch.device) -> list[torch.Generator]:

@@ -205,6 +205,23 @@ def channel_stats(features: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
     return mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
 
 
+def normalised_stack(features: list[Tensor], mean: Tensor, std: Tensor) -> Tensor:
+    """``cat((f - mean) / std for f in features)`` on ``mean``'s device, emptying ``features``.
+
+    The training cache of teacher features can be gigabytes (3.2 GB for 666 MTD images at
+    256 px); a plain ``cat`` holds the raw list and the result at once, twice that.
+    """
+    rows = sum(len(f) for f in features)
+    dtype = torch.promote_types(features[0].dtype, mean.dtype)
+    out = torch.empty((rows, *features[0].shape[1:]), dtype=dtype, device=mean.device)
+    start = 0
+    while features:
+        f = features.pop(0)  # freed once copied
+        out[start : start + len(f)] = (f.to(out.device) - mean) / std
+        start += len(f)
+    return out
+
+
 def _probe_grid(teacher: nn.Module, in_channels: int, size: tuple[int, int]) -> torch.Size:
     """Shape [C, h, w] of the teacher's output for one image, from a dummy forward."""
     param = next(teacher.parameters(), None)
@@ -361,7 +378,7 @@ class EfficientAD(nn.Module):
         self.teacher_std.copy_(std)
         if not keep:
             return None
-        return torch.cat([(f - self.teacher_mean) / self.teacher_std for f in features])
+        return normalised_stack(features, self.teacher_mean, self.teacher_std)
 
     @torch.no_grad()
     def fit_quantiles(self, batches: Iterable[Tensor]) -> None:
