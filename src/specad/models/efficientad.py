@@ -371,14 +371,13 @@ class EfficientAD(nn.Module):
         """
         device = self.teacher_mean.device
         features = (self.teacher(x.to(device)) for x in batches)
-        if keep:
-            features = list(features)
-        mean, std = channel_stats(features)
+        kept = list(features) if keep else None
+        mean, std = channel_stats(features if kept is None else kept)
         self.teacher_mean.copy_(mean)
         self.teacher_std.copy_(std)
-        if not keep:
+        if kept is None:
             return None
-        return normalised_stack(features, self.teacher_mean, self.teacher_std)
+        return normalised_stack(kept, self.teacher_mean, self.teacher_std)
 
     @torch.no_grad()
     def fit_quantiles(self, batches: Iterable[Tensor]) -> None:
