@@ -73,6 +73,9 @@ def test_auto_picks_int8_on_vnni_cpus_with_its_own_threshold(
     model = Detector.load(copy, device="cpu", runtime="torch").model
     model.int8_threshold_ = None
     model.save(copy / "model.safetensors")  # the same tensors: the exports still match them
+    record = json.loads((copy / CHOICE_FILE).read_text())
+    record["choice"] = "int8"  # even where int8 was measured fastest: tiny models vary by run
+    (copy / CHOICE_FILE).write_text(json.dumps(record))
     assert Detector.load(copy, device="cpu").runtime == "onnx"
 
 
