@@ -1,19 +1,45 @@
 #!/usr/bin/env bash
 # Set up ./.venv-cuvis for the cuvis.ai integration. It is separate from .venv because
-# cuvis-ai-core needs torchvision, which pins the CUDA build of torch 2.14.1 (several GB).
+# cuvis-ai-core declares torchvision, which pins the CUDA build of torch 2.14.1 (5.5 GB).
+#
+# SPECAD_CUVIS_TORCH picks the torch of a new .venv-cuvis:
+#   cuda  torch 2.14.1 + torchvision 0.29.1, what `pip install 'specad[cuvis]'` gives a user;
+#   cpu   the CPU torch 2.13.0 of .venv and no torchvision, which cuvis-ai-core never imports
+#         (about 2 GB in all);
+#   auto  (default) cuda where 7 GB are free, else cpu. An existing .venv-cuvis keeps its torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv-cuvis/bin/python ] || "$PY" -m venv .venv-cuvis
-export PIP_DISABLE_PIP_VERSION_CHECK=1
-# torch and torchvision first, pinned together, so the resolver does not pick another pair.
-# They take about 5.5 GB: say so in one line rather than let pip fail half-way with ENOSPC.
-if ! .venv-cuvis/bin/python -c "import torchvision" 2>/dev/null; then
-    free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
-    if [ "$free_gb" -lt 6 ]; then
-        echo "setup-cuvis: torch 2.14.1 + torchvision need about 6 GB free here; $(pwd) has ${free_gb} GB" >&2
-        exit 1
-    fi
-    .venv-cuvis/bin/pip install -q --no-cache-dir "torch==2.14.1" "torchvision==0.29.1"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+mode=${SPECAD_CUVIS_TORCH:-auto}
+if [ "$mode" = auto ] && [ -x .venv-cuvis/bin/python ] && .venv-cuvis/bin/python -c "import torch" 2>/dev/null; then
+    if .venv-cuvis/bin/python -c "import torchvision" 2>/dev/null; then mode=cuda; else mode=cpu; fi
 fi
-.venv-cuvis/bin/pip install -q -e ".[cuvis,dev]"
+if [ "$mode" = auto ]; then
+    free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
+    if [ "$free_gb" -ge 7 ]; then mode=cuda; else
+        mode=cpu
+        echo "setup-cuvis: ${free_gb} GB free, too little for torch 2.14.1 + torchvision; using the CPU torch 2.13.0 without torchvision (SPECAD_CUVIS_TORCH=cuda to insist)"
+    fi
+fi
+[ -x .venv-cuvis/bin/python ] || "$PY" -m venv .venv-cuvis
+pip=(.venv-cuvis/bin/pip install -q)
+case "$mode" in
+cuda)
+    # torch and torchvision first, pinned together, so the resolver does not pick another pair.
+    .venv-cuvis/bin/python -c "import torchvision" 2>/dev/null ||
+        "${pip[@]}" "torch==2.14.1" "torchvision==0.29.1"
+    "${pip[@]}" -e ".[cuvis,dev]"
+    ;;
+cpu)
+    .venv-cuvis/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
+    torch_pin=$(.venv-cuvis/bin/python -c "import torch; print(torch.__version__)")
+    "${pip[@]}" -e ".[dev]"
+    "${pip[@]}" --no-deps "$(.venv-cuvis/bin/python scripts/cuvis_requirements.py core)"
+    "${pip[@]}" "torch==${torch_pin}" -r <(.venv-cuvis/bin/python scripts/cuvis_requirements.py)
+    ;;
+*)
+    echo "setup-cuvis: SPECAD_CUVIS_TORCH must be auto, cuda or cpu, not '$mode'" >&2
+    exit 2
+    ;;
+esac
