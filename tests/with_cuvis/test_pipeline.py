@@ -129,3 +129,10 @@ def test_manifest_describes_the_node_classes() -> None:
         ):
             got = {k: v.model_dump(exclude={"variadic"}) for k, v in declared.items()}
             assert got == {k: _port(v) for k, v in specs.items()}, entry.class_name
+
+
+def test_the_integration_never_imports_torchvision() -> None:
+    """scripts/setup-cuvis.sh leaves torchvision out where the disk is short; this holds it."""
+    code = "import sys, specad.cuvis, specad.cuvis.pipeline; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
