@@ -23,12 +23,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from specad.errors import SpecadError
-from specad.models.efficientad import (
-    HARD_QUANTILE,
-    EfficientAD,
-    channel_stats,
-    normalised_stack,
-)
+from specad.models.efficientad import HARD_QUANTILE, EfficientAD
 from specad.models.maps import quantile
 from specad.runtime import pick_device
 
@@ -151,12 +146,7 @@ def fit_teacher_stats(model: EfficientAD, x: Tensor, ranks: Ranks, keep: bool) -
     if ranks.world == 1:
         return model.fit_teacher_stats(ranks.batches(x), keep=keep)
     features = ranks.gather([model.teacher(b).cpu() for b in ranks.batches(x)])
-    mean, std = channel_stats(features)
-    model.teacher_mean.copy_(mean)
-    model.teacher_std.copy_(std)
-    if not keep:
-        return None
-    return normalised_stack(features, model.teacher_mean, model.teacher_std)
+    return model.adopt_teacher_stats(features, keep)
 
 
 def dropout_generators(seeds: Tensor, device: torch.device) -> list[torch.Generator]:

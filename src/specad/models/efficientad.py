@@ -371,13 +371,23 @@ class EfficientAD(nn.Module):
         """
         device = self.teacher_mean.device
         features = (self.teacher(x.to(device)) for x in batches)
-        kept = list(features) if keep else None
-        mean, std = channel_stats(features if kept is None else kept)
+        return self.adopt_teacher_stats(list(features) if keep else features, keep)
+
+    @torch.no_grad()
+    def adopt_teacher_stats(self, features: Iterable[Tensor], keep: bool) -> Tensor | None:
+        """``fit_teacher_stats`` from teacher outputs computed elsewhere (by DDP ranks).
+
+        With ``keep``, ``features`` must be a list: it is emptied as it is normalised, so the
+        cache never exists twice.
+        """
+        mean, std = channel_stats(features)
         self.teacher_mean.copy_(mean)
         self.teacher_std.copy_(std)
-        if kept is None:
+        if not keep:
             return None
-        return normalised_stack(kept, self.teacher_mean, self.teacher_std)
+        if not isinstance(features, list):
+            raise TypeError("keep=True needs the teacher outputs as a list")
+        return normalised_stack(features, self.teacher_mean, self.teacher_std)
 
     @torch.no_grad()
     def fit_quantiles(self, batches: Iterable[Tensor]) -> None:
