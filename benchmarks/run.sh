@@ -16,7 +16,7 @@ done
 if ! "$venv/bin/python" -c "import anomalib" 2>/dev/null; then
   echo "setting up $venv (anomalib 2.7.0 with torch 2.14.1; takes a while)" >&2
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet "torch==2.14.1" "torchvision==0.29.1" "anomalib==2.7.0"
+  "$venv/bin/pip" install --quiet -r scripts/torch-vision.txt "anomalib==2.7.0"
 fi
 
 if [ "$tta" = 1 ]; then

@@ -3,9 +3,9 @@
 # cuvis-ai-core declares torchvision, which pins the CUDA build of torch 2.14.1 (5.5 GB).
 #
 # SPECAD_CUVIS_TORCH picks the torch of a new .venv-cuvis:
-#   cuda  torch 2.14.1 + torchvision 0.29.1, what `pip install 'specad[cuvis]'` gives a user;
-#   cpu   the CPU torch 2.13.0 of .venv and no torchvision, which cuvis-ai-core never imports
-#         (about 2 GB in all);
+#   cuda  scripts/torch-vision.txt (CUDA torch + torchvision), as `pip install 'specad[cuvis]'`;
+#   cpu   scripts/torch-cpu.txt (the CPU torch of .venv) and no torchvision, which cuvis-ai-core
+#         never imports (about 2 GB in all);
 #   auto  (default) cuda where 7 GB are free, else cpu. An existing .venv-cuvis keeps its torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,20 +19,20 @@ if [ "$mode" = auto ]; then
     free_gb=$(df -Pk . | awk 'NR==2 {print int($4 / 1048576)}')
     if [ "$free_gb" -ge 7 ]; then mode=cuda; else
         mode=cpu
-        echo "setup-cuvis: ${free_gb} GB free, too little for torch 2.14.1 + torchvision; using the CPU torch 2.13.0 without torchvision (SPECAD_CUVIS_TORCH=cuda to insist)"
+        echo "setup-cuvis: ${free_gb} GB free, too little for the CUDA torch that torchvision needs; using the CPU torch without torchvision (SPECAD_CUVIS_TORCH=cuda to insist)"
     fi
 fi
 [ -x .venv-cuvis/bin/python ] || "$PY" -m venv .venv-cuvis
 pip=(.venv-cuvis/bin/pip install -q)
 case "$mode" in
 cuda)
-    # torch and torchvision first, pinned together, so the resolver does not pick another pair.
+    # torch and torchvision first, so the resolver does not pick another pair.
     .venv-cuvis/bin/python -c "import torchvision" 2>/dev/null ||
-        "${pip[@]}" "torch==2.14.1" "torchvision==0.29.1"
+        "${pip[@]}" -r scripts/torch-vision.txt
     "${pip[@]}" -e ".[cuvis,dev]"
     ;;
 cpu)
-    .venv-cuvis/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
+    .venv-cuvis/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" -r scripts/torch-cpu.txt
     torch_pin=$(.venv-cuvis/bin/python -c "import torch; print(torch.__version__)")
     "${pip[@]}" -e ".[dev]"
     "${pip[@]}" --no-deps "$(.venv-cuvis/bin/python scripts/cuvis_requirements.py core)"

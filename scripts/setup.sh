@@ -7,6 +7,6 @@ PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first: without a pin pip would fetch a multi-GB CUDA build. GPU users install the torch
 # build they want into .venv before running this script; an importable torch is kept.
-.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "torch==2.13.0"
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q -r scripts/torch-cpu.txt
 # dask: the distributed-scoring tests run in CI too (tests/test_distributed.py)
 .venv/bin/pip install -q -e ".[dev,dask]"
