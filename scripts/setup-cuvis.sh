@@ -12,6 +12,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 mode=${SPECAD_CUVIS_TORCH:-auto}
+case "$mode" in auto | cuda | cpu) ;; *)
+    echo "setup-cuvis: SPECAD_CUVIS_TORCH must be auto, cuda or cpu, not '$mode'" >&2
+    exit 2
+    ;;
+esac
 if [ "$mode" = auto ] && [ -x .venv-cuvis/bin/python ] && .venv-cuvis/bin/python -c "import torch" 2>/dev/null; then
     if .venv-cuvis/bin/python -c "import torchvision" 2>/dev/null; then mode=cuda; else mode=cpu; fi
 fi
@@ -37,9 +42,5 @@ cpu)
     "${pip[@]}" -e ".[dev]"
     "${pip[@]}" --no-deps "$(.venv-cuvis/bin/python scripts/cuvis_requirements.py core)"
     "${pip[@]}" "torch==${torch_pin}" -r <(.venv-cuvis/bin/python scripts/cuvis_requirements.py)
-    ;;
-*)
-    echo "setup-cuvis: SPECAD_CUVIS_TORCH must be auto, cuda or cpu, not '$mode'" >&2
-    exit 2
     ;;
 esac
