@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from specad.config import ModelConfig, student_padding
 from specad.errors import SpecadError
+from specad.models.build import build_efficientad
 from specad.models.efficientad import PDN, EfficientAD, normalised_stack
-from specad.models.maps import quantile
+from specad.models.maps import normalise, quantile
 from specad.spectral import rgb_sources
 from specad.train import ae_augment
 
@@ -197,3 +199,32 @@ def test_normalised_stack_frees_each_batch_once_copied() -> None:
     features = list(batches)
     torch.testing.assert_close(normalised_stack(features, mean, std), expected)
     assert features == []
+
+
+@pytest.mark.parametrize("ae_weight", [0.0, 0.25, 1.0])
+def test_ae_weight_sets_each_maps_share(ae_weight: float) -> None:
+    model = _model().eval()
+    model.ae_weight = ae_weight
+    x = torch.rand(1, 4, 64, 64)
+    map_st, map_ae = (normalise(m, 0.0, 0.1) for m in model.maps(x))
+    expected = torch.nn.functional.pad((1 - ae_weight) * map_st + ae_weight * map_ae, (4,) * 4)
+    expected = torch.nn.functional.interpolate(expected, size=(64, 64), mode="bilinear")
+    assert torch.allclose(model.anomaly_map(x), expected, atol=1e-6)
+
+
+def test_lite0_student_is_padded_onto_half_its_grid_and_exports_to_onnx(tmp_path: Path) -> None:
+    """Unpadded, the student's 56 cells at 256 px pool onto the teacher's 32 by a fraction,
+    which ONNX cannot export; by default a Lite0 model pads its student (64 -> 32)."""
+    pytest.importorskip("onnxruntime")
+    from specad.export import OnnxRunner, export_onnx
+
+    assert not student_padding(ModelConfig(teacher="efficientnet-lite0", padding=False))
+    assert not student_padding(ModelConfig())  # PDN teachers stay as anomalib's
+    model = build_efficientad(ModelConfig(teacher="efficientnet-lite0"), 1, 256).eval()
+    assert model.grid == (32, 32)
+    assert model.student(torch.zeros(1, 1, 256, 256)).shape[-2:] == (64, 64)
+    x = torch.rand(2, 1, 256, 256)
+    onnx = export_onnx(model, 1, 256, tmp_path / "m.onnx", "digest")
+    with torch.no_grad():
+        reference = model.anomaly_map(x)
+    assert torch.allclose(OnnxRunner(onnx)(x), reference, atol=1e-4)

@@ -37,7 +37,22 @@ class ModelConfig(Strict):
     teacher_file: Path | None = None
     channel_mapping: Literal["repeat", "wavelength"] = "repeat"
     size: Literal["small", "medium"] = "small"
-    padding: bool = False
+    padding: bool | None = None
+    """Padded convolutions in the student (and a PDN teacher); None picks by teacher
+    (`student_padding`)."""
+    ae_weight: float = Field(0.5, ge=0, le=1)
+    """Share of the student-autoencoder map in the anomaly map; the student-teacher map has
+    the rest."""
+
+
+def student_padding(model: ModelConfig) -> bool:
+    """The padding a model is built with. Unset: unpadded for PDN teachers (anomalib's default),
+    padded for EfficientNet-Lite0, whose stride-8 grid is then exactly half the student's, so
+    the student is pooled to it by a whole factor and exports to ONNX at any size divisible by 8
+    (unpadded, 56 cells onto 32 at 256 px, it could not be exported)."""
+    if model.padding is not None:
+        return model.padding
+    return model.teacher == "efficientnet-lite0"
 
 
 class PenaltyConfig(Strict):
@@ -66,7 +81,7 @@ class TrainConfig(Strict):
 def min_image_size(model: ModelConfig) -> int:
     """Smallest input side the model accepts (measured): an unpadded PDN's 4x4 kernels need
     34 px; padded PDNs and the EfficientNet-Lite0 teacher work from 16."""
-    return 34 if model.teacher != "efficientnet-lite0" and not model.padding else 16
+    return 34 if model.teacher != "efficientnet-lite0" and not student_padding(model) else 16
 
 
 class Config(Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from specad.config import ModelConfig
+from specad.config import ModelConfig, student_padding
 from specad.errors import SpecadError
 from specad.models.efficientad import EfficientAD
 from specad.models.teachers import EfficientNetLite0Teacher, pdn_teacher
@@ -24,7 +24,7 @@ def build_teacher(
     return pdn_teacher(
         in_channels,
         size=cfg.size,
-        padding=cfg.padding,
+        padding=student_padding(cfg),
         source=source,
         mapping=cfg.channel_mapping,
         wavelengths=wavelengths,
@@ -59,5 +59,6 @@ def build_efficientad(
         image_size=image_size,
         teacher=teacher,
         size=cfg.size,
-        padding=cfg.padding,
+        padding=student_padding(cfg),
+        ae_weight=cfg.ae_weight,
     )

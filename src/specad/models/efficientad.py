@@ -251,9 +251,11 @@ class EfficientAD(nn.Module):
         teacher: nn.Module,
         size: ModelSize = "small",
         padding: bool = False,
+        ae_weight: float = 0.5,
     ) -> None:
         super().__init__()
         self.image_size = _pair(image_size)
+        self.ae_weight = ae_weight  # the paper's 0.5: both maps count equally
         self.teacher = teacher.eval().requires_grad_(False)
         channels, *grid = _probe_grid(teacher, in_channels, self.image_size)
         _, *grid_far = _probe_grid(teacher, in_channels, tuple(s + 64 for s in self.image_size))
@@ -317,7 +319,8 @@ class EfficientAD(nn.Module):
         map_st = normalise(map_st, self.st_p90, self.st_p995)
         map_ae = normalise(map_ae, self.ae_p90, self.ae_p995)
         bh, bw = self.map_border
-        combined = F.pad(0.5 * map_st + 0.5 * map_ae, (bw, bw, bh, bh))
+        combined = (1 - self.ae_weight) * map_st + self.ae_weight * map_ae
+        combined = F.pad(combined, (bw, bw, bh, bh))
         return F.interpolate(combined, size=x.shape[-2:], mode="bilinear")
 
     forward = anomaly_map
