@@ -55,7 +55,8 @@ KNN_PARAMS: dict[str, Any] = {
 def efficientad(ds: Dataset, work: Path, steps: int, teacher: str = "pdn-random") -> Detector:
     """The CPU preset (natural-image penalty) with ``teacher`` for ``steps`` steps."""
     sets = [f"data.root={ds.root}", f"train.steps={steps}", "train.val_every=0"]
-    cfg = load_config(HERE.parent / "examples" / "cpu.yaml", [*sets, f"model.teacher={teacher}"])
+    sets.append(f"model.teacher={teacher}")
+    cfg = load_config(HERE.parent / "examples" / "cpu.yaml", sets)
     return Detector.load(train(cfg, work / f"efficientad-{teacher}", force=True, progress=False))
 
 
