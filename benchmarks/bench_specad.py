@@ -74,7 +74,8 @@ def _export(path: Path, channels: int, int8: bool) -> None:
     (`measure_runtimes`: ``auto`` follows it); run in a child so their memory is not counted.
 
     Random images stand in for the calibration and validation ones: speed does not depend on
-    them, and the int8 threshold they give only has to exist for ``auto`` to choose int8.
+    them. The int8 threshold they give lets ``auto`` choose int8 where fewer than
+    `specad.export.RANK_MIN_IMAGES` are given, as here (no ranking check on random images).
     """
     det = Detector.load(path, device="cpu", runtime="torch")
     images = harness.random_images(8, channels, seed=2)

@@ -13,6 +13,7 @@ from conftest import make_dataset
 from test_cli import specad
 from test_train import tiny_config
 
+from specad import export
 from specad.data import load_dataset
 from specad.errors import SpecadError
 from specad.evaluate import fit_on_dataset
@@ -77,6 +78,35 @@ def test_auto_picks_int8_on_vnni_cpus_with_its_own_threshold(
     record["choice"] = "int8"  # even where int8 was measured fastest: tiny models vary by run
     (copy / CHOICE_FILE).write_text(json.dumps(record))
     assert Detector.load(copy, device="cpu").runtime == "onnx"
+
+
+def test_int8_that_orders_validation_scores_unlike_fp32_is_kept_out_of_auto(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    monkeypatch.setattr(export, "RANK_MIN_IMAGES", 4)  # the tiny dataset's val split
+    monkeypatch.setattr(export, "RANK_AGREEMENT", -1.0)  # any export passes
+    det = Detector.load(copy, device="cpu", runtime="torch")
+    val = _val(root, det)
+    train_x = load_inputs(det.meta.preprocess, load_dataset(root).require("train")).x
+    diffs = export_detector(det, copy, train_x, int8=True, validation=val)
+    scores = {  # the rank it reports is that of the two exports' image scores on val
+        r: Detector.load(copy, device="cpu", runtime=r).maps(val).amax(dim=(1, 2, 3)).numpy()
+        for r in ("onnx", "int8")
+    }
+    rho = np.corrcoef(*(np.argsort(np.argsort(v)) for v in scores.values()))[0, 1]
+    assert diffs["int8_rank"] == pytest.approx(rho, abs=1e-3)
+    assert Detector.load(copy, device="cpu", runtime="torch").model.int8_threshold_ is not None
+
+    monkeypatch.setattr(export, "RANK_AGREEMENT", 1.01)  # no export can pass: held back
+    with pytest.warns(UserWarning, match="`auto` will not choose it"):
+        export_detector(det, copy, train_x, int8=True, validation=val)
+    assert Detector.load(copy, device="cpu", runtime="torch").model.int8_threshold_ is None
+    record = json.loads((copy / CHOICE_FILE).read_text())
+    (copy / CHOICE_FILE).write_text(json.dumps(record | {"choice": "int8"}))
+    assert Detector.load(copy, device="cpu").runtime != "int8"
 
 
 def test_auto_takes_the_fastest_accurate_runtime_measured_on_this_cpu(

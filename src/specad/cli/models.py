@@ -192,8 +192,11 @@ def export_cmd(
         validation = load_inputs(det.meta.preprocess, ds.require("val")).x
     far = config.train.threshold_far
     diffs = export_detector(det, model, images, int8=int8, validation=validation, far=far)
+    rank = diffs.pop("int8_rank", None)
     for name, diff in diffs.items():
         out.print(f"{name}: largest map difference from torch fp32 {diff:.3g}")
+    if rank is not None:
+        out.print(f"int8: ranks the validation images' scores as fp32 with Spearman {rank}")
     if validation is not None:  # which runtime is fastest on this CPU, among the accurate ones
         record = measure_runtimes(det, model, calibration_images(validation, 8))
         for name, row in record["runtimes"].items():
