@@ -167,9 +167,10 @@ def export_cmd(
 ) -> None:
     """Write model.onnx (and model.int8.onnx) beside the model, for the fast CPU runtimes.
 
-    int8 is calibrated on training images and gets its own threshold from the validation ones.
-    With a dataset, every runtime is then timed on this CPU and checked against fp32 on
-    validation images; `auto` takes the fastest accurate one here (runtime.json).
+    int8 is calibrated on training images and gets its own threshold from the validation ones
+    if it ranks their scores as fp32 does (else `auto` never runs it). With a dataset, every
+    runtime is then timed on this CPU and checked against fp32 on validation images; `auto`
+    takes the fastest accurate one here (runtime.json).
     """
     from specad.data import load_dataset
     from specad.export import export_detector, measure_runtimes
