@@ -354,7 +354,8 @@ def export_detector(
 
     network = copy.deepcopy(model.network_)  # type: ignore[attr-defined]
     onnx = export_onnx(network, channels, size, path.with_name(ONNX_FILE), digest)
-    diffs = {"onnx": parity(OnnxRunner(onnx, {digest}))}
+    fp32_runner = OnnxRunner(onnx, {digest})
+    diffs = {"onnx": parity(fp32_runner)}
     if diffs["onnx"] > 1e-3:
         onnx.unlink()
         raise SpecadError(f"ONNX export's maps differ from torch by {diffs['onnx']:.2g}", onnx)
@@ -367,7 +368,7 @@ def export_detector(
         if validation is not None:
             scores = _scores(model, runner, validation)
             if len(validation) >= RANK_MIN_IMAGES:
-                fp32 = _scores(model, OnnxRunner(onnx, {digest}), validation)
+                fp32 = _scores(model, fp32_runner, validation)
                 diffs["int8_rank"] = _spearman(fp32, scores)
             if diffs.get("int8_rank", 1.0) >= RANK_AGREEMENT:
                 model.int8_threshold_ = threshold_at_far(scores, far)  # type: ignore[attr-defined]
