@@ -20,6 +20,7 @@ Usage (the dataset as written by ``specad dataset import ../shared/data/mtd --ou
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 
@@ -28,6 +29,7 @@ import numpy as np
 from real import KNN_PARAMS
 
 from specad.data import load_dataset
+from specad.errors import SpecadError
 from specad.evaluate import SplitResults, fit_on_dataset, run_split
 from specad.metrics import pixel_auroc
 
@@ -65,14 +67,19 @@ def main() -> None:
     parser.add_argument("dataset", help="MTD in specad's layout (specad dataset import)")
     args = parser.parse_args()
     harness.set_threads()
-    ds = load_dataset(args.dataset)
     start = time.perf_counter()
-    det = fit_on_dataset("knn", ds, **KNN_PARAMS)
-    test: SplitResults = run_split(det, ds.require("test"))
+    try:
+        ds = load_dataset(args.dataset)
+        det = fit_on_dataset("knn", ds, **KNN_PARAMS)
+        test: SplitResults = run_split(det, ds.require("test"))
+    except SpecadError as err:
+        sys.exit(f"error: {err}")
     print(f"knn {KNN_PARAMS}: fit and test {time.perf_counter() - start:.0f} s")
     masks = [k > 0 for k in test.masks]
     top = 1.0 + max(float(m.max()) for m in test.maps)
     defect_pixels = sum(int(k.sum()) for k in masks)
+    if defect_pixels == 0:
+        sys.exit(f"error: {args.dataset}: the test split has no defect pixels to bound")
     classes = sorted(set(test.class_names) - {"good"})
     for name in classes:
         share = sum(int(k.sum()) for k, c in zip(masks, test.class_names, strict=True) if c == name)
