@@ -15,7 +15,8 @@ from specad.data import load_dataset
 from specad.errors import SpecadError
 from specad.evaluate import fit_on_dataset, run_split
 from specad.infer import Detector
-from specad.models.knn import KNN, greedy_coreset
+from specad.models.knn import KNN, SPECTRAL_WEIGHT, greedy_coreset, spectral_weight
+from specad.models.maps import normalise
 from specad.models.pixel_spectra import PixelSpectra
 from specad.models.registry import load_detector
 
@@ -53,8 +54,8 @@ def test_unfitted_and_bad_input_are_clear_errors(tmp_path: Path) -> None:
         with pytest.raises(SpecadError, match="knn"):
             KNN(**bad)
     with pytest.raises(SpecadError, match="knn needs normal val images"):
-        KNN(coreset_size=8).fit_maps(torch.rand(1, 3, 64, 64), [])
-    knn = KNN(coreset_size=8, spectral=0).fit_maps(torch.rand(1, 3, 64, 64), [])
+        KNN(coreset_size=8).fit_maps(torch.rand(1, 6, 64, 64), [])
+    knn = KNN(coreset_size=8).fit_maps(torch.rand(1, 3, 64, 64), [])  # no spectral maps: no val
     with pytest.raises(SpecadError, match=r"knn expects \[B, 3, S, S\]"):
         knn.score_maps(torch.rand(1, 4, 64, 64))
     (tmp_path / "bad.safetensors").write_bytes(b"\0" * 64)
@@ -98,6 +99,37 @@ def test_spectral_map_finds_what_the_adapted_stem_cannot_see() -> None:
     assert 24 <= peak[0] < 40 and 24 <= peak[1] < 40
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_spectral_maps_stay_off_where_every_band_has_its_own_stem_filter(channels: int) -> None:
+    # The rule (knn.spectral_weight): with at most three channels nothing is folded into a
+    # shared filter, so the patch map sees every band and spectral maps would only add noise
+    # (real RGB and grayscale photographs lost image AUROC with them).
+    images = _six_band_images(4, 0)[:, :channels]
+    knn = KNN(coreset_size=32, sigma=2.0).fit(images, images)
+    assert knn.spectral_weight_ == 0 and knn.spectra_ is None
+    raw, spectra = knn._raw_maps(images)
+    assert spectra == []
+    torch.testing.assert_close(knn.score_maps(images), normalise(raw, *knn.patch_scale_))
+
+
+@pytest.mark.parametrize("channels", [4, 6])
+def test_spectral_maps_come_on_where_bands_share_a_stem_filter(channels: int) -> None:
+    images = _six_band_images(4, 0)[:, :channels]
+    knn = KNN(coreset_size=32, sigma=2.0).fit(images, images)
+    assert knn.spectral_weight_ == SPECTRAL_WEIGHT > 0 and knn.spectra_ is not None
+
+
+def test_a_given_spectral_weight_overrides_the_rule_and_survives_saving(tmp_path: Path) -> None:
+    images = _six_band_images(4, 0)[:, :3]
+    knn = KNN(coreset_size=32, sigma=2.0, spectral=0.25).fit(images, images)
+    assert knn.spectral_weight_ == 0.25 and knn.spectra_ is not None
+    knn.save(tmp_path / "m.safetensors")
+    loaded = load_detector(tmp_path / "m.safetensors")
+    assert loaded.spectral_weight_ == 0.25
+    torch.testing.assert_close(loaded.score_maps(images), knn.score_maps(images))
+    assert spectral_weight(None, 3) == 0 and spectral_weight(None, 31) == SPECTRAL_WEIGHT
+
+
 def test_spectral_shape_is_blind_to_a_lamp_gain_and_the_level_is_relative() -> None:
     gen = torch.Generator().manual_seed(0)
     images = 0.2 + 0.5 * torch.rand(6, 4, 32, 32, generator=gen)  # positive, cube units
@@ -118,7 +150,7 @@ def test_files_without_a_spectral_map_load_as_the_patch_map_alone(tmp_path: Path
     old_tensors = {k: v for k, v in tensors.items() if not k.startswith("spectra.")}
     old_values = {k: v for k, v in values.items() if "scale" not in k and k != "spectra"}
     old = KNN(**knn.get_params()).restore(old_tensors, old_values)
-    assert old.spectral == 0 and old.spectra_ is None
+    assert old.spectral_weight_ == 0 and old.spectra_ is None
     raw, _ = knn._raw_maps(images)
     torch.testing.assert_close(old.score_maps(images), raw)
 
