@@ -28,7 +28,7 @@ from specad.modelfile import ModelMeta
 from specad.models.build import build_efficientad
 from specad.models.efficientad import EfficientAD
 from specad.models.efficientad_detector import EfficientADDetector
-from specad.train import ae_augment, train_step
+from specad.models.efficientad_train import ae_augment, train_step
 
 RUNTIMES = ("torch", "bf16", "onnx", "int8")
 

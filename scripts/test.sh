@@ -6,6 +6,7 @@ bash scripts/setup.sh
 bash scripts/install-chromium.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/lint-imports  # the layers of pyproject.toml: imports go one way
 .venv/bin/python -m pytest "$@"
 bash scripts/setup-cuvis.sh
 SPECAD_REQUIRE_CUVIS=1 .venv-cuvis/bin/python -m pytest tests/with_cuvis -q

@@ -11,9 +11,9 @@ from specad.config import ModelConfig, student_padding
 from specad.errors import SpecadError
 from specad.models.build import build_efficientad
 from specad.models.efficientad import PDN, EfficientAD, normalised_stack
+from specad.models.efficientad_train import ae_augment
 from specad.models.maps import normalise, quantile
 from specad.spectral import rgb_sources
-from specad.train import ae_augment
 
 # anomalib's PDN_S / PDN_M state dicts (teacher: 3 input channels, 384 output channels).
 ANOMALIB_SMALL = {

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from specad.errors import SpecadError
+from specad.metrics import DEFAULT_FAR
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -75,7 +76,7 @@ class TrainConfig(Strict):
     log_every: int = Field(25, ge=1)
     val_every: int = Field(0, ge=0)
     checkpoint_every: int = Field(100, ge=1)
-    threshold_far: float = Field(0.01, gt=0, lt=1)
+    threshold_far: float = Field(DEFAULT_FAR, gt=0, lt=1)
 
 
 def min_image_size(model: ModelConfig) -> int:

@@ -23,8 +23,9 @@ import numpy as np
 
 from specad.data import Sample, read_mask
 from specad.errors import SpecadError
-from specad.evaluate import FIT_ON_DATASET, SplitResults
 from specad.infer import Detector
+from specad.models.registry import FIT_ON_DATASET
+from specad.scoring import SplitResults, score_file
 
 try:
     from distributed import Client, LocalCluster, WorkerPlugin, get_worker
@@ -87,8 +88,6 @@ def _detector(plugin: str) -> Detector:
 def _score_file(plugin: str, shown: str, path: str, tmp: str, name: str, opts: dict) -> float | str:
     """Worker side of one ``predict`` input: its score, or the one-line failure naming the
     input as the user gave it."""
-    from specad.predict import score_file
-
     try:
         return score_file(_detector(plugin), Path(path), Path(tmp), Path(name), **opts)
     except SpecadError as err:
@@ -139,7 +138,7 @@ class Cluster:
     def run_split(
         self, samples: Sequence[Sample], *, tiled: bool = False, batch_size: int = 8
     ) -> SplitResults:
-        """``specad.evaluate.run_split`` with its batches on the workers: the same batches, so
+        """``specad.scoring.run_split`` with its batches on the workers: the same batches, so
         the same maps."""
         futures = [
             self.client.submit(

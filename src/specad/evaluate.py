@@ -15,62 +15,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from specad.data import Dataset, Preprocess, Sample, read_mask
+from specad.data import Dataset, Preprocess
 from specad.errors import SpecadError
 from specad.infer import Detector
 from specad.io import read_cube
-from specad.metrics import evaluate, is_anomalous, pixel_auroc
+from specad.metrics import DEFAULT_FAR, evaluate, is_anomalous, pixel_auroc
 from specad.modelfile import ModelMeta
 from specad.models.bands import BandPrep
-from specad.models.base import DEFAULT_FAR
-from specad.models.registry import DETECTORS, TRAINED
+from specad.models.registry import DETECTORS
 from specad.runtime import pick_device
+from specad.scoring import SplitResults, run_split
 
 if TYPE_CHECKING:
     from specad.distributed import Cluster
-
-
-@dataclass
-class SplitResults:
-    """A detector's output on every cube of a split, with the truth needed to score it."""
-
-    samples: list[Sample]
-    scores: np.ndarray
-    maps: list[np.ndarray]
-    masks: list[np.ndarray]
-
-    @property
-    def class_names(self) -> list[str]:
-        return [s.label for s in self.samples]
-
-    @property
-    def labels(self) -> np.ndarray:
-        return np.array([s.anomalous for s in self.samples], dtype=int)
-
-
-def run_split(
-    detector: Detector,
-    samples: Sequence[Sample],
-    *,
-    tiled: bool = False,
-    batch_size: int = 8,
-    progress: bool = False,
-) -> SplitResults:
-    """Predict every sample (reading cubes in batches) and collect maps, scores and masks."""
-    from tqdm import tqdm
-
-    scores, maps, masks = [], [], []
-    with tqdm(total=len(samples), disable=not progress, unit="cube") as bar:  # closed on error
-        for i in range(0, len(samples), batch_size):
-            chunk = samples[i : i + batch_size]
-            cubes = [s.read() for s in chunk]
-            preds = detector.predict(cubes, tiled=tiled, paths=[s.path for s in chunk])
-            for s, c, p in zip(chunk, cubes, preds, strict=True):  # type: ignore[arg-type]
-                scores.append(p.score)
-                maps.append(p.anomaly_map)
-                masks.append(read_mask(s, c.shape[:2]))
-            bar.update(len(chunk))
-    return SplitResults(list(samples), np.asarray(scores, dtype=np.float64), maps, masks)
 
 
 def fit_on_dataset(
@@ -93,11 +50,11 @@ def fit_on_dataset(
     """
     from specad.data import select_channels
 
-    if name in TRAINED:
-        raise SpecadError(f"{name} is trained by `specad train -c CONFIG`, not fitted here")
     if name not in DETECTORS:
-        names = ", ".join(n for n in DETECTORS if n not in TRAINED)
+        names = ", ".join(n for n, cls in DETECTORS.items() if not cls.needs_training)
         raise SpecadError(f"unknown detector '{name}' (one of {names})")
+    if DETECTORS[name].needs_training:
+        raise SpecadError(f"{name} is trained by `specad train -c CONFIG`, not fitted here")
     model = DETECTORS[name](**params)
     train, val_samples = dataset.require("train"), dataset.require("val")
     first = train[0].read()
@@ -120,12 +77,8 @@ def fit_on_dataset(
     return det
 
 
-FIT_ON_DATASET = tuple(name for name in DETECTORS if name not in TRAINED)
-"""Detectors fitted on a dataset in seconds, by name: ``specad evaluate rx DATASET`` etc."""
-
-
 def evaluate_split(
-    test: SplitResults, val: SplitResults, far: float = 0.01, threshold: float | None = None
+    test: SplitResults, val: SplitResults, far: float = DEFAULT_FAR, threshold: float | None = None
 ) -> dict[str, Any]:
     """Metrics of a test run, with thresholds calibrated on the validation (normal) run.
 

@@ -1,9 +1,8 @@
-"""ONNX export of an EfficientAD model, and the onnxruntime runner behind the fast CPU paths.
+"""ONNX export of an EfficientAD model, and the measurement that picks its fastest runtime.
 
-On the 2-core AVX-512 machine of ``benchmarks/results.md``, onnxruntime runs the exported fp32
-graph about twice as fast as torch eager, and the int8 graph (VNNI) several times faster. Both
-files sit beside ``model.safetensors`` and carry the SHA-256 of the weights they came from, so a
-retrained model never runs through a stale export.
+On the 2-core AVX-512 machine of ``benchmarks/results-intel-avx512-vnni.md``, onnxruntime runs the
+exported fp32 graph about twice as fast as torch eager, and the int8 graph (VNNI) several times
+faster. The files are opened and chosen among by `specad.runners`.
 """
 
 from __future__ import annotations
@@ -14,65 +13,46 @@ import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from specad.errors import SpecadError
-from specad.io import atomic_file, file_sha256
-from specad.metrics import threshold_at_far
+from specad.infer import Detector
+from specad.io import atomic_file
+from specad.metrics import DEFAULT_FAR, threshold_at_far
 from specad.modelfile import model_file
-from specad.runtime import (
-    cpu_has_amx,
-    cpu_has_native_bf16,
-    cpu_has_vnni,
-    cpu_model,
-    cpu_speed_flags,
+from specad.models.base import BaseDetector
+from specad.runners import (
+    CHOICE_FILE,
+    DIGEST_KEY,
+    INPUT,
+    INT8_FILE,
+    ONNX_FILE,
+    OUTPUT,
+    OnnxRunner,
+    has_int8_threshold,
+    onnx_modules,
+    weights_digest,
 )
+from specad.runtime import cpu_has_native_bf16, cpu_model, cpu_speed_flags
 
-if TYPE_CHECKING:
-    from specad.infer import Detector
-    from specad.models.base import BaseDetector
-
-ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
-DIGEST_KEY = "specad_weights_sha256"
-INPUT, OUTPUT = "image", "anomaly_map"
-
-
-def weights_digest(path: Path) -> str:
-    """What an export is stamped with: the SHA-256 of the tensors it came from (names, types,
-    shapes and bytes), so that rewriting the file's metadata (a new int8 threshold) keeps it."""
-    import hashlib
-
-    from safetensors import safe_open
-
-    digest = hashlib.sha256()
-    with safe_open(str(path), framework="pt") as f:
-        for name in sorted(f.keys()):  # noqa: SIM118 (not iterable)
-            t = f.get_tensor(name).contiguous().reshape(-1)
-            digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def _digests(path: Path) -> set[str]:
-    """Stamps an export of these weights may carry: exports made before stamps covered the
-    tensors only carry the SHA-256 of the whole file."""
-    return {weights_digest(path), file_sha256(path)}
-
-
-def _onnx():
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as err:  # both are core dependencies; a broken install lands here
-        raise SpecadError(f"ONNX support needs onnx and onnxruntime ({err})") from err
-    return onnx, onnxruntime
+AGREEMENT = 0.995
+"""A fast runtime must find fp32's top 1 % pixels on normal images with a pixel AUROC of at
+least this (the project's rule: within 0.005 of fp32)."""
+RANK_AGREEMENT = 0.99
+"""The int8 export must also order the validation images' scores as fp32 does, with a Spearman
+correlation of at least this, to get its own threshold and with it a place in ``auto``. Pixel
+agreement alone let through int8 exports that cost image AUROC. Measured on val/good (AMD EPYC):
+random-PDN teacher on MTD 0.998; EfficientNet-Lite0 teacher on MTD 0.976 (image AUROC 0.746
+against fp32's 0.769) and on tray6 0.955 (0.809 against 0.862)."""
+RANK_MIN_IMAGES = 20
+"""Fewer validation images cannot measure that correlation (with 10, one swap of two neighbours
+already costs 0.012): below this the int8 export keeps its threshold on pixel agreement alone."""
 
 
 def _stamp(path: Path, digest: str) -> None:
-    onnx, _ = _onnx()
+    onnx, _ = onnx_modules()
     model = onnx.load(str(path))
     del model.metadata_props[:]
     model.metadata_props.add(key=DIGEST_KEY, value=digest)
@@ -87,7 +67,7 @@ def export_onnx(
     The TorchScript-based exporter is used on purpose: its graph ran 1.4x faster in onnxruntime
     than the dynamo exporter's for this network, and it exports in under a second.
     """
-    _onnx()
+    onnx_modules()
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     dummy = torch.zeros(1, in_channels, size, size)
     with atomic_file(out) as tmp, warnings.catch_warnings():
@@ -121,7 +101,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray], dige
     tray6 model held 0.9999 with either. Not yet measured on a VNNI CPU, where the lost bit buys
     nothing: `measure_runtimes` still decides whether int8 runs.
     """
-    _onnx()
+    onnx_modules()
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -158,111 +138,6 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray], dige
     return out
 
 
-class OnnxRunner:
-    """An onnxruntime session on an exported model: [B, C, H, W] tensors in, maps out."""
-
-    def __init__(
-        self, path: Path, digests: set[str] | None = None, threads: int | None = None
-    ) -> None:
-        _, ort = _onnx()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as err:  # onnxruntime raises its own untyped errors for bad files
-            reason = str(err).splitlines()[0]
-            raise SpecadError(f"not a loadable ONNX model ({reason})", path) from err
-        stamped = self.session.get_modelmeta().custom_metadata_map.get(DIGEST_KEY)
-        if digests is not None and stamped not in digests:
-            raise SpecadError(
-                "export does not match the model weights (re-run `specad export`)", path
-            )
-        self.path = path
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        feed = {INPUT: np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)}
-        return torch.from_numpy(self.session.run([OUTPUT], feed)[0])
-
-
-def open_runner(
-    runtime: str, model_path: str | Path | None, digests: set[str] | None = None
-) -> OnnxRunner:
-    """The onnxruntime session of the ``onnx`` or ``int8`` export beside a saved model, refused
-    unless stamped with one of ``digests`` (default: those of the saved weights)."""
-    if model_path is None:
-        raise SpecadError(f"runtime '{runtime}' needs the saved model's path")
-    path = model_file(model_path)
-    onnx = path.with_name(INT8_FILE if runtime == "int8" else ONNX_FILE)
-    if not onnx.is_file():
-        raise SpecadError(f"no {runtime} export; run `specad export {path.parent}`", onnx)
-    return OnnxRunner(onnx, _digests(path) if digests is None else digests)
-
-
-CHOICE_FILE = "runtime.json"
-AGREEMENT = 0.995
-"""A fast runtime must find fp32's top 1 % pixels on normal images with a pixel AUROC of at
-least this (the project's rule: within 0.005 of fp32)."""
-RANK_AGREEMENT = 0.99
-"""The int8 export must also order the validation images' scores as fp32 does, with a Spearman
-correlation of at least this, to get its own threshold and with it a place in ``auto``. Pixel
-agreement alone let through int8 exports that cost image AUROC. Measured on val/good (AMD EPYC):
-random-PDN teacher on MTD 0.998; EfficientNet-Lite0 teacher on MTD 0.976 (image AUROC 0.746
-against fp32's 0.769) and on tray6 0.955 (0.809 against 0.862)."""
-RANK_MIN_IMAGES = 20
-"""Fewer validation images cannot measure that correlation (with 10, one swap of two neighbours
-already costs 0.012): below this the int8 export keeps its threshold on pixel agreement alone."""
-
-
-def choose_runtime(
-    detector: Detector, model_path: str | Path | None
-) -> tuple[str, OnnxRunner | None]:
-    """``auto``: on a CPU, what `measure_runtimes` found fastest among the accurate runtimes for
-    these very weights on this CPU model; where nothing was measured here, the first export
-    made from these weights (int8 only on CPUs with VNNI and with its own threshold), then onnx,
-    else torch (bf16 on CPUs with AMX). On a GPU, torch. Detectors without exports run their
-    only runtime. Returns the runtime and, for an export, its opened runner."""
-    runtimes = detector.model.runtimes
-    if "onnx" not in runtimes:
-        return runtimes[0], None
-    if detector.device.type != "cpu":
-        return "torch", None
-    if model_path is None:
-        return "bf16" if cpu_has_amx() else "torch", None
-    digests = _digests(model_file(model_path))
-    measured = recorded_choice(model_path, digests)
-    if measured == "int8" and not _has_int8_threshold(detector):
-        measured = None  # an int8 export without its own threshold is never chosen by itself
-    candidates = [measured] if measured else ["onnx"]
-    if not measured and cpu_has_vnni() and _has_int8_threshold(detector):
-        candidates.insert(0, "int8")
-    for runtime in candidates:
-        if runtime not in ("onnx", "int8"):
-            return runtime, None
-        try:
-            return runtime, open_runner(runtime, model_path, digests)
-        except SpecadError:  # no export, or a stale one: try the next
-            continue
-    return "bf16" if cpu_has_amx() else "torch", None
-
-
-def _has_int8_threshold(detector: Detector) -> bool:
-    return getattr(detector.model, "int8_threshold_", None) is not None
-
-
-def recorded_choice(model_path: str | Path, digests: set[str]) -> str | None:
-    """The runtime measured fastest for these weights (one of ``digests``) on this CPU model,
-    if it was measured."""
-    path = model_file(model_path)
-    try:
-        record = json.loads(path.with_name(CHOICE_FILE).read_text())
-        same = record["cpu"] == cpu_model() and record["weights"] in digests
-        return str(record["choice"]) if same else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def measure_runtimes(
     detector: Detector, model_path: str | Path, images: torch.Tensor, repeats: int = 3
 ) -> dict:
@@ -280,7 +155,7 @@ def measure_runtimes(
     rows: dict[str, dict[str, float]] = {}
     for runtime in detector.model.runtimes:
         if (runtime == "bf16" and not cpu_has_native_bf16()) or (
-            runtime == "int8" and not _has_int8_threshold(detector)
+            runtime == "int8" and not has_int8_threshold(detector.model)
         ):
             continue
         try:
@@ -322,7 +197,7 @@ def export_detector(
     *,
     int8: bool = False,
     validation: torch.Tensor | None = None,
-    far: float = 0.01,
+    far: float = DEFAULT_FAR,
 ) -> dict[str, float]:
     """Write ``model.onnx`` (and ``model.int8.onnx``) beside a saved EfficientAD model.
 

@@ -2,7 +2,7 @@
 
 It joins a detector (`specad.models.base`) to what its cubes need: the preprocessing and band
 description of ``model.json`` (`specad.modelfile`), a device and a runtime (torch, bf16, or an
-ONNX export run by onnxruntime, `specad.export`), and resizing or tiling back to cube size.
+ONNX export run by onnxruntime, `specad.runners`), and resizing or tiling back to cube size.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from specad.io import Cube, atomic_file
 from specad.metrics import is_anomalous
 from specad.modelfile import META_FILE, ModelMeta, load_model, model_file
 from specad.models.base import BaseDetector
+from specad.runners import choose_runtime, open_runner
 from specad.runtime import RUNTIMES, pick_device
 from specad.tiling import tiled_map
 
@@ -67,13 +68,11 @@ class Detector:
         return self.model.threshold_for(self.runtime)
 
     def use_runtime(self, runtime: str, model_path: str | Path | None = None) -> Detector:
-        """How maps are computed; ``auto`` is `specad.export.choose_runtime`'s choice."""
-        from specad.export import choose_runtime, open_runner
-
+        """How maps are computed; ``auto`` is `specad.runners.choose_runtime`'s choice."""
         if runtime not in RUNTIMES:
             raise SpecadError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}")
         if runtime == "auto":
-            self.runtime, self._runner = choose_runtime(self, model_path)
+            self.runtime, self._runner = choose_runtime(self.model, self.device, model_path)
             return self
         if runtime not in self.model.runtimes:
             runs = ", ".join(self.model.runtimes)

@@ -5,7 +5,7 @@ Conventions used throughout:
 
 * a sample is flagged anomalous when ``score >= threshold`` (scikit-learn's curve convention);
 * ground-truth masks hold class ids: ``0`` is background, any id ``> 0`` is anomalous;
-* per-image class names call normal images ``"good"``;
+* per-image class names call normal images `specad.data.GOOD` (``"good"``);
 * maps may differ in size between images: pixel metrics pool the flattened pixels;
 * a metric that is undefined (e.g. AUROC with a single class present) is ``nan``.
 """
@@ -23,9 +23,11 @@ from scipy import ndimage
 from scipy.integrate import trapezoid
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
+from specad.data import GOOD
 from specad.errors import SpecadError
 
-NORMAL_CLASS = "good"  # specad.data.GOOD; metrics stays free of dataset code
+DEFAULT_FAR = 0.01
+"""False-alarm rate on normal validation images that sets thresholds unless told otherwise."""
 MAX_PIXELS = 2_000_000
 """Pixel AUROC / pixel curves beyond this many pixels use a seeded uniform subsample."""
 CURVE_POINTS = 2_000
@@ -90,8 +92,8 @@ def _subsample(
 def _class_subsets(class_names: Sequence[str]) -> dict[str, np.ndarray]:
     """For each anomaly class, the selection of normal images plus that class's images."""
     names = np.asarray(class_names, dtype=str)
-    normal = names == NORMAL_CLASS
-    return {c: normal | (names == c) for c in sorted(set(names.tolist()) - {NORMAL_CLASS})}
+    normal = names == GOOD
+    return {c: normal | (names == c) for c in sorted(set(names.tolist()) - {GOOD})}
 
 
 def _take(maps: Maps, selection: np.ndarray) -> list[np.ndarray]:
@@ -243,7 +245,7 @@ def per_class(
     """
     s = np.asarray(scores, dtype=np.float64).ravel()
     _check_count(s.size, maps=maps, masks=masks, class_names=class_names)
-    labels = np.asarray(class_names, dtype=str) != NORMAL_CLASS
+    labels = np.asarray(class_names, dtype=str) != GOOD
     return {
         name: {
             "image_auroc": image_auroc(s[sel], labels[sel]),
@@ -268,7 +270,7 @@ class ThresholdWarning(UserWarning):
     """Too few normal validation images to measure the false-alarm rate asked for."""
 
 
-def threshold_at_far(normal_scores: Any, far: float = 0.01) -> float:
+def threshold_at_far(normal_scores: Any, far: float = DEFAULT_FAR) -> float:
     """The one threshold rule: the lowest threshold that flags at most a fraction ``far`` of the
     normal (validation / good) scores under the one comparison, ``score >= threshold``.
 
@@ -297,7 +299,7 @@ def threshold_at_far(normal_scores: Any, far: float = 0.01) -> float:
     return threshold
 
 
-def pixel_threshold_at_far(normal_maps: Maps, far: float = 0.01) -> float:
+def pixel_threshold_at_far(normal_maps: Maps, far: float = DEFAULT_FAR) -> float:
     """Like :func:`threshold_at_far` over all pixels of normal maps, for binary pixel masks."""
     return threshold_at_far(np.concatenate([np.ravel(m) for m in normal_maps]), far)
 
@@ -322,7 +324,7 @@ def evaluate(
     class_names: Sequence[str],
     val_scores: Any = None,
     val_maps: Maps | None = None,
-    far: float = 0.01,
+    far: float = DEFAULT_FAR,
     image_threshold: float | None = None,
 ) -> dict[str, Any]:
     """A JSON-serialisable summary of a test run (undefined values become ``None``).
@@ -419,7 +421,7 @@ def curves(
     """
     s = np.asarray(scores, dtype=np.float64).ravel()
     _check_count(s.size, maps=maps, masks=masks, class_names=class_names)
-    labels = np.asarray(class_names, dtype=str) != NORMAL_CLASS
+    labels = np.asarray(class_names, dtype=str) != GOOD
 
     def level_curves(sel: np.ndarray) -> dict[str, Curves | None]:
         px = _subsample(*_pooled(_take(maps, sel), _take(masks, sel)), max_pixels, seed=0)

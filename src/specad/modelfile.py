@@ -20,7 +20,9 @@ import torch
 from specad import __version__
 from specad.data import Preprocess
 from specad.errors import SpecadError
+from specad.metrics import DEFAULT_FAR
 from specad.models.base import FORMAT, BaseDetector
+from specad.models.registry import from_file, read_file, restore
 
 MODEL_FILE, META_FILE = "model.safetensors", "model.json"
 LEGACY_KEYS = ("threshold", "config", "extra")
@@ -102,8 +104,6 @@ def check_detector(det: BaseDetector, meta: ModelMeta, path: Path) -> None:
 
 def load_model(path: str | Path) -> tuple[BaseDetector, ModelMeta]:
     """The detector in a model file (or the run folder holding it) and its ``model.json``."""
-    from specad.models.registry import from_file, read_file, restore
-
     path = model_file(path)
     meta_path = path.with_name(META_FILE)
     if not path.is_file():
@@ -138,7 +138,7 @@ def _legacy_state(
                 "wavelengths": meta.wavelengths,
                 "steps": extra.get("steps"),
                 "int8_threshold": extra.get("int8_threshold"),
-                "far": raw["config"].get("train", {}).get("threshold_far", 0.01),
+                "far": raw["config"].get("train", {}).get("threshold_far", DEFAULT_FAR),
             }
         elif meta.kind == "rx":
             params = {

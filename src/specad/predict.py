@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from specad.errors import SpecadError
 from specad.infer import Detector
-from specad.io import CUBE_SUFFIXES, atomic_dir, read_cube
+from specad.io import CUBE_SUFFIXES, atomic_dir
 from specad.metrics import is_anomalous
+from specad.scoring import score_file
 
 if TYPE_CHECKING:
     from specad.distributed import Cluster
@@ -71,43 +70,6 @@ def output_names(files: Sequence[Path]) -> list[Path]:
     stems = [r.with_suffix("") for r in rel]
     clashes = {s for s in stems if stems.count(s) > 1}
     return [r if s in clashes else s for r, s in zip(rel, stems, strict=True)]
-
-
-def score_file(
-    detector: Detector,
-    path: Path,
-    tmp: Path,
-    name: Path,
-    *,
-    tiled: bool = False,
-    variable: str | None = None,
-    layout: str | None = None,
-) -> float:
-    """Score one cube into ``tmp/maps/NAME.tif`` and ``tmp/overlays/NAME.png``; its score.
-    Shared by local runs and Dask workers, so both write the same files."""
-    from PIL import Image
-
-    from specad.visual import false_colour, overlay
-
-    cube = read_cube(path, variable=variable, layout=layout)
-    pred = detector.predict(cube, tiled=tiled, paths=[path])
-    map_file = tmp / "maps" / f"{name}.tif"
-    map_file.parent.mkdir(parents=True, exist_ok=True)
-    write_map(map_file, pred.anomaly_map)
-    png = tmp / "overlays" / f"{name}.png"
-    png.parent.mkdir(parents=True, exist_ok=True)
-    rgb = false_colour(cube.data, cube.rgb or (0, 0, 0))
-    Image.fromarray(overlay(rgb, pred.anomaly_map, detector.threshold)).save(png)
-    return pred.score
-
-
-def write_map(path: Path, anomaly_map: np.ndarray) -> None:
-    """A float32 TIFF, zlib-compressed; maps of large cubes in 256 x 256 tiles, so viewers and
-    readers can open any window of a gigapixel map without reading all of it."""
-    import tifffile
-
-    tile = (256, 256) if min(anomaly_map.shape) >= 256 else None
-    tifffile.imwrite(path, anomaly_map.astype(np.float32), tile=tile, compression="zlib")
 
 
 def _score_here(

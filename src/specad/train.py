@@ -1,56 +1,33 @@
-"""Training EfficientAD on normal cubes: data in memory, a seeded loop, checkpoints, resume.
+"""`specad train`: a run folder around EfficientAD's training loop.
 
-Everything random (batch order, augmentation, penalty images, dropout) draws from one
-``torch.Generator`` whose state is checkpointed, so ``--resume`` ends with the same weights as an
-uninterrupted run. Under ``torchrun`` each process trains on a shard of every batch
-(:mod:`specad.ddp`) and rank 0 alone writes the run folder.
+The cubes are loaded into memory and normalised here; the loop (`specad.models.efficientad_train`)
+trains the network and hands it to an `EfficientADDetector`, which is thresholded on val/good as
+`specad predict` scores, saved, and exported to the fast CPU runtimes. Under ``torchrun`` rank 0
+alone writes the run folder.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from specad import ddp
-from specad.checkpoint import load_state, save_state
-from specad.config import Config, dump_config
-from specad.data import (
-    GOOD,
-    Dataset,
-    Preprocess,
-    load_dataset,
-    read_mask,
-    select_channels,
-)
+from specad.config import Config
+from specad.data import Dataset, Preprocess, load_dataset, read_mask, select_channels
 from specad.errors import SpecadError
-from specad.evaluate import run_split
+from specad.export import export_detector, measure_runtimes
 from specad.infer import Detector
 from specad.io import refuse_nonempty, reserve_output
 from specad.modelfile import MODEL_FILE, ModelMeta
-from specad.models.efficientad import EfficientAD
+from specad.models import ddp
+from specad.models.build import build_efficientad
 from specad.models.efficientad_detector import EfficientADDetector
-from specad.penalty import PenaltySet
-from specad.runtime import cpu_has_amx, pick_device
-
-CHECKPOINT = "checkpoints/last.pt"
-
-
-@dataclass
-class Inputs:
-    """A split loaded as model input, with what is needed to score it."""
-
-    x: torch.Tensor
-    labels: list[str]
-    masks: list[np.ndarray]
+from specad.models.efficientad_train import CHECKPOINT, Inputs, Run, fit_network
+from specad.scoring import run_split
 
 
 def prepare(cfg: Config, ds: Dataset) -> tuple[Preprocess, ModelMeta, torch.Tensor]:
@@ -71,59 +48,6 @@ def prepare(cfg: Config, ds: Dataset) -> tuple[Preprocess, ModelMeta, torch.Tens
     return pre, meta, pre.normalise(raw)
 
 
-def train_step(
-    model: EfficientAD,
-    opt: torch.optim.Optimizer,
-    x: torch.Tensor,
-    x_aug: torch.Tensor,
-    penalty: torch.Tensor | None,
-    teacher_x: torch.Tensor | None = None,
-    bf16: bool = False,
-    dropout: Sequence[torch.Generator] | None = None,
-    ranks: ddp.Ranks | None = None,
-) -> dict[str, torch.Tensor]:
-    """One optimisation step on the paper's losses; shared with the benchmarks. With ``ranks``
-    of several processes, ``x`` is this rank's shard of the global batch."""
-    many = ranks is not None and ranks.world > 1
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
-        if many:
-            losses = model.loss(x, x_aug, penalty, teacher_x, dropout, hard=ranks.hard_loss)
-        else:
-            losses = model.loss(x, x_aug, penalty, teacher_x, dropout)
-    opt.zero_grad(set_to_none=True)
-    losses["total"].backward()
-    if many:
-        ranks.average_gradients([p for group in opt.param_groups for p in group["params"]])
-    opt.step()
-    return losses
-
-
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """Convolutions run faster on this layout (about 1.2x in fp32 on the benchmark's CPU)."""
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-def use_bf16(setting: str, device: torch.device) -> bool:
-    """bf16 autocast for ``auto``: on GPUs that support it and on CPUs with AMX. Without AMX
-    the CPU's bf16 convolutions measured slower than fp32 (benchmarks/results.md)."""
-    if setting != "auto":
-        return setting == "on"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_amx()
-
-
-CACHE_LIMIT_BYTES = 4 << 30
-
-
-def _cache_teacher(cfg: Config, n_images: int, model: EfficientAD) -> bool:
-    """Cache teacher outputs when images are not geometrically augmented and they fit."""
-    if not cfg.train.cache_teacher or cfg.data.flips or cfg.data.rot90:
-        return False
-    h, w = model.grid
-    return n_images * model.teacher_channels * h * w * 4 <= CACHE_LIMIT_BYTES
-
-
 def load_inputs(pre: Preprocess, samples: list, with_masks: bool = False) -> Inputs:
     xs, labels, masks = [], [], []
     for s in samples:
@@ -133,31 +57,6 @@ def load_inputs(pre: Preprocess, samples: list, with_masks: bool = False) -> Inp
         if with_masks:
             masks.append(read_mask(s, cube.shape[:2]))
     return Inputs(torch.stack(xs), labels, masks)
-
-
-def ae_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The paper's autoencoder augmentation, per image, generalised to N channels.
-
-    Each image gets one of brightness, contrast or saturation with a factor in [0.8, 1.2]; all
-    three blend the image with a target: zero, the image mean, or the per-pixel channel mean
-    (N-channel "grey"). Unlike torchvision nothing is clipped to [0, 1], since reflectance may
-    exceed 1 and clipping would create saturation the model never sees at test time.
-    """
-    b = x.shape[0]
-    choice = torch.randint(3, (b, 1, 1, 1), generator=generator).to(x.device)
-    factor = (0.8 + 0.4 * torch.rand(b, 1, 1, 1, generator=generator)).to(x.device, x.dtype)
-    image_mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    pixel_mean = x.mean(dim=1, keepdim=True)
-    target = (choice == 1) * image_mean + (choice == 2) * pixel_mean
-    return factor * x + (1 - factor) * target
-
-
-def _augment_geometry(x: torch.Tensor, cfg: Config, gen: torch.Generator) -> torch.Tensor:
-    if cfg.data.flips and torch.rand(1, generator=gen).item() < 0.5:
-        x = x.flip(-1)
-    if cfg.data.rot90:
-        x = torch.rot90(x, int(torch.randint(4, (1,), generator=gen)), dims=(-2, -1))
-    return x
 
 
 def train(
@@ -205,12 +104,14 @@ def _train(
     val_x = load_inputs(pre, ds.require("val")).x
     monitor = _monitor_set(pre, ds) if cfg.train.val_every and ranks.main else None
     run = Run(out, ranks, resume, stop_after, progress, monitor)
-    det = EfficientADDetector(config=cfg)
-    det.fit_maps(train_x, val_x, wavelengths=meta.wavelengths, run=run)
-    if not hasattr(det, "network_"):
+    channels, size = train_x.shape[1], train_x.shape[-1]
+    network = build_efficientad(cfg.model, channels, size, meta.wavelengths, cfg.train.seed)
+    steps = fit_network(network, cfg, train_x, val_x, run, meta.wavelengths)
+    if steps is None:  # stopped early: the checkpoint is the run's output
         return out / CHECKPOINT
     if not ranks.main:  # rank 0 alone calibrates and writes the model
         return out / MODEL_FILE
+    det = EfficientADDetector.from_network(network, cfg, channels, meta.wavelengths, steps)
     detector = Detector(det, meta, ranks.device)  # thresholded as `specad predict` scores
     det.calibrate(run_split(detector, ds.require("val")).scores, cfg.train.threshold_far)
     path = detector.save(out / MODEL_FILE)
@@ -218,102 +119,6 @@ def _train(
         int8 = "int8" in cfg.train.export
         _export(detector, path, calibration_images(train_x), int8, val_x, cfg.train.threshold_far)
     return path
-
-
-@dataclass
-class Run:
-    """What `specad train` adds to fitting a network: a run folder (checkpoints, metrics log),
-    resume, an early stop, progress, a monitor set, and the processes of a data-parallel run."""
-
-    out: Path
-    ranks: ddp.Ranks
-    resume: bool = False
-    stop_after: int | None = None
-    progress: bool = True
-    monitor: Inputs | None = None
-
-
-def fit_network(
-    model: EfficientAD,
-    cfg: Config,
-    train_x: torch.Tensor,
-    val_x: torch.Tensor,
-    run: Run | None = None,
-    wavelengths: list[float] | None = None,
-) -> int | None:
-    """Train ``model`` on normal images, then fit its map quantiles on ``val_x``; returns the
-    steps trained, or None when ``run.stop_after`` ended it early (checkpoint written)."""
-    ranks = run.ranks if run is not None else ddp.Ranks(device=pick_device(cfg.train.device))
-    device = ranks.device
-    model.to(device, memory_format=torch.channels_last)
-    ckpt_path = run.out / CHECKPOINT if run is not None else None
-    penalty = _penalty(cfg, train_x.shape[1], wavelengths) if cfg.penalty.enabled else None
-    params = list(model.student.parameters()) + list(model.autoencoder.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    decay_step = max(1, int(cfg.train.lr_decay_at * cfg.train.steps))
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[decay_step], gamma=0.1)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    step = 0
-    cache = _cache_teacher(cfg, len(train_x), model)
-    if run is not None and run.resume:
-        step = _load_checkpoint(ckpt_path, model, opt, sched, gen)
-        teacher_x = _teacher_outputs(model, train_x, device) if cache else None
-    else:
-        teacher_x = ddp.fit_teacher_stats(model, train_x, ranks, keep=cache)
-        if run is not None and ranks.main:
-            (run.out / "config.yaml").write_text(dump_config(cfg))
-            (run.out / "metrics.jsonl").write_text("")
-    ranks.broadcast(model)
-    bf16 = use_bf16(cfg.train.bf16, device)
-
-    stop_after = run.stop_after if run is not None else None
-    end = cfg.train.steps if stop_after is None else min(cfg.train.steps, stop_after)
-    monitor = run.monitor if run is not None else None
-    log = (run.out / "metrics.jsonl").open("a") if run is not None and ranks.main else None
-    progress = run is not None and run.progress and ranks.main
-    bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress, unit="step")
-    model.train()
-    model.teacher.eval()
-    t0 = time.perf_counter()
-    while step < end:
-        idx = torch.randint(len(train_x), (cfg.train.batch_size,), generator=gen)
-        x = _augment_geometry(train_x[idx], cfg, gen)
-        x_aug = ae_augment(x, gen)
-        p = penalty.sample(cfg.train.batch_size, gen) if penalty is not None else None
-        seeds = torch.randint(2**62, (cfg.train.batch_size,), generator=gen)
-        mine = ranks.shard(cfg.train.batch_size)  # this process's rows of the global batch
-        idx, x, x_aug, seeds = idx[mine], x[mine], x_aug[mine], seeds[mine]
-        x, x_aug = _channels_last(x.to(device)), _channels_last(x_aug.to(device))
-        p = None if p is None else _channels_last(p[mine].to(device))
-        cached = None if teacher_x is None else teacher_x[idx.to(teacher_x.device)]
-        dropout = ddp.dropout_generators(seeds, device)
-        losses = train_step(model, opt, x, x_aug, p, cached, bf16, dropout, ranks)
-        sched.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses['total'].item():.4f}")
-        if step % cfg.train.log_every == 0 or step == end:
-            row = {k: round(v, 6) for k, v in ranks.mean(losses).items()}
-            row |= {"step": step, "lr": opt.param_groups[0]["lr"]}
-            row["seconds"] = round(time.perf_counter() - t0, 2)
-            if monitor is not None and (step % cfg.train.val_every == 0 or step == end):
-                row |= _monitor(model, val_x, monitor, device)
-                model.train()
-                model.teacher.eval()
-            if log is not None:
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-        due = step % cfg.train.checkpoint_every == 0 or step == end
-        if ckpt_path is not None and ranks.main and due:
-            _save_checkpoint(ckpt_path, model, opt, sched, gen, step)
-    bar.close()
-    if log is not None:
-        log.close()
-    if step < cfg.train.steps:
-        return None
-    model.eval()
-    model.fit_quantiles(_batches(val_x, 8, device))
-    return step
 
 
 def calibration_images(x: Sequence, count: int = 32) -> Sequence:
@@ -331,44 +136,12 @@ def _export(
 ) -> None:
     """The fast CPU runtimes' files, and which is fastest here (`measure_runtimes`); a failure
     costs speed, never the trained model."""
-    from specad.export import export_detector, measure_runtimes
-
     try:
         export_detector(detector, path, images, int8=int8, validation=validation, far=far)
         if detector.device.type == "cpu":
             measure_runtimes(detector, path, calibration_images(validation, 8))
     except SpecadError as err:
         tqdm.write(f"warning: ONNX export skipped ({err})", file=sys.stderr)
-
-
-def _penalty(cfg: Config, channels: int, wavelengths: list[float] | None) -> PenaltySet:
-    return PenaltySet(
-        channels,
-        cfg.data.image_size,
-        folder=cfg.penalty.folder,
-        wavelengths=wavelengths,
-        mapping=cfg.penalty.mapping,
-    )
-
-
-@torch.no_grad()
-def _teacher_outputs(model: EfficientAD, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.cat([model.teacher_features(b) for b in _batches(x, 8, device)])
-
-
-def _batches(x: torch.Tensor, size: int, device: torch.device):
-    for i in range(0, len(x), size):
-        yield x[i : i + size].to(device)
-
-
-@torch.inference_mode()
-def _scores(model: EfficientAD, x: torch.Tensor, device: torch.device) -> np.ndarray:
-    return np.concatenate(
-        [
-            model.anomaly_map(b).amax(dim=(1, 2, 3)).float().cpu().numpy()
-            for b in _batches(x, 8, device)
-        ]
-    )
 
 
 def _monitor_set(pre: Preprocess, ds: Dataset, per_kind: int = 6) -> Inputs:
@@ -380,58 +153,3 @@ def _monitor_set(pre: Preprocess, ds: Dataset, per_kind: int = 6) -> Inputs:
     good = [s for s in test if not s.anomalous][:per_kind]
     bad = [s for s in test if s.anomalous][:: max(1, len(test) // per_kind)][:per_kind]
     return load_inputs(pre, good + bad, with_masks=True)
-
-
-def _monitor(model: EfficientAD, val_x: torch.Tensor, mon: Inputs, device: torch.device) -> dict:
-    from sklearn.metrics import roc_auc_score
-
-    model.eval()
-    model.fit_quantiles(_batches(val_x[:8], 8, device))
-    with torch.inference_mode():
-        maps = torch.cat([model.anomaly_map(b).float().cpu() for b in _batches(mon.x, 8, device)])
-    from specad.data import resize
-
-    labels = np.array([lab != GOOD for lab in mon.labels])
-    scores = maps.amax(dim=(1, 2, 3)).numpy()
-    row = (
-        {"val_image_auroc": round(float(roc_auc_score(labels, scores)), 4)}
-        if 0 < labels.sum() < len(labels)
-        else {}
-    )
-    pix = np.concatenate(
-        [
-            resize(m[None], k.shape)[0, 0].numpy().ravel()
-            for m, k in zip(maps, mon.masks, strict=True)
-        ]
-    )
-    truth = np.concatenate([(k > 0).ravel() for k in mon.masks])
-    if 0 < truth.sum() < truth.size:
-        row["val_pixel_auroc"] = round(float(roc_auc_score(truth, pix)), 4)
-    return row
-
-
-def _save_checkpoint(path, model, opt, sched, gen, step: int) -> None:
-    save_state(
-        path,
-        model=model.state_dict(),
-        optimizer=opt.state_dict(),
-        scheduler=sched.state_dict(),
-        generator=gen.get_state(),
-        torch_rng=torch.get_rng_state(),
-        step=step,
-    )
-
-
-def _load_checkpoint(path, model, opt, sched, gen) -> int:
-    state = load_state(path, "model", "optimizer", "scheduler", "generator", "torch_rng", "step")
-    try:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as err:
-        raise SpecadError(
-            f"corrupt or incompatible checkpoint ({str(err).splitlines()[0]})", path
-        ) from err
-    return int(state["step"])

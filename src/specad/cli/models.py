@@ -48,8 +48,9 @@ def train_cmd(
 
 def _load_detector(model: str, dataset: Path | None, device: str, runtime: str = "auto"):
     """A saved model, or ``rx``/``knn``/...: that detector fitted on the dataset's train/good."""
-    from specad.evaluate import FIT_ON_DATASET, fit_on_dataset
+    from specad.evaluate import fit_on_dataset
     from specad.infer import Detector
+    from specad.models.registry import FIT_ON_DATASET
 
     if model in FIT_ON_DATASET:
         if dataset is None:

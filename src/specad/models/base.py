@@ -35,7 +35,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
 from specad.errors import SpecadError
-from specad.metrics import is_anomalous, threshold_at_far
+from specad.metrics import DEFAULT_FAR, is_anomalous, threshold_at_far
 
 Images = Tensor | Sequence[Tensor]
 """[B, C, H, W], or [C, H, W] images of differing sizes."""
@@ -48,8 +48,6 @@ T = TypeVar("T", bound=type)
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
 NonNegative = Annotated[float, Field(strict=True, ge=0)]
 Seed = Annotated[int, Field(strict=True)]
-DEFAULT_FAR = 0.01
-"""False-alarm rate on normal validation images that sets ``threshold_`` unless told otherwise."""
 
 
 def nest(part: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -96,6 +94,9 @@ class BaseDetector(ABC):
     """How maps can be computed (`specad.infer.Detector.use_runtime`); the first is the default."""
     input_size: ClassVar[int] = 0
     """Side in pixels that cubes are resized to when fitted on a dataset; 0 keeps their size."""
+    needs_training: ClassVar[bool] = False
+    """Whether fitting is a training run (`specad train -c CONFIG`) rather than a fit on a
+    dataset in seconds (`specad fit NAME DATASET`)."""
 
     # ------------------------------------------------------------------ fitting
 

@@ -50,15 +50,20 @@ def build_efficientad(
     seed: int = 0,
 ) -> EfficientAD:
     """A fresh model, reproducible from ``seed``: a random teacher and the student/autoencoder
-    draw from independent streams derived from it (`init_seeds`)."""
+    draw from independent streams derived from it (`init_seeds`). A configuration the network
+    cannot be built from (a teacher file of other shapes) is a `SpecadError`."""
     teacher_seed, student_seed = init_seeds(seed)
-    teacher = build_teacher(cfg, in_channels, wavelengths, teacher_seed)
-    torch.manual_seed(student_seed)
-    return EfficientAD(
-        in_channels,
-        image_size=image_size,
-        teacher=teacher,
-        size=cfg.size,
-        padding=student_padding(cfg),
-        ae_weight=cfg.ae_weight,
-    )
+    try:
+        teacher = build_teacher(cfg, in_channels, wavelengths, teacher_seed)
+        torch.manual_seed(student_seed)
+        return EfficientAD(
+            in_channels,
+            image_size=image_size,
+            teacher=teacher,
+            size=cfg.size,
+            padding=student_padding(cfg),
+            ae_weight=cfg.ae_weight,
+        )
+    except (RuntimeError, ValueError) as err:
+        reason = str(err).splitlines()[0]
+        raise SpecadError(f"cannot build the EfficientAD model ({reason})") from err

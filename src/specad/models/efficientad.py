@@ -343,7 +343,7 @@ class EfficientAD(nn.Module):
         output, so each image computes only that half. ``teacher_x`` is the normalised teacher
         output on x when the caller has it cached. Losses are computed in float32, so that
         bf16 autocast only touches the convolutions. ``dropout`` (one generator per image) and
-        ``hard`` let data-parallel training (``specad.ddp``) reproduce a one-process step.
+        ``hard`` let data-parallel training (``specad.models.ddp``) reproduce a one-process step.
         """
         c, b = self.teacher_channels, x.shape[0]
         if teacher_x is None:

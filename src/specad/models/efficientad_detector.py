@@ -1,10 +1,11 @@
 """EfficientAD on specad's detector contract: the network of `specad.models.efficientad`,
-trained by `specad.train`, scored, thresholded and saved like every other detector."""
+trained by the loop of `specad.models.efficientad_train`, scored, thresholded and saved like every
+other detector."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import Tensor
@@ -14,9 +15,7 @@ from specad.errors import SpecadError
 from specad.models.base import BaseDetector, Images, detector
 from specad.models.build import build_efficientad
 from specad.models.efficientad import EfficientAD
-
-if TYPE_CHECKING:
-    from specad.train import Run
+from specad.models.efficientad_train import fit_network
 
 
 @detector
@@ -24,7 +23,7 @@ class EfficientADDetector(BaseDetector):
     """EfficientAD (Batzner et al. 2023) widened to N input channels.
 
     ``config`` is the whole training configuration (`specad.config.Config`): the model section
-    builds the network, the train section runs `specad.train.fit_network`. Fitted state: the
+    builds the network, the train section drives `fit_network`. Fitted state: the
     network ``network_`` (teacher statistics and map quantiles included), the input it was built
     for (``in_channels_``, ``image_size_``, ``wavelengths_``), the steps trained ``steps_`` and,
     once an int8 export is calibrated, ``int8_threshold_``. Shapes: images [B, N, S, S] ->
@@ -34,6 +33,7 @@ class EfficientADDetector(BaseDetector):
     kind: ClassVar[str] = "efficientad"
     fitted: ClassVar[tuple[str, ...]] = ("network_",)
     runtimes: ClassVar[tuple[str, ...]] = ("torch", "bf16", "onnx", "int8")
+    needs_training: ClassVar[bool] = True
     config: Config
 
     def fit_maps(
@@ -43,21 +43,17 @@ class EfficientADDetector(BaseDetector):
         *,
         wavelengths: Sequence[float] | None = None,
         units: Any = None,
-        run: Run | None = None,
     ) -> Self:
-        """Train on normal images [B, N, S, S], fit the map quantiles on ``val``. With ``run``
-        (`specad train`): checkpoints, logs, resume and several processes; a run stopped early
-        leaves the detector unfitted."""
-        from specad.train import fit_network
-
+        """Train on normal images [B, N, S, S] in this process, without a run folder, then fit
+        the map quantiles on ``val``. `specad train` runs the same loop with checkpoints and
+        several processes and hands the network over (`from_network`)."""
         train = train if isinstance(train, Tensor) else torch.stack(list(train))
         val = val if isinstance(val, Tensor) else torch.stack(list(val))
         self.in_channels_, self.image_size_ = train.shape[1], train.shape[-1]
         self.wavelengths_ = None if wavelengths is None else [float(w) for w in wavelengths]
         network = self._build()
-        steps = fit_network(network, self.config, train, val, run, self.wavelengths_)
-        if steps is not None:
-            self.network_, self.steps_ = network, steps
+        self.steps_ = fit_network(network, self.config, train, val, None, self.wavelengths_)
+        self.network_ = network
         return self
 
     @classmethod
@@ -78,17 +74,13 @@ class EfficientADDetector(BaseDetector):
         return det
 
     def _build(self) -> EfficientAD:
-        try:
-            return build_efficientad(
-                self.config.model,
-                self.in_channels_,
-                self.image_size_,
-                self.wavelengths_,
-                self.config.train.seed,
-            )
-        except (RuntimeError, ValueError) as err:
-            reason = str(err).splitlines()[0]
-            raise SpecadError(f"cannot build the EfficientAD model ({reason})") from err
+        return build_efficientad(
+            self.config.model,
+            self.in_channels_,
+            self.image_size_,
+            self.wavelengths_,
+            self.config.train.seed,
+        )
 
     def _score_maps(self, x: Tensor) -> Tensor:
         return self.network_.anomaly_map(x)

@@ -23,9 +23,9 @@ DETECTORS: dict[str, type[BaseDetector]] = {
 }
 """Detector name -> class."""
 
-TRAINED = ("efficientad",)
-"""Detectors that need `specad train -c CONFIG`; the others fit on a dataset in seconds
-(``specad evaluate NAME DATASET``, ``specad fit NAME DATASET``)."""
+FIT_ON_DATASET = tuple(name for name, cls in DETECTORS.items() if not cls.needs_training)
+"""Detectors fitted on a dataset in seconds, by name (``specad evaluate NAME DATASET``,
+``specad fit NAME DATASET``); the others need `specad train -c CONFIG`."""
 
 
 def detector_class(kind: str, path: Path | None = None) -> type[BaseDetector]:

@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from specad.config import read_yaml_mapping, validate
-from specad.evaluate import FIT_ON_DATASET
+from specad.metrics import DEFAULT_FAR
+from specad.models.registry import FIT_ON_DATASET
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -28,7 +29,7 @@ class ReportConfig(BaseModel):
     """Score on this Dask scheduler (``tcp://HOST:8786``), as ``specad evaluate --scheduler``."""
     workers: int | None = Field(None, ge=1)
     """Score on a local Dask cluster of this many processes, as ``evaluate --workers``."""
-    far: float = Field(0.01, gt=0, lt=1)
+    far: float = Field(DEFAULT_FAR, gt=0, lt=1)
     """False-alarm rate on normal validation cubes that sets the pixel thresholds; image
     verdicts use each model's own calibrated threshold, as ``specad predict`` does."""
     thresholds: list[float] | None = None

@@ -22,10 +22,10 @@ import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from specad import __version__
-from specad.evaluate import FIT_ON_DATASET
 from specad.infer import Detector
 from specad.io import atomic_dir
 from specad.metrics import AUPRO_FPR_LIMIT
+from specad.models.registry import FIT_ON_DATASET
 from specad.report.config import ReportConfig
 from specad.report.figures import FigureOut, dataset_figures, model_colour
 from specad.report.panels import cube_view, map_range, model_panels, panel_thresholds

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from specad.synth.variation import Look
 
 # Sampling of the area coverage used both to render an object's edge and to draw its mask.
 SUPERSAMPLE = 4
@@ -43,6 +40,20 @@ class Patch:
     lift: float = 0.0
     opacity: float = 1.0
     gloss: float = 0.0
+
+
+@dataclass(frozen=True)
+class Look:
+    """One cube's sawdust batch and lamp; the per-camera lamp strengths come with it."""
+
+    gain: float  # lamp intensity, shared by the cameras
+    temp_k: float  # lamp colour temperature
+    wood_mix: float  # share of the other wood in the sawdust spectrum
+    moisture_mm: float  # equivalent water path of the batch
+    camera_gain: float
+    gradient: float
+    hotspot: float
+    walls: np.ndarray  # (H, W) height of the tray walls above the sawdust (px), 0 inside
 
 
 @dataclass

@@ -11,14 +11,21 @@ is untouched. The spectral facts stay: none of these effects mimics a liquid or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import ndimage
 
 from specad.synth.materials import Library
 from specad.synth.presets import Camera, Variation
-from specad.synth.scene import MASK_COVER, Patch, Scene, _outline, _rasterise, _window, fbm
+from specad.synth.scene import (
+    MASK_COVER,
+    Look,
+    Patch,
+    Scene,
+    _outline,
+    _rasterise,
+    _window,
+    fbm,
+)
 
 # Second radiation constant hc/k (nm K) and the lamp temperature of the white reference.
 C2_NM_K = 1.4388e7
@@ -35,20 +42,6 @@ MOUND_PX = 2.0
 # light through, a clear film lies flat and blocks almost none (so RGB still cannot see foil).
 LIFT_MM = {"pet": (0.5, 2.0), "pom": (0.5, 2.0), "leaf": (1.0, 3.0), "fake_leaf": (1.0, 3.0)}
 OPACITY = {"leaf": 0.6, "foil": 0.0}
-
-
-@dataclass(frozen=True)
-class Look:
-    """One cube's sawdust batch and lamp; the per-camera lamp strengths come with it."""
-
-    gain: float  # lamp intensity, shared by the cameras
-    temp_k: float  # lamp colour temperature
-    wood_mix: float  # share of the other wood in the sawdust spectrum
-    moisture_mm: float  # equivalent water path of the batch
-    camera_gain: float
-    gradient: float
-    hotspot: float
-    walls: np.ndarray  # (H, W) height of the tray walls above the sawdust (px), 0 inside
 
 
 def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:

@@ -1,0 +1,96 @@
+"""Scoring cubes with a fitted `Detector`, one way for local runs and Dask workers alike
+(:mod:`specad.distributed`): a split's scores, maps and masks (evaluate, report) and one file's
+map and overlay (predict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from specad.data import Sample, read_mask
+from specad.infer import Detector
+from specad.io import read_cube
+
+
+@dataclass
+class SplitResults:
+    """A detector's output on every cube of a split, with the truth needed to score it."""
+
+    samples: list[Sample]
+    scores: np.ndarray
+    maps: list[np.ndarray]
+    masks: list[np.ndarray]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [s.label for s in self.samples]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.anomalous for s in self.samples], dtype=int)
+
+
+def run_split(
+    detector: Detector,
+    samples: Sequence[Sample],
+    *,
+    tiled: bool = False,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> SplitResults:
+    """Predict every sample (reading cubes in batches) and collect maps, scores and masks."""
+    from tqdm import tqdm
+
+    scores, maps, masks = [], [], []
+    with tqdm(total=len(samples), disable=not progress, unit="cube") as bar:  # closed on error
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i : i + batch_size]
+            cubes = [s.read() for s in chunk]
+            preds = detector.predict(cubes, tiled=tiled, paths=[s.path for s in chunk])
+            for s, c, p in zip(chunk, cubes, preds, strict=True):  # type: ignore[arg-type]
+                scores.append(p.score)
+                maps.append(p.anomaly_map)
+                masks.append(read_mask(s, c.shape[:2]))
+            bar.update(len(chunk))
+    return SplitResults(list(samples), np.asarray(scores, dtype=np.float64), maps, masks)
+
+
+def score_file(
+    detector: Detector,
+    path: Path,
+    tmp: Path,
+    name: Path,
+    *,
+    tiled: bool = False,
+    variable: str | None = None,
+    layout: str | None = None,
+) -> float:
+    """Score one cube into ``tmp/maps/NAME.tif`` and ``tmp/overlays/NAME.png``; its score.
+    Shared by local runs and Dask workers, so both write the same files."""
+    from PIL import Image
+
+    from specad.visual import false_colour, overlay
+
+    cube = read_cube(path, variable=variable, layout=layout)
+    pred = detector.predict(cube, tiled=tiled, paths=[path])
+    map_file = tmp / "maps" / f"{name}.tif"
+    map_file.parent.mkdir(parents=True, exist_ok=True)
+    write_map(map_file, pred.anomaly_map)
+    png = tmp / "overlays" / f"{name}.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    rgb = false_colour(cube.data, cube.rgb or (0, 0, 0))
+    Image.fromarray(overlay(rgb, pred.anomaly_map, detector.threshold)).save(png)
+    return pred.score
+
+
+def write_map(path: Path, anomaly_map: np.ndarray) -> None:
+    """A float32 TIFF, zlib-compressed; maps of large cubes in 256 x 256 tiles, so viewers and
+    readers can open any window of a gigapixel map without reading all of it."""
+    import tifffile
+
+    tile = (256, 256) if min(anomaly_map.shape) >= 256 else None
+    tifffile.imwrite(path, anomaly_map.astype(np.float32), tile=tile, compression="zlib")
