@@ -47,7 +47,8 @@ def _cpu_flags() -> set[str]:
 
 def cpu_has_amx() -> bool:
     """AMX tiles make bf16 convolutions several times faster than fp32; AVX-512 bf16 alone
-    measured slower than fp32 here (benchmarks/results.md), so only AMX earns bf16 by default."""
+    measured slower than fp32 (benchmarks/results-intel-avx512-vnni.md), so only AMX earns bf16
+    by default."""
     return "amx_bf16" in _cpu_flags()
 
 

@@ -73,8 +73,8 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def use_bf16(setting: str, device: torch.device) -> bool:
-    """bf16 autocast for ``auto``: on GPUs that support it and on CPUs with AMX. Without AMX
-    the CPU's bf16 convolutions measured slower than fp32 (benchmarks/results.md)."""
+    """bf16 autocast for ``auto``: on GPUs that support it and on CPUs with AMX. Without AMX the
+    CPU's bf16 convolutions measured slower than fp32 (benchmarks/results-intel-avx512-vnni.md)."""
     if setting != "auto":
         return setting == "on"
     if device.type == "cuda":
