@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from specad.data import GOOD
 from specad.errors import SpecadError
 from specad.io import IMAGE_SUFFIXES, Cube, atomic_dir, write_cube
 
@@ -112,7 +113,7 @@ def _split_normals(paths: list[Path], fractions: dict[str, float]) -> Iterator[I
     for split, fraction in fractions.items():
         total += fraction
         end = round(total * len(ordered))
-        yield from (Item(p, split, "good") for p in ordered[start:end])
+        yield from (Item(p, split, GOOD) for p in ordered[start:end])
         start = end
 
 
