@@ -1,6 +1,6 @@
 #!/bin/bash
 # EfficientAD on tray6 and tray6-hard (seed 1) with the CPU preset's 800 steps, each teacher, six
-# channels and RGB: the README's "Results on tray6" rows, trained where a GPU makes them minutes.
+# channels and RGB: the rows of benchmarks/tray6_results.md, trained where a GPU makes them minutes.
 # The datasets are generated there (a 464 MB tray6 cannot travel). Prepare here, in the root:
 #   echo /.devdata/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \

@@ -2,7 +2,7 @@
 beside RX.
 
 knn is the default because it won on tray6 by the measures the demo shows (image 0.99 / pixel
-0.99 AUROC in about a minute on 2 cores, README "Results on tray6"), where the CPU preset of
+0.99 AUROC in about a minute on 2 cores, benchmarks/tray6_results.md), where the CPU preset of
 EfficientAD needs 800 steps (30-60 minutes on 2 cores) and scored less.
 """
 
