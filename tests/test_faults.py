@@ -243,7 +243,7 @@ def test_model_json_with_tiny_image_size_is_one_line(tmp_path: Path) -> None:
     meta = json.loads((folder / "model.json").read_text())
     meta["preprocess"]["image_size"] = 8
     (folder / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(SpecadError, match="model.json: cannot build the EfficientAD model"):
+    with pytest.raises(SpecadError, match="model.json: preprocess.image_size: must be 0"):
         Detector.load(folder)
 
 

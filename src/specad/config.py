@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
+from specad.bounds import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ImageSize, check_image_size, validate
 from specad.errors import SpecadError
 from specad.metrics import DEFAULT_FAR
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
+Channels = Literal["all", "rgb", "swir"] | Annotated[list[int | float | str], Field(min_length=1)]
+"""A channel selection (`specad.data.select_channels`)."""
 
 
 class Strict(BaseModel):
@@ -25,8 +33,8 @@ class Normalization(Strict):
 
 class DataConfig(Strict):
     root: Path
-    channels: Literal["all", "rgb", "swir"] | list[int | float | str] = "all"
-    image_size: int = Field(256, ge=16)
+    channels: Channels = "all"
+    image_size: int = Field(256, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)
     layout: Literal["hwc", "chw", "whc", "cwh", "hcw", "wch"] | None = None
     normalize: Literal["train", "none"] | Normalization = "train"
     flips: bool = False
@@ -120,18 +128,6 @@ def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
     return loaded
 
 
-def validate(model: type[ModelT], raw: dict[str, Any], path: Path | None) -> ModelT:
-    """``model.model_validate(raw)``, with the first error as one line: ``key.sub: message``."""
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        message = first["msg"].removeprefix("Value error, ")
-        raise SpecadError(f"{where}: {message}{more}", path) from err
-
-
 def load_config(path: str | Path | None, overrides: list[str] | None = None, **base: Any) -> Config:
     """Read a YAML config over the sections in ``base``, apply ``key.sub=value`` overrides,
     validate. A section in both is merged key by key, the file's keys winning."""
@@ -152,16 +148,58 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, **b
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``key.sub=value`` in ``raw``, the value read as YAML; a bad one names the key."""
     if "=" not in item:
-        raise SpecadError(f"--set expects key=value, got '{item}'")
+        raise SpecadError(f"--set expects key=value, got '{item[:60]}'")
     key, value = item.split("=", 1)
-    node = raw
     parts = key.strip().split(".")
+    if not all(parts):
+        raise SpecadError(f"--set '{key[:60]}': empty key")
+    node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise SpecadError(f"--set {key}: '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except (yaml.YAMLError, RecursionError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise SpecadError(f"--set {key}: the value is not valid YAML ({first})") from err
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` items as a nested mapping."""
+    raw: dict[str, Any] = {}
+    for item in items or []:
+        apply_override(raw, item)
+    return raw
+
+
+class FitOptions(Strict):
+    """What ``specad fit`` and ``specad evaluate NAME`` take besides the detector's own
+    parameters (`specad.evaluate.fit_on_dataset`)."""
+
+    channels: Channels = "all"
+    image_size: ImageSize | None = None
+    """None: the detector's own input size."""
+    far: float = Field(DEFAULT_FAR, gt=0, lt=1)
+    device: str = "auto"
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _given(cls, size: Any) -> Any:
+        if size is None:  # `--set image_size=`: leaving it out is how to get the default
+            raise ValueError("needs a value (0: the cube's own size)")
+        return size
+
+    _size = field_validator("image_size")(check_image_size)
+
+    @classmethod
+    def split(cls, raw: dict[str, Any]) -> tuple[FitOptions, dict[str, Any]]:
+        """The options among ``--set`` values, validated, and the rest (the detector's)."""
+        options = {k: v for k, v in raw.items() if k in cls.model_fields}
+        rest = {k: v for k, v in raw.items() if k not in cls.model_fields}
+        return validate(cls, options, None, "--set "), rest
 
 
 def dump_config(config: Config) -> str:

@@ -15,12 +15,17 @@ from __future__ import annotations
 import json
 import zlib
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from specad.bounds import MAX_CHANNELS, FiniteFloat, ImageSize, Index, check_image_size
 from specad.errors import SpecadError
 from specad.io import CUBE_SUFFIXES, Cube, read_cube
 from specad.spectral import SWIR_MIN_NM
@@ -373,29 +378,50 @@ def _stored_dtype(path: Path) -> str:
 INPUT_MEAN, INPUT_STD = 0.45, 0.225  # what Preprocess standardises every channel to
 
 
-@dataclass
+@pydantic_dataclass(config=ConfigDict(extra="forbid"))
 class Preprocess:
     """How a cube becomes model input; saved with every model so inference repeats it exactly.
 
     Channels are selected, the image is resized to ``image_size`` and each channel is
     standardised to ImageNet-like pixel statistics (mean 0.45, std 0.225), so that pretrained
     teachers see the contrast range they were trained on whatever the camera's levels.
+    Validated when made (`specad.config` states the bounds), so a ``model.json`` that would
+    index missing channels, divide by zero or allocate without bound never loads.
     """
 
-    source_channels: int
-    channels: list[int]
-    image_size: int
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    source_channels: Annotated[int, Field(strict=True, ge=1, le=MAX_CHANNELS)]
+    channels: Annotated[list[Index], Field(min_length=1)]
+    image_size: Annotated[ImageSize, AfterValidator(check_image_size)]
+    mean: list[FiniteFloat] | None = None
+    std: list[Annotated[FiniteFloat, Field(gt=0)]] | None = None
 
-    def select(self, cube: Cube, path: Path | None = None) -> np.ndarray:
-        """The cube's selected channels, (H, W, C'), after checking its channel count."""
+    @model_validator(mode="after")
+    def _consistent(self) -> Preprocess:
+        if max(self.channels) >= self.source_channels:
+            raise ValueError(
+                f"channels {self.channels[:8]} are not indices of a "
+                f"{self.source_channels}-channel cube"
+            )
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != len(self.channels):
+                raise ValueError(
+                    f"{name} has {len(values)} values for {len(self.channels)} channels"
+                )
+        return self
+
+    def check(self, cube: Cube, path: Path | None = None) -> None:
+        """Refuse a cube whose channel count is not the model's."""
         if cube.channels != self.source_channels:
             raise SpecadError(
                 f"the model expects cubes with {self.source_channels} channels, "
                 f"this one has {cube.channels}",
                 path,
             )
+
+    def select(self, cube: Cube, path: Path | None = None) -> np.ndarray:
+        """The cube's selected channels, (H, W, C'), after checking its channel count."""
+        self.check(cube, path)
         return cube.data[:, :, self.channels]
 
     def cube_tensor(self, cube: Cube, path: Path | None = None) -> torch.Tensor:
@@ -420,10 +446,22 @@ class Preprocess:
         scale = [s / INPUT_STD for s in self.std]
         return scale, [m - INPUT_MEAN * k for m, k in zip(self.mean, scale, strict=True)]
 
-    def fit(self, batch: torch.Tensor) -> None:
-        """Per-channel mean/std from training input [B, C, S, S] (before normalisation)."""
-        self.mean = batch.mean(dim=(0, 2, 3)).tolist()
-        self.std = batch.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+    def fit(self, images: torch.Tensor | Iterable[torch.Tensor]) -> None:
+        """Per-channel mean/std of training input (before normalisation): a batch [B, C, S, S]
+        or images [C, S, S] one at a time, so that a dataset need not be held in memory.
+        Summed in float64 and merged image by image (Chan et al.'s update), so the result
+        does not drift with the number of images."""
+        n, mean, m2 = 0, torch.zeros(()), torch.zeros(())
+        for x in images:  # [C, S, S] each
+            x = x.detach().double().flatten(1)
+            k, mean_x = x.shape[1], x.mean(1)
+            m2_x = (x - mean_x[:, None]).square().sum(1)
+            delta, n = mean_x - mean, n + k
+            mean, m2 = mean + delta * k / n, m2 + m2_x + delta.square() * (n - k) * k / n
+        if n < 2:
+            raise SpecadError("the channel statistics need at least two training pixels")
+        self.mean = mean.tolist()
+        self.std = (m2 / (n - 1)).sqrt().clamp_min(1e-6).tolist()
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

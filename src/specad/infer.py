@@ -114,7 +114,7 @@ class Detector:
             tiles = [tiled and pre.image_size and min(c.shape[:2]) >= pre.image_size for c in chunk]
             if any(tiles) or not pre.image_size:  # one at a time: no common batch shape
                 for c, p, t in zip(chunk, names, tiles, strict=True):
-                    m = tiled_map(self.maps, pre, c) if t else self._resized(c, p)
+                    m = tiled_map(self.maps, pre, c, path=p) if t else self._resized(c, p)
                     maps.append(m)
                 continue
             pairs = zip(chunk, names, strict=True)

@@ -10,14 +10,17 @@ kind, channels, bands, preprocessing, versions. Files written before the detecto
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from specad import __version__
+from specad.bounds import FiniteFloat, Index, validate
 from specad.data import Preprocess
 from specad.errors import SpecadError
 from specad.metrics import DEFAULT_FAR
@@ -29,30 +32,48 @@ LEGACY_KEYS = ("threshold", "config", "extra")
 """``model.json`` keys of files written before the detector contract."""
 
 
-@dataclass
+@pydantic_dataclass(config=ConfigDict(extra="forbid"))
 class ModelMeta:
-    """What a detector expects of a cube: which channels, how preprocessed, which bands."""
+    """What a detector expects of a cube: which channels, how preprocessed, which bands.
 
-    kind: str
+    Validated when made, ``model.json`` included (bounds in `specad.bounds`): one line names the
+    first bad field, and nothing a file says can index missing channels or allocate unbounded.
+    """
+
+    kind: Annotated[str, Field(strict=True)]
     preprocess: Preprocess
-    bands: list[str]
-    wavelengths: list[float] | None
-    rgb: tuple[int, int, int] | None
+    bands: list[Annotated[str, Field(strict=True)]]
+    wavelengths: list[FiniteFloat] | None
+    rgb: tuple[Index, Index, Index] | None
     versions: dict[str, str] = field(
         default_factory=lambda: {"specad": __version__, "torch": torch.__version__}
     )
+
+    @model_validator(mode="after")
+    def _describes_the_channels(self) -> ModelMeta:
+        n = len(self.preprocess.channels)
+        if len(self.bands) != n:
+            raise ValueError(f"bands has {len(self.bands)} names for {n} channels")
+        if self.wavelengths is not None and len(self.wavelengths) != n:
+            raise ValueError(f"wavelengths has {len(self.wavelengths)} values for {n} channels")
+        if self.rgb is not None and max(self.rgb) >= n:
+            raise ValueError(f"rgb {list(self.rgb)} are not indices of the {n} channels")
+        return self
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> ModelMeta:
-        raw = json.loads(text)
-        for key in LEGACY_KEYS:
-            raw.pop(key, None)
-        raw["preprocess"] = Preprocess(**raw["preprocess"])
-        raw["rgb"] = tuple(raw["rgb"]) if raw.get("rgb") else None
-        return cls(**raw)
+    def from_json(cls, text: str, path: Path | None = None) -> ModelMeta:
+        """The metadata in ``text``; a malformed or invalid one is one line naming ``path``."""
+        try:
+            raw = json.loads(text)
+        except (ValueError, RecursionError) as err:
+            raise SpecadError(f"corrupt model metadata ({err})", path) from err
+        if not isinstance(raw, dict):
+            raise SpecadError("corrupt model metadata (not a JSON object)", path)
+        meta = {k: v for k, v in raw.items() if k not in LEGACY_KEYS}
+        return validate(cls, meta, path)
 
 
 def read_meta(path: Path) -> tuple[ModelMeta, dict[str, Any]]:
@@ -60,43 +81,24 @@ def read_meta(path: Path) -> tuple[ModelMeta, dict[str, Any]]:
     if not path.is_file():
         raise SpecadError("model file not found", path)
     try:
-        raw = json.loads(path.read_text())
-        meta = ModelMeta.from_json(json.dumps(raw))
-    except (ValueError, TypeError, KeyError, AttributeError) as err:
-        raise SpecadError(f"corrupt model metadata ({err})", path) from err
-    check_meta(meta, path)
-    return meta, raw
-
-
-def check_meta(meta: ModelMeta, path: Path) -> None:
-    """Refuse metadata that would score nonsense: bad channels, sizes or normalisation."""
-    pre = meta.preprocess
-    if not isinstance(pre.source_channels, int) or pre.source_channels < 1:
-        raise SpecadError(f"preprocess.source_channels is {pre.source_channels!r}", path)
-    if not pre.channels or not all(
-        isinstance(c, int) and 0 <= c < pre.source_channels for c in pre.channels
-    ):
-        raise SpecadError(
-            f"preprocess.channels {pre.channels} are not indices of a "
-            f"{pre.source_channels}-channel cube",
-            path,
-        )
-    if not isinstance(pre.image_size, int) or pre.image_size < 0:
-        raise SpecadError(f"preprocess.image_size is {pre.image_size!r}", path)
-    for name, values in (("mean", pre.mean), ("std", pre.std)):
-        if values is None:
-            continue
-        arr = np.asarray(values, dtype=np.float64)
-        if arr.shape != (len(pre.channels),) or not np.isfinite(arr).all():
-            raise SpecadError(f"preprocess.{name} is not {len(pre.channels)} finite numbers", path)
-    if pre.std is not None and min(pre.std) <= 0:
-        raise SpecadError("preprocess.std has a zero or negative entry", path)
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecadError(f"cannot read model metadata ({err})", path) from err
+    meta = ModelMeta.from_json(text, path)
+    return meta, json.loads(text)
 
 
 def check_detector(det: BaseDetector, meta: ModelMeta, path: Path) -> None:
     """The detector must be the kind ``model.json`` names, with finite thresholds."""
     if det.kind != meta.kind:
         raise SpecadError(f"model.json says '{meta.kind}', the file holds '{det.kind}'", path)
+    channels = getattr(det, "n_channels", len(meta.preprocess.channels))
+    if channels != len(meta.preprocess.channels):
+        raise SpecadError(
+            f"the detector takes {channels} channels, model.json selects "
+            f"{len(meta.preprocess.channels)}",
+            path,
+        )
     thresholds = [det.threshold_, getattr(det, "int8_threshold_", None) or 0.0]
     if not all(isinstance(t, int | float) and np.isfinite(t) for t in thresholds):
         raise SpecadError("the threshold is not a finite number", path)
@@ -124,12 +126,12 @@ def _legacy_state(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Parameters and fitted values of a model saved before the detector contract: RX and knn
     files kept their settings in the tensor file's metadata, everything else in model.json."""
-    extra = raw.get("extra") or {}
-    values: dict[str, Any] = {
-        "threshold": raw.get("threshold"),
-        "val_scores": extra.get("val_scores", []),
-    }
     try:
+        extra = raw.get("extra") or {}
+        values: dict[str, Any] = {
+            "threshold": raw.get("threshold"),
+            "val_scores": extra.get("val_scores", []),
+        }
         if meta.kind == "efficientad":
             params = {"config": raw["config"]}
             values |= {
@@ -155,7 +157,7 @@ def _legacy_state(
             }
         else:
             raise SpecadError(f"unknown model kind '{meta.kind}'", meta_path)
-    except (KeyError, ValueError, TypeError) as err:
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
         raise SpecadError(f"corrupt model metadata ({err})", meta_path) from err
     if values["threshold"] is None:
         raise SpecadError("the threshold is not a finite number", meta_path)

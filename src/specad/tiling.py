@@ -7,6 +7,7 @@ model-sized tiles keeps it. Tiles overlap by about a quarter and overlapping map
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,12 +28,17 @@ def tile_starts(length: int, tile: int) -> list[int]:
     return starts + [length - tile]
 
 
-def tiled_map(maps: MapFn, pre: Preprocess, cube: Cube, batch_size: int = 8) -> np.ndarray:
+def tiled_map(
+    maps: MapFn, pre: Preprocess, cube: Cube, batch_size: int = 8, path: Path | None = None
+) -> np.ndarray:
     """The (H, W) map of a cube at least one tile (``pre.image_size``) in each direction.
 
     Tiles are cut, normalised and scored ``batch_size`` at a time, so memory beyond the cube
-    is the (H, W) sums and weights (8 bytes a pixel) plus one batch of tiles.
+    is the (H, W) sums and weights (8 bytes a pixel) plus one batch of tiles. The cube's
+    channel count is checked first, as for a resized cube: selecting the model's channels from
+    another cube would index bands it lacks, or score the wrong ones.
     """
+    pre.check(cube, path)
     tile = pre.image_size
     h, w = cube.shape[:2]
     total = np.zeros((h, w), np.float32)

@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+
 import numpy as np
 
 
-def false_colour(data: np.ndarray, bands: tuple[int, ...] | list[int]) -> np.ndarray:
-    """(H, W, 3) uint8 from three bands, each stretched between its 1st and 99th percentile,
-    so that dim reflectance still shows its contrast."""
-    rgb = data[:, :, list(bands)].astype(np.float32)
+def display_bands(rgb: Sequence[int] | None, channels: int) -> list[int]:
+    """The three bands to show of a ``channels``-band cube: ``rgb`` where the cube has them all.
+
+    A file's RGB mapping (an ENVI header's ``default bands``) can name bands the cube lacks;
+    then the first three bands are shown (one band in grey when there are fewer), with a
+    ``note:`` line, rather than the picture failing.
+    """
+    if rgb is not None and len(rgb) == 3 and all(0 <= int(i) < channels for i in rgb):
+        return [int(i) for i in rgb]
+    shown = [0, 1, 2] if channels >= 3 else [0, 0, 0]
+    if rgb is not None:
+        view = "bands 1-3" if channels >= 3 else "band 1 in grey"
+        warnings.warn(
+            f"RGB bands {[int(i) + 1 for i in rgb][:8]} (counted from 1) are not all among "
+            f"the cube's {channels} bands; showing {view}",
+            stacklevel=2,
+        )
+    return shown
+
+
+def false_colour(data: np.ndarray, bands: Sequence[int] | None) -> np.ndarray:
+    """(H, W, 3) uint8 from three bands (`display_bands`), each stretched between its 1st and
+    99th percentile, so that dim reflectance still shows its contrast."""
+    rgb = data[:, :, display_bands(bands, data.shape[2])].astype(np.float32)
     # percentiles of at most about a million pixels: exact below that, and a gigapixel cube's
     # sorted copies (several GB) are not needed for a display stretch
     step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / 1e6)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -46,8 +46,15 @@ def train_cmd(
     out.print(str(path), markup=False, highlight=False, soft_wrap=True)
 
 
-def _load_detector(model: str, dataset: Path | None, device: str, runtime: str = "auto"):
-    """A saved model, or ``rx``/``knn``/...: that detector fitted on the dataset's train/good."""
+def _load_detector(
+    model: str,
+    dataset: Path | None,
+    device: str,
+    runtime: str = "auto",
+    sets: list[str] | None = None,
+):
+    """A saved model, or ``rx``/``knn``/...: that detector fitted on the dataset's train/good
+    with the ``--set`` values ``sets``."""
     from specad.evaluate import fit_on_dataset
     from specad.infer import Detector
     from specad.models.registry import FIT_ON_DATASET
@@ -57,8 +64,24 @@ def _load_detector(model: str, dataset: Path | None, device: str, runtime: str =
             fail(f"--model {model} needs a dataset to fit on; save one with `specad fit {model}`")
         from specad.data import load_dataset
 
-        return fit_on_dataset(model, load_dataset(dataset), device=device).use_runtime(runtime)
+        settings = fit_settings(model, sets, device=device)
+        return fit_on_dataset(model, load_dataset(dataset), **settings).use_runtime(runtime)
+    if sets:
+        fail(f"--set is for detectors fitted here ({', '.join(FIT_ON_DATASET)}), not {model}")
     return Detector.load(model, device=device, runtime=runtime)
+
+
+def fit_settings(model: str, sets: list[str] | None, **given: Any) -> dict[str, Any]:
+    """``--set`` values (over ``given``) for fitting ``model`` on a dataset, all validated before
+    any data is read: the fit options (`specad.config.FitOptions`) and the detector's own
+    parameters (its class refuses a bad one), each error one line naming the key."""
+    from specad.config import FitOptions, parse_sets
+    from specad.models.registry import FIT_ON_DATASET, detector_class
+
+    options, params = FitOptions.split(given | parse_sets(sets))
+    if model in FIT_ON_DATASET:
+        detector_class(model)(**params)
+    return options.model_dump() | params
 
 
 @app.command()
@@ -113,6 +136,10 @@ def evaluate(
         ),
     ] = None,
     tiled: Annotated[bool, typer.Option(help="Native-resolution overlapping tiles.")] = False,
+    params: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="A fitting parameter of rx, knn, ...: key=value."),
+    ] = None,
     layout: Layout = None,
     device: Device = "auto",
     runtime: Runtime = "auto",
@@ -122,12 +149,16 @@ def evaluate(
     """Image/pixel AUROC, AUPRO, per-class AUROC and thresholds on the test split."""
     import json
 
+    from specad.bounds import validate
+    from specad.config import FitOptions
     from specad.data import load_dataset
     from specad.evaluate import evaluate_detector
     from specad.predict import cluster
 
+    if far is not None:
+        validate(FitOptions, {"far": far}, None, "--")
     ds = load_dataset(dataset, layout)
-    det = _load_detector(model, dataset, device, runtime)
+    det = _load_detector(model, dataset, device, runtime, params)
     with cluster(scheduler, workers, det, model, device) as dask:
         metrics = evaluate_detector(
             det, ds, far=far, tiled=tiled, progress=not as_json, cluster=dask
@@ -237,16 +268,13 @@ def fit_cmd(
     force: Force = False,
 ) -> None:
     """Fit a training-free detector on normal cubes (threshold on val/good) and save it."""
-    from specad.config import apply_override
     from specad.data import load_dataset
     from specad.evaluate import fit_on_dataset
     from specad.io import refuse_nonempty
 
+    settings = fit_settings(model, params)
     refuse_nonempty(out_dir, force)
-    kwargs: dict = {}
-    for item in params or []:
-        apply_override(kwargs, item)
-    out.print(str(fit_on_dataset(model, load_dataset(dataset), **kwargs).save(out_dir)))
+    out.print(str(fit_on_dataset(model, load_dataset(dataset), **settings).save(out_dir)))
 
 
 @app.command()

@@ -34,6 +34,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
+from specad.bounds import shown
 from specad.errors import SpecadError
 from specad.metrics import DEFAULT_FAR, is_anomalous, threshold_at_far
 
@@ -76,7 +77,7 @@ def detector(cls: T) -> T:
             names = [str(p) for p in first["loc"] if str(p).isidentifier() or isinstance(p, int)]
             where = ".".join(names) or "parameters"  # without pydantic's union branch tags
             unexpected = first["type"] == "unexpected_keyword_argument"
-            got = "" if unexpected else f" (got {first['input']!r})"
+            got = "" if unexpected else shown(first["input"])
             raise SpecadError(f"{cls.kind} {where}: {first['msg']}{got}") from None
 
     cls.__init__ = __init__
@@ -213,7 +214,9 @@ class BaseDetector(ABC):
         return tensors, values
 
     def restore(self, tensors: dict[str, Tensor], values: dict[str, Any]) -> Self:
-        """Set the fitted state from what `state` returned."""
+        """Set the fitted state from what `state` returned, after the checks every detector's
+        saved state must pass (`_restore` checks its own shapes)."""
+        check_state(self.kind, tensors, values)
         self._restore(tensors, values)
         self.threshold_ = float(values["threshold"])  # as saved, whatever rule made it
         self.val_scores_ = np.asarray(values.get("val_scores", []), dtype=np.float64)
@@ -238,6 +241,32 @@ class BaseDetector(ABC):
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
         return f"{type(self).__name__}({fields})"
+
+
+def check_state(kind: str, tensors: dict[str, Tensor], values: Any) -> None:
+    """Refuse saved state no detector can use: fitted values that are not a JSON object,
+    tensors of a type no detector saves, or non-finite floating-point tensors."""
+    if not isinstance(values, dict):
+        raise SpecadError(f"{kind} fitted values are not a JSON object")
+    for name, t in tensors.items():
+        if t.dtype not in STATE_DTYPES:
+            raise SpecadError(f"{kind} tensor '{name}' has type {t.dtype}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise SpecadError(f"{kind} tensor '{name}' is not finite")
+
+
+def check_shape(kind: str, name: str, t: Tensor, *sizes: int | None) -> None:
+    """Refuse a saved tensor whose shape is not ``sizes`` (None: any length, at least 1)."""
+    ok = t.ndim == len(sizes) and all(
+        n >= 1 if want is None else n == want for n, want in zip(t.shape, sizes, strict=True)
+    )
+    if not ok:
+        want = " x ".join("N" if n is None else str(n) for n in sizes)
+        raise SpecadError(f"{kind} tensor '{name}' is {tuple(t.shape)}, expected {want}")
+
+
+STATE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64)
+"""Tensor types detectors save (int64: BatchNorm's batch counters)."""
 
 
 class CubeDetector(BaseDetector):

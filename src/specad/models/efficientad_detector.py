@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Self
 import torch
 from torch import Tensor
 
+from specad.bounds import ChannelCount, ImageSize, validate
 from specad.config import Config
 from specad.errors import SpecadError
 from specad.models.base import BaseDetector, Images, detector
@@ -109,8 +110,8 @@ class EfficientADDetector(BaseDetector):
         }
 
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
-        self.in_channels_ = int(scalars["in_channels"])
-        self.image_size_ = int(scalars["image_size"])
+        self.in_channels_ = validate(ChannelCount, scalars["in_channels"], None, "in_channels")
+        self.image_size_ = validate(ImageSize, scalars["image_size"], None, "image_size")
         self.wavelengths_ = scalars["wavelengths"]
         self.steps_ = scalars.get("steps")
         self.int8_threshold_ = scalars.get("int8_threshold")

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from specad.bounds import FiniteFloat, validate
+from specad.errors import SpecadError
 
 LOW, HIGH = 0.9, 0.995
 """Normal-image quantiles that `normalise` sends to 0 and 0.1 (EfficientAD's rule)."""
@@ -43,13 +47,28 @@ def normalise(maps: Tensor, low: Tensor | float, high: Tensor | float) -> Tensor
 
 
 def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of [B, 1, H, W] maps, edges replicated; ``sigma`` 0 is identity."""
+    """Separable Gaussian blur of [B, 1, H, W] maps, edges replicated; ``sigma`` 0 is identity.
+
+    The kernel reaches 3 ``sigma`` but never beyond the map's longer side, where it would only
+    see the replicated edge: so a huge ``sigma`` (from a model file, say) costs memory of the
+    map's size, not of ``sigma``'s.
+    """
     if sigma <= 0:
         return maps
-    radius = max(1, math.ceil(3 * sigma))
+    side = max(maps.shape[-2:])
+    radius = max(1, min(math.ceil(3 * sigma) if math.isfinite(sigma) else side, side))
     t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-0.5 * (t / sigma) ** 2)
     kernel = kernel / kernel.sum()
     out = F.pad(maps, (radius, radius, radius, radius), mode="replicate")
     out = F.conv2d(out, kernel.view(1, 1, 1, -1))
     return F.conv2d(out, kernel.view(1, 1, -1, 1))
+
+
+def checked_scale(value: Any, what: str) -> tuple[float, float]:
+    """A saved `normalise` scale ``(low, high)``: two finite numbers with ``low < high``, else
+    a `SpecadError` naming ``what`` (a file's division by zero, caught at load)."""
+    low, high = validate(tuple[FiniteFloat, FiniteFloat], value, None, what)
+    if not low < high:
+        raise SpecadError(f"{what}: {low:g} is not below {high:g}")
+    return low, high

@@ -16,8 +16,9 @@ from pydantic import Field
 from sklearn.covariance import empirical_covariance, ledoit_wolf_shrinkage, shrunk_covariance
 from torch import Tensor
 
+from specad.bounds import ChannelCount, validate
 from specad.errors import SpecadError
-from specad.models.base import CubeDetector, Images, Seed, detector
+from specad.models.base import CubeDetector, Images, Seed, check_shape, detector
 
 Shrinkage = Literal["auto"] | Annotated[float, Field(strict=True, ge=0, le=1)]
 
@@ -121,9 +122,15 @@ class RX(CubeDetector):
         return {"shrinkage": self.shrinkage_}
 
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
-        self.mean_ = tensors["mean"].double().numpy()
-        self.whitening_ = tensors["whitening"].double().numpy()
-        self.shrinkage_ = float(scalars["shrinkage"])
+        mean, whitening = tensors["mean"], tensors["whitening"]
+        check_shape(self.kind, "mean", mean, None)
+        validate(ChannelCount, len(mean), None, "rx channels")
+        check_shape(self.kind, "whitening", whitening, len(mean), None)
+        if whitening.shape[1] > len(mean):  # kept directions of the covariance: at most C
+            raise SpecadError(f"rx tensor 'whitening' is {tuple(whitening.shape)}, wider than tall")
+        self.mean_ = mean.double().numpy()
+        self.whitening_ = whitening.double().numpy()
+        self.shrinkage_ = validate(Shrinkage, scalars["shrinkage"], None, "rx shrinkage")
 
 
 def rx_scene(cube: np.ndarray, shrinkage: Shrinkage = 0.0) -> np.ndarray:

@@ -17,7 +17,7 @@ from scipy import ndimage
 from specad.data import select_channels
 from specad.io import Cube
 from specad.spectral import SWIR_MIN_NM
-from specad.visual import false_colour, heat, overlay
+from specad.visual import display_bands, false_colour, heat, overlay
 
 PANEL = 256
 """Longest side of each per-cube panel in pixels."""
@@ -88,7 +88,7 @@ def false_colour_views(
     at or above ``SWIR_MIN_NM``; a cube without wavelengths shows its last three bands when they
     are not the RGB ones, without calling them SWIR. So a 3-band RGB cube gets one view.
     """
-    rgb = list(cube.rgb) if cube.rgb is not None else [0, 0, 0]
+    rgb = display_bands(cube.rgb, cube.channels)
     views = [("rgb", f"RGB false colour ({_band_label(cube, rgb)})", rgb)]
     has_swir = cube.wavelengths is not None and max(cube.wavelengths) >= SWIR_MIN_NM
     if swir_spec is not None or has_swir:
