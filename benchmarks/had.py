@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from specad.evaluate import scene_scores
 from specad.models.bands import BandPrep
 from specad.models.scene import SCENE_DETECTORS
+from specad.scenes import scene_scores
 
 HAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "had"
 OUT = Path(__file__).with_name("had_results.md")

@@ -26,10 +26,11 @@ from safetensors.numpy import save_file
 from specad.config import load_config
 from specad.data import check_dataset, load_dataset, read_mask
 from specad.errors import SpecadError
-from specad.evaluate import fit_on_dataset, scene_scores
+from specad.evaluate import fit_on_dataset
 from specad.infer import Detector
 from specad.io import Cube, atomic_dir, read_cube, reserve_output, write_cube
 from specad.predict import predict_files
+from specad.scenes import scene_scores
 
 
 def specad(*args: str) -> subprocess.CompletedProcess:

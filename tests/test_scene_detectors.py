@@ -249,6 +249,7 @@ def test_scene_several_detectors_json_and_outputs(specad, scene_file: Path, tmp_
         ["--param", "lrx.outer"],
         ["--detector", "lrx", "--param", "lrx.outer=8"],
         ["--reduce", "ica"],
+        ["--reduce", "pca"],  # the default (auto) chooses its own reductions
         ["--drop-bands", "4-1"],
         ["--drop-nm", "900-950"],
         ["--truth", "nothere"],

@@ -25,8 +25,12 @@ def scene(
         str | None, typer.Option(help="Mask file, or the name of a variable in the cube's .mat.")
     ] = None,
     detector: Annotated[
-        str, typer.Option(help="Comma-separated: rx, lrx, crd, 2s-glrt (one table).")
-    ] = "rx",
+        str,
+        typer.Option(
+            help="Comma-separated: auto (global RX on MNF 20, PCA 20 and all bands, "
+            "rank-fused), rx, lrx, crd, 2s-glrt (one table)."
+        ),
+    ] = "auto",
     param: Annotated[
         list[str] | None,
         typer.Option(help="Detector parameter, e.g. lrx.outer=15 or crd.lam=1e-4. Repeatable."),
@@ -52,14 +56,15 @@ def scene(
 
     import yaml
 
-    from specad.evaluate import read_truth, scene_scores, write_scene_outputs
     from specad.models.bands import BandPrep, parse_ranges
-    from specad.models.scene import SCENE_DETECTORS
+    from specad.models.scene import AUTO, SCENE_DETECTORS
+    from specad.scenes import read_truth, scene_scores, write_scene_outputs
 
     names = [d.strip() for d in detector.split(",") if d.strip()]
-    unknown = [d for d in names if d not in SCENE_DETECTORS]
+    known = [AUTO, *SCENE_DETECTORS]
+    unknown = [d for d in names if d not in known]
     if not names or unknown:
-        fail(f"unknown detector '{','.join(unknown)}' (one of {', '.join(SCENE_DETECTORS)})")
+        fail(f"unknown detector '{','.join(unknown)}' (one of {', '.join(known)})")
     params: dict[str, dict] = {}
     for item in param or []:
         key, eq, value = item.partition("=")

@@ -86,7 +86,10 @@ class BandPrep:
                     f"{self.components} {self.reduce.upper()} components asked, {len(kept)} bands"
                 )
             reducer = pca if self.reduce == "pca" else mnf
-            data = reducer(data, self.components)
+            try:
+                data = reducer(data, self.components)
+            except (np.linalg.LinAlgError, ValueError) as err:  # too few or degenerate pixels
+                raise SpecadError(f"{self.reduce.upper()} failed on this cube ({err})") from None
         record |= {"reduce": self.reduce, "bands_out": data.shape[2]}
         if self.reduce != "none":
             record["components"] = self.components
