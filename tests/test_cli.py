@@ -14,9 +14,8 @@ import pytest
 import tifffile
 import torch
 import yaml
-from conftest import make_dataset
+from conftest import make_dataset, shared_data
 
-HAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "had"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -133,13 +132,14 @@ def test_teacher_info_names_weights_sha256() -> None:
     assert "sha256: 579344248a93" in specad("teacher", "info").stdout
 
 
-@pytest.mark.skipif(not HAD.is_dir(), reason=f"real scenes not found at {HAD}")
+@pytest.mark.real_data
 @pytest.mark.parametrize("scene", ["abu-beach-4", "abu-urban-2", "sandiego_plane"])
 def test_scene_default_beats_global_rx_on_real_data(scene: str) -> None:
+    had = shared_data("had")
     # benchmarks/scene_default_results.md: the default was chosen on these scenes, and its
     # leave-one-scene-out choice beat global RX on two of the three scenes it had not seen
-    done = specad("scene", str(HAD / f"{scene}.mat"), "--truth", "map", "--json")
-    rx = specad("scene", str(HAD / f"{scene}.mat"), "--truth", "map", "--detector", "rx")
+    done = specad("scene", str(had / f"{scene}.mat"), "--truth", "map", "--json")
+    rx = specad("scene", str(had / f"{scene}.mat"), "--truth", "map", "--detector", "rx")
     (auto,) = json.loads(done.stdout)["detectors"]
     assert auto["detector"] == "auto" and len(auto["params"]["members"]) == 3
     assert auto["pixel_auroc"] > float(rx.stdout.split("pixel AUROC:")[1])

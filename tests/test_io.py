@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import scipy.io
 import tifffile
+from conftest import shared_data
 
 from specad.errors import SpecadError
 from specad.io import Cube, atomic_dir, read_cube, to_reflectance, write_cube
-
-HAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "had"
 
 
 @pytest.fixture
@@ -86,7 +85,7 @@ def test_mat_v73_via_h5py(tmp_path: Path) -> None:
     np.testing.assert_allclose(back.data, data.astype(np.float32))
 
 
-@pytest.mark.skipif(not HAD.is_dir(), reason=f"real scenes not found at {HAD}")
+@pytest.mark.real_data
 @pytest.mark.parametrize(
     ("name", "shape"),
     [
@@ -96,9 +95,11 @@ def test_mat_v73_via_h5py(tmp_path: Path) -> None:
     ],
 )
 def test_real_had_scenes_read_with_right_shapes(name: str, shape: tuple[int, int, int]) -> None:
-    cube = read_cube(HAD / name, variable="data")
+    cube = read_cube(shared_data("had") / name, variable="data")
     assert cube.shape == shape
-    assert read_cube(HAD / name).shape == shape  # the cube variable is found automatically
+    assert (
+        read_cube(shared_data("had") / name).shape == shape
+    )  # the cube variable is found automatically
 
 
 def test_unknown_format(tmp_path: Path) -> None:

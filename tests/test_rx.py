@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data
 from scipy.io import loadmat
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
@@ -13,8 +14,6 @@ from sklearn.metrics import roc_auc_score
 from specad.errors import SpecadError
 from specad.models.registry import load_detector
 from specad.models.rx import RX, rx_scene
-
-HAD_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "had"
 
 
 def _correlated_cubes(n: int, channels: int = 6, size: int = 16, seed: int = 0) -> list:
@@ -94,11 +93,10 @@ def _numpy_rx(data: np.ndarray) -> np.ndarray:
     return np.einsum("ij,jk,ik->i", centred, precision, centred).reshape(data.shape[:2])
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("scene", ["sandiego_plane", "abu-urban-2", "abu-beach-4"])
 def test_global_rx_matches_numpy_on_real_scene(scene: str) -> None:
-    path = HAD_DIR / f"{scene}.mat"
-    if not path.exists():
-        pytest.skip(f"real hyperspectral scene not available: {path}")
+    path = shared_data("had") / f"{scene}.mat"
     mat = loadmat(path)
     data = mat["data"].astype(np.float64)
     truth = mat["map"].ravel() > 0
