@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,12 @@ import torch
 from conftest import make_dataset
 from test_cli import specad
 
-from specad.data import load_dataset
+from specad.data import Preprocess, load_dataset
 from specad.errors import SpecadError
 from specad.evaluate import fit_on_dataset, run_split
 from specad.infer import Detector
 from specad.models.knn import KNN, SPECTRAL_WEIGHT, greedy_coreset, spectral_weight
+from specad.models.knn_graph import nearest_distance
 from specad.models.maps import normalise
 from specad.models.pixel_spectra import PixelSpectra
 from specad.models.registry import load_detector
@@ -70,6 +72,50 @@ def test_greedy_coreset_covers_every_cluster() -> None:
     chosen = greedy_coreset(points, 3, projection=8, generator=gen)
     assert sorted((chosen // 50).tolist()) == [0, 1, 2]
     assert len(greedy_coreset(points, 500, 8, gen)) == len(points)
+
+
+def test_search_by_matmul_finds_cdists_nearest_neighbour() -> None:
+    gen = torch.Generator().manual_seed(0)
+    queries, bank = torch.randn(300, 40, generator=gen), torch.randn(70, 40, generator=gen)
+    nearest = nearest_distance(queries, bank, bank.square().sum(1))
+    torch.testing.assert_close(nearest, torch.cdist(queries, bank).amin(1), atol=1e-4, rtol=1e-5)
+
+
+def test_fit_streams_a_lazy_sequence_to_the_same_bank() -> None:
+    # knn reads `_BATCH` images at a time: a lazy sequence is never held whole, and the bank
+    # is the one the same images in one tensor give
+    images = _six_band_images(9, 0)[:, :3]
+    read: list[int] = []
+
+    class Lazy(Sequence[torch.Tensor]):
+        def __len__(self) -> int:
+            return len(images)
+
+        def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
+            read.append(i)
+            return images[i]
+
+    params = {"coreset_size": 64, "sigma": 2.0}
+    eager = KNN(**params).fit_maps(images, images[:2])
+    lazy = KNN(**params).fit_maps(Lazy(), images[:2])
+    torch.testing.assert_close(lazy.bank_, eager.bank_, atol=0, rtol=0)
+    assert lazy.patch_scale_ == eager.patch_scale_
+    assert read == [0, *range(9)]  # the first image for its shape, then each once
+
+
+def test_preprocess_statistics_stream_image_by_image() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = 100 + 5 * torch.rand(7, 3, 20, 20, generator=gen)
+    whole, streamed = Preprocess(3, [0, 1, 2], 20), Preprocess(3, [0, 1, 2], 20)
+    whole.fit(x)
+    streamed.fit(iter(list(x)))
+    assert streamed.mean == whole.mean and streamed.std == whole.std
+    torch.testing.assert_close(
+        torch.tensor(whole.mean, dtype=torch.float64), x.double().mean((0, 2, 3))
+    )
+    torch.testing.assert_close(
+        torch.tensor(whole.std, dtype=torch.float64), x.double().std((0, 2, 3))
+    )
 
 
 def _six_band_images(n: int, seed: int) -> torch.Tensor:
@@ -177,7 +223,7 @@ def test_save_load_round_trip_gives_identical_maps(
     a, b = run_split(detector, samples), run_split(loaded, samples)
     for x, y in zip(a.maps, b.maps, strict=True):
         np.testing.assert_array_equal(x, y)
-    with pytest.raises(SpecadError, match="runtime 'int8' does not apply to knn models"):
+    with pytest.raises(SpecadError, match="no int8 export"):
         Detector.load(path, runtime="int8")
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from specad.data import Dataset, Preprocess
+from specad.data import Dataset, Preprocess, Sample
 from specad.errors import SpecadError
 from specad.infer import Detector
 from specad.io import read_cube
@@ -44,8 +44,9 @@ def fit_on_dataset(
 
     Detectors with an ``input_size`` (knn: 256; ``image_size`` overrides it) see cubes resized
     to it and standardised per channel with train/good statistics, as EfficientAD's input is,
-    all of train/good and val/good in memory (cubes x channels x size^2 float32), val/good also
-    for scaling maps; the others (RX, the scene detectors) stream train/good at native size.
+    val/good also for scaling maps; train/good is read twice (statistics, then features) and
+    never held whole (`CubeImages`). The others (RX, the scene detectors) stream train/good at
+    native size.
     ``params`` go to the detector's class.
     """
     from specad.data import select_channels
@@ -64,10 +65,9 @@ def fit_on_dataset(
     chosen = first.select(idx)
     val: Any = []
     if size:
-        x = torch.stack([pre.cube_tensor(s.read(), s.path) for s in train])
-        pre.fit(x)
-        images: Any = pre.normalise(x).to(pick_device(device))
-        val = [pre.cube_tensor(s.read(), s.path).to(images.device) for s in val_samples]
+        pre.fit(pre.cube_tensor(s.read(), s.path) for s in train)  # unfitted: not normalised
+        images: Any = CubeImages(train, pre, pick_device(device))
+        val = CubeImages(val_samples, pre, images.device)
     else:
         images = (pre.cube_tensor(s.read(), s.path) for s in train)
     model.fit_maps(images, val, wavelengths=chosen.wavelengths, units=pre.units())
@@ -75,6 +75,22 @@ def fit_on_dataset(
     det = Detector(model, meta, device)
     model.calibrate(run_split(det, val_samples).scores, far)
     return det
+
+
+class CubeImages(Sequence[torch.Tensor]):
+    """Samples read and preprocessed only when indexed: a fit that takes a few at a time holds
+    those, not the dataset (knn at 1024 px would otherwise hold every cube before resizing)."""
+
+    def __init__(self, samples: Sequence[Sample], pre: Preprocess, device: torch.device) -> None:
+        self.samples, self.pre, self.device = samples, pre, device
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
+        """[C, S, S] input of sample ``i``, on the device."""
+        sample = self.samples[i]
+        return self.pre.cube_tensor(sample.read(), sample.path).to(self.device)
 
 
 def evaluate_split(

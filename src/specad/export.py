@@ -90,8 +90,15 @@ def export_onnx(
     return out
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray], digest: str) -> Path:
-    """Static int8 quantisation (per-channel weights, uint8 activations) calibrated on images.
+def quantize_int8(
+    fp32: Path,
+    out: Path,
+    calibration: Iterable[np.ndarray],
+    digest: str,
+    scope: str = "",
+) -> Path:
+    """Static int8 quantisation (per-channel weights, uint8 activations) calibrated on images,
+    of the nodes whose names start with ``scope`` ("": every node onnxruntime quantises).
 
     Weights use 7 of their 8 bits (``reduce_range``). Without VNNI, onnxruntime's u8s8 kernels
     add pairs of uint8 x int8 products in 16-bit lanes, which can saturate (2 x 255 x 127 >
@@ -101,7 +108,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray], dige
     tray6 model held 0.9999 with either. Not yet measured on a VNNI CPU, where the lost bit buys
     nothing: `measure_runtimes` still decides whether int8 runs.
     """
-    onnx_modules()
+    onnx, _ = onnx_modules()
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -122,6 +129,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray], dige
         pre = tmp.with_name(tmp.name + ".pre.onnx")
         try:
             quant_pre_process(str(fp32), str(pre))
+            names = [n.name for n in onnx.load(str(pre)).graph.node if n.name.startswith(scope)]
             quantize_static(
                 str(pre),
                 str(tmp),
@@ -131,6 +139,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: Iterable[np.ndarray], dige
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 reduce_range=True,
+                nodes_to_quantize=names if scope else None,
             )
         finally:
             pre.unlink(missing_ok=True)
@@ -199,7 +208,8 @@ def export_detector(
     validation: torch.Tensor | None = None,
     far: float = DEFAULT_FAR,
 ) -> dict[str, float]:
-    """Write ``model.onnx`` (and ``model.int8.onnx``) beside a saved EfficientAD model.
+    """Write ``model.onnx`` (and ``model.int8.onnx``) beside a saved EfficientAD or knn model
+    (knn's: the patch map, `specad.models.knn_graph.PatchMap`; spectral maps stay in torch).
 
     ``images`` are preprocessed normal images [B, C, S, S]: the int8 calibration set and the
     parity check. With ``validation`` images the int8 export gets its own threshold, at the
@@ -212,7 +222,7 @@ def export_detector(
     path = model_file(model_path)
     size = detector.meta.preprocess.image_size
     if "onnx" not in detector.model.runtimes or not size:
-        raise SpecadError("ONNX export needs an EfficientAD model with fixed image_size", path)
+        raise SpecadError("ONNX export needs a model with exports and a fixed image_size", path)
     if int8 and images is None:
         raise SpecadError("int8 export needs calibration images", path)
     channels = len(detector.meta.preprocess.channels)
@@ -224,7 +234,7 @@ def export_detector(
         reference = torch.cat([model.score_maps(b.to(detector.device)).cpu() for b in batches])
 
     def parity(runner: OnnxRunner) -> float:
-        maps = torch.cat([runner(b) for b in batches])
+        maps = torch.cat([model.export_maps(b, runner(b)) for b in batches])
         return float((maps - reference).abs().max())
 
     network = copy.deepcopy(model.network_)  # type: ignore[attr-defined]
@@ -236,7 +246,9 @@ def export_detector(
         raise SpecadError(f"ONNX export's maps differ from torch by {diffs['onnx']:.2g}", onnx)
     if int8:  # a new int8 file needs a new threshold, or none
         singles = (b.float().numpy() for b in images.split(1))
-        int8_file = quantize_int8(onnx, path.with_name(INT8_FILE), singles, digest)
+        int8_file = quantize_int8(
+            onnx, path.with_name(INT8_FILE), singles, digest, model.int8_scope
+        )
         runner = OnnxRunner(int8_file, {digest})
         diffs["int8"] = parity(runner)
         model.int8_threshold_ = None  # type: ignore[attr-defined]
@@ -263,7 +275,8 @@ def export_detector(
 def _scores(model: BaseDetector, runner: OnnxRunner, images: torch.Tensor) -> np.ndarray:
     """Image scores of ``images`` through an export (fp32 ONNX stands in for torch: its maps
     were just checked equal, and it is faster on a CPU)."""
-    return np.array([model.score(m) for b in images.split(8) for m in runner(b)])
+    maps = (model.export_maps(b, runner(b)) for b in images.split(8))
+    return np.array([model.score(m) for b in maps for m in b])
 
 
 def _spearman(reference: np.ndarray, scores: np.ndarray) -> float:

@@ -87,7 +87,7 @@ class Detector:
     def maps(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, S, S] anomaly maps for preprocessed input [B, C, S, S]."""
         if self._runner is not None:
-            return self._runner(x)
+            return self.model.export_maps(x, self._runner(x))
         x = x.to(self.device, memory_format=torch.channels_last)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.runtime == "bf16"):
             return self.model.score_maps(x).float().cpu()

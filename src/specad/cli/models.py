@@ -212,18 +212,18 @@ def export_cmd(
     if fmt != "onnx":
         fail(f"unknown export format '{fmt}' (only 'onnx')")
     det = Detector.load(model, device="cpu", runtime="torch")
-    config = getattr(det.model, "config", None)
-    if config is None:
-        fail(f"{model}: ONNX export is for EfficientAD models, this one is '{det.kind}'")
+    if "onnx" not in det.model.runtimes:
+        fail(f"{model}: ONNX export is for EfficientAD and knn models, this one is '{det.kind}'")
+    config = getattr(det.model, "config", None)  # EfficientAD's: its dataset and rate
     images = validation = None
     if int8 or data is not None:
-        root = data or config.data.root
-        if not str(root) or not root.is_dir():
-            fail(f"{root}: calibration dataset not found; pass --data DIR")
+        root = data or (config.data.root if config else None)
+        if root is None or not str(root) or not root.is_dir():
+            fail(f"{root or 'a dataset'}: calibration dataset not found; pass --data DIR")
         ds = load_dataset(root)
         images = load_inputs(det.meta.preprocess, calibration_images(ds.require("train"))).x
         validation = load_inputs(det.meta.preprocess, ds.require("val")).x
-    far = config.train.threshold_far
+    far = config.train.threshold_far if config else det.model.far_
     diffs = export_detector(det, model, images, int8=int8, validation=validation, far=far)
     rank = diffs.pop("int8_rank", None)
     for name, diff in diffs.items():

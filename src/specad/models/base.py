@@ -34,7 +34,7 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
-from specad.bounds import shown
+from specad.bounds import FiniteFloat, shown, validate
 from specad.errors import SpecadError
 from specad.metrics import DEFAULT_FAR, is_anomalous, threshold_at_far
 
@@ -93,6 +93,8 @@ class BaseDetector(ABC):
     """Attributes `fit_maps` sets; empty for detectors whose maps need no training data."""
     runtimes: ClassVar[tuple[str, ...]] = ("torch",)
     """How maps can be computed (`specad.infer.Detector.use_runtime`); the first is the default."""
+    int8_scope: ClassVar[str] = ""
+    """The int8 export quantises the ONNX nodes whose names start with this ("": all)."""
     input_size: ClassVar[int] = 0
     """Side in pixels that cubes are resized to when fitted on a dataset; 0 keeps their size."""
     needs_training: ClassVar[bool] = False
@@ -176,9 +178,17 @@ class BaseDetector(ABC):
         return np.array([is_anomalous(s, self.threshold_) for s in self.scores(images)])
 
     def threshold_for(self, runtime: str) -> float:
-        """The image threshold for maps computed by ``runtime`` (int8 maps may differ)."""
+        """The image threshold for maps computed by ``runtime``: int8 maps differ from fp32
+        ones, so a calibrated int8 export has its own (`specad.export.export_detector`)."""
         self.check_fitted(threshold=True)
+        if runtime == "int8" and getattr(self, "int8_threshold_", None) is not None:
+            return self.int8_threshold_  # type: ignore[no-any-return]
         return self.threshold_
+
+    def export_maps(self, x: Tensor, maps: Tensor) -> Tensor:  # noqa: ARG002 - used by knn
+        """The anomaly maps of input ``x`` [B, C, H, W] given ``maps``, what its ONNX export
+        computed: those, unless part of the maps stays in torch (knn's spectral maps)."""
+        return maps
 
     def to(self, device: str | torch.device) -> Self:  # noqa: ARG002 - nothing to move here
         """Move the fitted state to ``device``; maps are computed where it is."""
@@ -210,6 +220,8 @@ class BaseDetector(ABC):
             "val_scores": self.val_scores_.tolist(),
             "far": self.far_,
         }
+        if "int8" in self.runtimes:
+            values["int8_threshold"] = getattr(self, "int8_threshold_", None)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self._tensors().items()}
         return tensors, values
 
@@ -221,6 +233,9 @@ class BaseDetector(ABC):
         self.threshold_ = float(values["threshold"])  # as saved, whatever rule made it
         self.val_scores_ = np.asarray(values.get("val_scores", []), dtype=np.float64)
         self.far_ = float(values.get("far", DEFAULT_FAR))
+        if "int8" in self.runtimes:
+            int8 = values.get("int8_threshold")
+            self.int8_threshold_ = validate(FiniteFloat | None, int8, None, "int8_threshold")
         self.check_fitted(threshold=True)
         return self
 

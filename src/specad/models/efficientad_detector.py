@@ -86,12 +86,6 @@ class EfficientADDetector(BaseDetector):
     def _score_maps(self, x: Tensor) -> Tensor:
         return self.network_.anomaly_map(x)
 
-    def threshold_for(self, runtime: str) -> float:
-        """int8 maps differ from fp32 ones, so the int8 export has its own threshold."""
-        if runtime == "int8" and getattr(self, "int8_threshold_", None) is not None:
-            return self.int8_threshold_  # type: ignore[no-any-return]
-        return super().threshold_for(runtime)
-
     def to(self, device: str | torch.device) -> Self:
         self.check_fitted()
         self.network_ = self.network_.to(device, memory_format=torch.channels_last).eval()
@@ -106,7 +100,6 @@ class EfficientADDetector(BaseDetector):
             "image_size": self.image_size_,
             "wavelengths": self.wavelengths_,
             "steps": self.steps_,
-            "int8_threshold": getattr(self, "int8_threshold_", None),
         }
 
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ whole: on ``tray6-hard`` a global model of the spectrum (RX) fell to image AUROC
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -51,10 +51,10 @@ class PixelSpectra:
     shape: RX | None
 
     @classmethod
-    def fit(cls, images: Tensor, units: Units | None, seed: int) -> Self:
-        """Fit both maps on normal images [B, C, H, W] (``units`` None: already cube units)."""
-        images = images.cpu()  # like `maps`: the fitted statistics live on the CPU
-        c = images.shape[1]
+    def fit(cls, images: Tensor | Sequence[Tensor], units: Units | None, seed: int) -> Self:
+        """Fit both maps on normal images [B, C, H, W] or [C, H, W] each, taken one at a time
+        (``units`` None: already cube units). Like `maps`, the statistics live on the CPU."""
+        c = images[0].shape[0]
         scale, offset = ([1.0] * c, [0.0] * c) if units is None else units
         spectra = cls(
             torch.tensor(scale, dtype=torch.float64),
@@ -65,7 +65,7 @@ class PixelSpectra:
         )
         spectra.floor = (
             FLOOR
-            * sum(spectra._units(x[None]).abs().mean(dim=(0, 2, 3)) for x in images)
+            * sum(spectra._units(x[None].cpu()).abs().mean(dim=(0, 2, 3)) for x in images)
             / len(images)
             + torch.finfo(torch.float32).tiny
         )
@@ -86,9 +86,11 @@ class PixelSpectra:
         return _centred(logs - logs.mean(dim=1, keepdim=True))
 
     @staticmethod
-    def _cubes(images: Tensor, transform: Callable[[Tensor], Tensor]) -> Iterator[Any]:
+    def _cubes(
+        images: Tensor | Sequence[Tensor], transform: Callable[[Tensor], Tensor]
+    ) -> Iterator[Any]:
         """One (H, W, C) NumPy cube per transformed image, for `RX.fit_cubes`."""
-        return (transform(x[None])[0].permute(1, 2, 0).numpy() for x in images)
+        return (transform(x[None].cpu())[0].permute(1, 2, 0).numpy() for x in images)
 
     def maps(self, x: Tensor) -> list[Tensor]:
         """Distance maps [B, 1, H, W] of input [B, C, H, W]: level, then shape if any."""
