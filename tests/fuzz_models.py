@@ -119,8 +119,8 @@ def mutated_json(draw: st.DrawFn, doc: dict) -> dict:
         if action == "delete" and isinstance(parent, dict):
             del parent[path[-1]]
         elif action == "add" and isinstance(parent, dict):
-            parent[draw(st.text("abcz_", min_size=1, max_size=8))] = draw(
-                st.sampled_from(JSON_VALUES)
+            parent[draw(st.text("abcz_", min_size=1, max_size=8))] = copy.deepcopy(
+                draw(st.sampled_from(JSON_VALUES))
             )
         else:
             parent[path[-1]] = copy.deepcopy(draw(st.sampled_from(JSON_VALUES)))
@@ -209,7 +209,7 @@ def mutated_state(draw: st.DrawFn, state: State) -> tuple[dict, dict]:
     if change == "drop":
         del tensors[name]
     elif change == "empty":
-        tensors[name] = t[:0]
+        tensors[name] = t.flatten()[:0]
     elif change == "row":
         tensors[name] = torch.cat([t, t[:1]]) if t.ndim else t[None]
     elif change == "flat":

@@ -99,6 +99,13 @@ def check_detector(det: BaseDetector, meta: ModelMeta, path: Path) -> None:
             f"{len(meta.preprocess.channels)}",
             path,
         )
+    size = meta.preprocess.image_size
+    if det.fitted_size is not None and size != det.fitted_size:
+        raise SpecadError(
+            f"model.json resizes cubes to {size} px, the detector was fitted at "
+            f"{det.fitted_size} px",
+            path,
+        )
     thresholds = [det.threshold_, getattr(det, "int8_threshold_", None) or 0.0]
     if not all(isinstance(t, int | float) and np.isfinite(t) for t in thresholds):
         raise SpecadError("the threshold is not a finite number", path)

@@ -177,6 +177,12 @@ class BaseDetector(ABC):
         self.check_fitted(threshold=True)
         return np.array([is_anomalous(s, self.threshold_) for s in self.scores(images)])
 
+    @property
+    def fitted_size(self) -> int | None:
+        """Side in pixels that the fitted maps need their input resized to; None: any size.
+        A model file that resizes otherwise is refused at load (`specad.modelfile`)."""
+        return None
+
     def threshold_for(self, runtime: str) -> float:
         """The image threshold for maps computed by ``runtime``: int8 maps differ from fp32
         ones, so a calibrated int8 export has its own (`specad.export.export_detector`)."""

@@ -83,6 +83,11 @@ class EfficientADDetector(BaseDetector):
             self.config.train.seed,
         )
 
+    @property
+    def fitted_size(self) -> int:
+        self.check_fitted()
+        return self.image_size_
+
     def _score_maps(self, x: Tensor) -> Tensor:
         return self.network_.anomaly_map(x)
 

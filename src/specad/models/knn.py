@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
+from specad.bounds import ChannelCount, FiniteFloat, validate
 from specad.errors import SpecadError
 from specad.models.base import (
     BaseDetector,
@@ -34,12 +36,13 @@ from specad.models.base import (
     PositiveInt,
     Seed,
     Units,
+    check_shape,
     detector,
     nest,
     unnest,
 )
 from specad.models.knn_graph import PatchMap
-from specad.models.maps import gaussian_blur, normal_quantiles, normalise
+from specad.models.maps import checked_scale, gaussian_blur, normal_quantiles, normalise
 from specad.models.pixel_spectra import PixelSpectra
 from specad.models.teachers import EfficientNetLite0Teacher
 from specad.spectral import Mapping
@@ -68,7 +71,7 @@ class KNN(BaseDetector):
     its image's median, Mahalanobis-scored and blurred with ``spectral_sigma``. ImageNet
     features mix the bands the stem adapts, so a material that differs only in SWIR (water,
     foil) can look normal to them; on tray6 these maps lifted image AUROC from 0.89 to 1.00,
-    on tray6-hard from 0.83 to 0.95 (README, "Results on tray6").
+    on tray6-hard from 0.83 to 0.95 (benchmarks/tray6_results.md).
 
     The map is ``normalise(patch) + w * sum(normalise(spectral maps))``, each normalised
     by its own 0.9 / 0.995 quantiles on the normal ``val`` images
@@ -233,9 +236,16 @@ class KNN(BaseDetector):
         }
 
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
-        self.wavelengths_ = scalars["wavelengths"]
+        # every saved value is checked before it sizes an allocation or divides a map
+        channels = validate(ChannelCount, scalars["channels"], None, "knn channels")
+        self.wavelengths_ = validate(
+            Annotated[list[FiniteFloat], Field(min_length=channels, max_length=channels)] | None,
+            scalars["wavelengths"],
+            None,
+            "knn wavelengths",
+        )
         self.extractor_ = EfficientNetLite0Teacher(
-            int(scalars["channels"]), self.blocks, self.mapping, self.wavelengths_
+            channels, self.blocks, self.mapping, self.wavelengths_
         )
         state = unnest("extractor", tensors)
         try:
@@ -244,14 +254,25 @@ class KNN(BaseDetector):
             detail = " ".join(str(err).split())[:300]
             raise SpecadError(f"knn extractor weights do not fit: {detail}") from err
         self.bank_ = tensors["bank"]
+        check_shape("knn", "bank", self.bank_, None, self.extractor_.out_channels)
+        if self.bank_.dtype != torch.float32:
+            raise SpecadError(f"knn tensor 'bank' is {self.bank_.dtype}, expected float32")
         # files written before the spectral maps: the patch map alone, unscaled
-        self.patch_scale_ = tuple(scalars.get("patch_scale", (0.0, 0.1)))
-        self.spectra_scales_ = [tuple(s) for s in scalars.get("spectra_scales", [])]
+        self.patch_scale_ = checked_scale(scalars.get("patch_scale", (0.0, 0.1)), "knn patch_scale")
+        self.spectra_scales_ = [
+            checked_scale(s, "knn spectra_scales")
+            for s in validate(
+                list[Any], scalars.get("spectra_scales", []), None, "knn spectra_scales"
+            )
+        ]
         self.spectra_ = None
         # files written before the rule kept the weight in the ``spectral`` parameter
-        self.spectral_weight_ = float(scalars.get("spectral_weight", self.spectral or 0.0))
+        weight = scalars.get("spectral_weight", self.spectral or 0.0)
+        self.spectral_weight_ = validate(NonNegative, weight, None, "knn spectral_weight")
         if scalars.get("spectra") is None:
             self.spectral_weight_ = 0.0
+            if self.spectra_scales_:
+                raise SpecadError("knn has spectral map scales but no spectral maps")
         else:
             spectra = unnest("spectra", tensors)
             self.spectra_ = PixelSpectra.restore(spectra, scalars["spectra"], self.seed)
@@ -271,7 +292,7 @@ def batches(images: Images) -> Iterator[Tensor]:
 
 SPECTRAL_WEIGHT = 0.5
 """Weight of the spectral maps where the rule turns them on: measured on tray6 and tray6-hard
-(README, "Results on tray6"), where 0.5 lifted image AUROC from 0.89 to 1.00 and 0.83 to 0.95."""
+(benchmarks/tray6_results.md), where 0.5 lifted image AUROC from 0.89 to 1.00 and 0.83 to 0.95."""
 STEM_FILTERS = 3
 """Input filters of the pretrained stem (R, G, B): more channels than this share filters."""
 

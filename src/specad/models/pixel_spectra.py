@@ -16,8 +16,9 @@ from typing import Any, Self
 import torch
 from torch import Tensor
 
+from specad.bounds import shown
 from specad.errors import SpecadError
-from specad.models.base import Units, nest, unnest
+from specad.models.base import Units, check_shape, nest, unnest
 from specad.models.rx import RX
 
 FLOOR = 1e-3
@@ -119,9 +120,14 @@ class PixelSpectra:
     def restore(cls, tensors: dict[str, Tensor], scalars: dict[str, Any], seed: int) -> Self:
         """The maps `tensors` and `scalars` describe (names without the caller's prefix)."""
 
+        if not isinstance(scalars, dict):
+            raise SpecadError(f"knn spectral map values are not a mapping{shown(scalars)}")
+
         def rx(name: str) -> RX | None:
             if scalars.get(name) is None:
                 return None
+            if not isinstance(scalars[name], dict):
+                raise SpecadError(f"knn spectral {name} values are not a mapping")
             fitted = RX(seed=seed)
             fitted._restore(unnest(name, tensors), scalars[name])
             return fitted
@@ -129,4 +135,10 @@ class PixelSpectra:
         level = rx("level")
         if level is None:
             raise SpecadError("knn spectral maps are missing their level model")
-        return cls(tensors["scale"], tensors["offset"], tensors["floor"], level, rx("shape"))
+        shape = rx("shape")
+        c = level.n_channels
+        if shape is not None and shape.n_channels != c:
+            raise SpecadError(f"knn spectral shape model has {shape.n_channels} channels, not {c}")
+        for name in ("scale", "offset", "floor"):
+            check_shape("knn", f"spectra.{name}", tensors[name], c)
+        return cls(tensors["scale"], tensors["offset"], tensors["floor"], level, shape)
