@@ -62,12 +62,14 @@ def test_maps_come_back_at_each_cubes_size_and_verdicts_use_one_rule(knn: Detect
 def test_the_runtime_is_chosen_among_the_detectors_own(
     knn: Detector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert knn.use_runtime("auto").runtime == "torch"  # knn has no exports
-    with pytest.raises(SpecadError, match="runtime 'onnx' does not apply to knn models"):
+    assert knn.use_runtime("auto").runtime == "torch"  # fitted in memory: no exports
+    with pytest.raises(SpecadError, match="runtime 'onnx' needs the saved model's path"):
         knn.use_runtime("onnx")
     root = make_dataset(tmp_path / "ds", size=32)
     rx = fit_on_dataset("rx", load_dataset(root))
     assert rx.runtime == "numpy" and rx.use_runtime("auto").runtime == "numpy"
+    with pytest.raises(SpecadError, match="runtime 'onnx' does not apply to rx models"):
+        rx.use_runtime("onnx")
     with pytest.raises(SpecadError, match="unknown runtime 'fast'"):
         rx.use_runtime("fast")
 

@@ -38,8 +38,8 @@ def test_cli_exports_knn_and_every_runtime_gives_the_torch_maps(root: Path, tmp_
     samples = load_dataset(root).require("test")
     reference = run_split(Detector.load(run, device="cpu", runtime="torch"), samples)
     onnx = run_split(Detector.load(run, device="cpu", runtime="onnx"), samples)
-    for x, y in zip(reference.maps, onnx.maps, strict=True):
-        np.testing.assert_allclose(x, y, atol=1e-4)
+    for x, y in zip(reference.maps, onnx.maps, strict=True):  # export's parity rule
+        np.testing.assert_allclose(x, y, atol=1e-3 * max(1.0, float(np.abs(x).max())))
     int8 = run_split(Detector.load(run, device="cpu", runtime="int8"), samples)  # runs; its
     assert np.isfinite(int8.scores).all()  # accuracy is for `export` to judge, on real images
     done = specad("evaluate", str(run), str(root), "--json")
@@ -51,8 +51,8 @@ def test_a_three_channel_export_is_the_whole_map(tmp_path: Path) -> None:
     det = fit_on_dataset("knn", load_dataset(root), device="cpu", **SMALL)
     assert det.model.spectra_ is None  # three channels: the patch map alone
     path = det.save(tmp_path / "run")
-    assert export_detector(det, path)["onnx"] < 1e-4
+    assert export_detector(det, path)["onnx"] < 1e-3
     val = load_dataset(root).require("val")
     x = torch.stack([det.meta.preprocess.cube_tensor(s.read()) for s in val])
     onnx = Detector.load(path, device="cpu", runtime="onnx")
-    torch.testing.assert_close(onnx.maps(x), det.use_runtime("torch").maps(x), atol=1e-4, rtol=0)
+    torch.testing.assert_close(onnx.maps(x), det.use_runtime("torch").maps(x), atol=1e-3, rtol=0)

@@ -241,9 +241,15 @@ def export_detector(
     onnx = export_onnx(network, channels, size, path.with_name(ONNX_FILE), digest)
     fp32_runner = OnnxRunner(onnx, {digest})
     diffs = {"onnx": parity(fp32_runner)}
-    if diffs["onnx"] > 1e-3:
+    # fp32 kernels sum in other orders; knn's distances by matrix product lose digits near 0
+    allowed = 1e-3 * max(1.0, float(reference.abs().max()))
+    if diffs["onnx"] > allowed:
         onnx.unlink()
-        raise SpecadError(f"ONNX export's maps differ from torch by {diffs['onnx']:.2g}", onnx)
+        raise SpecadError(
+            f"ONNX export's maps differ from torch by {diffs['onnx']:.2g} (allowed "
+            f"{allowed:.2g}: 0.1 % of the largest map value)",
+            onnx,
+        )
     if int8:  # a new int8 file needs a new threshold, or none
         singles = (b.float().numpy() for b in images.split(1))
         int8_file = quantize_int8(
