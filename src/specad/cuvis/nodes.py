@@ -96,8 +96,11 @@ class DetectorNode(Node):
         self.channels = channels
         self.tiled = tiled
         network = getattr(model, "network_", None)
-        self.model = network if isinstance(network, torch.nn.Module) else None
-        # a submodule: its weights land in state_dict() and move with the pipeline
+        trained = model.needs_training and isinstance(network, torch.nn.Module)
+        self.model = network if trained else None
+        # a trained network is a submodule: its weights land in state_dict() and move with the
+        # pipeline; a fitted detector's tensors (knn's bank and frozen extractor) travel whole
+        # in the extra state
 
     @property
     def in_channels(self) -> int:
