@@ -43,7 +43,8 @@ from specad.io import Cube, read_cube, write_cube
 from specad.models.registry import DETECTORS, FIT_ON_DATASET, read_file
 
 PEAK_RSS_MB = 1024
-"""Peak resident memory of the test process: a model file asking for terabytes stays below."""
+"""How far a test may grow the test process's resident memory: a model file asking for
+terabytes stays below."""
 
 
 def few(n: int) -> settings:
@@ -56,22 +57,34 @@ def few(n: int) -> settings:
     )
 
 
+_START_MB = [0.0]
+"""Resident memory when the running test started (`_fresh_peak_rss`)."""
+
+
+def _status_mb(field: str) -> float | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024  # kB
+    return None
+
+
 @pytest.fixture(autouse=True)
 def _fresh_peak_rss() -> None:
-    """Reset this process's resident high-water mark (Linux ``clear_refs`` 5), so that each test
-    measures its own peak, not that of the tests run before it in the same process."""
+    """Reset this process's resident high-water mark (Linux ``clear_refs`` 5) and note the
+    memory held now, so that each test measures what it grew by, not the tests before it."""
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
+    _START_MB[0] = _status_mb("VmRSS") or 0.0
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory since `_fresh_peak_rss` (``VmHWM``); the process's lifetime peak
-    where /proc is not there."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """How far resident memory rose above its level at the test's start (``VmHWM``); the
+    process's lifetime peak where /proc is not there."""
+    peak = _status_mb("VmHWM")
+    if peak is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return peak - _START_MB[0]
 
 
 def checksums(*roots: Path) -> dict[Path, str]:
