@@ -60,16 +60,31 @@ def fuzz(
         except BaseException:
             keep = FAILURES / f"{name}-{count}.txt"
             keep.parent.mkdir(parents=True, exist_ok=True)
-            keep.write_text(repr(case)[:100_000])  # the input, to reproduce the failure
+            # the error and the input, to reproduce the failure
+            keep.write_text(traceback.format_exc() + "\n" + repr(_brief(case))[:100_000])
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     try:
         run()
-    except Exception:  # noqa: BLE001 - reported, then the next target runs
-        return count, traceback.format_exc(limit=3).strip().splitlines()[-1]
+    except Exception as err:  # noqa: BLE001 - reported, then the next target runs
+        first = err.exceptions[0] if isinstance(err, BaseExceptionGroup) else err
+        return count, "".join(traceback.format_exception_only(first)).strip()[:300]
     return count, None
+
+
+def _brief(case: Any) -> Any:
+    """The case with each tensor as its shape, dtype and range: a network's weights are long."""
+    if isinstance(case, dict):
+        return {k: _brief(v) for k, v in case.items()}
+    if isinstance(case, list | tuple):
+        return type(case)(_brief(v) for v in case)
+    if hasattr(case, "dtype") and hasattr(case, "shape") and hasattr(case, "numel"):
+        values = case.double()
+        span = f" {values.min().item()}..{values.max().item()}" if case.numel() else ""
+        return f"tensor{tuple(case.shape)} {case.dtype}{span}"
+    return case
 
 
 def reader_target(target: Target) -> tuple[st.SearchStrategy, Callable[[Path, Any], object]]:
@@ -126,22 +141,24 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown targets {unknown}; known: {', '.join(targets)}")
     failed = 0
-    rows = ["| target | cases | seconds | result |", "|---|---:|---:|---|"]
-    print(f"{'target':<24} {'cases':>7} {'seconds':>8}  result", flush=True)
+    rows = ["| target | cases | seconds | peak RSS MB | result |", "|---|---:|---:|---:|---|"]
+    print(f"{'target':<24} {'cases':>7} {'seconds':>8} {'peak MB':>8}  result", flush=True)
     for name in only or targets:
         strategy, check = targets[name]
+        fm.reset_peak_rss()  # each target's own peak, the process's memory before it included
         t0 = time.perf_counter()
         count, failure = fuzz(name, strategy, check, args.cases)
         result = "ok" if failure is None else f"FAILED: {failure}"
         failed += failure is not None
         seconds = time.perf_counter() - t0
-        print(f"{name:<24} {count:>7} {seconds:>8.1f}  {result}", flush=True)
-        rows.append(f"| {name} | {count} | {seconds:.0f} | {result} |")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS {peak:.0f} MB", flush=True)
+        peak = fm.peak_rss_mb(growth=False)
+        print(f"{name:<24} {count:>7} {seconds:>8.1f} {peak:>8.0f}  {result}", flush=True)
+        rows.append(f"| {name} | {count} | {seconds:.0f} | {peak:.0f} | {result} |")
+    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"lifetime peak RSS {lifetime:.0f} MB", flush=True)
     if args.results:
         with args.results.open("a") as f:
-            f.write("\n".join([*rows, "", f"Peak RSS of the run: {peak:.0f} MB.", ""]) + "\n")
+            f.write("\n".join([*rows, "", f"Lifetime peak RSS: {lifetime:.0f} MB.", ""]) + "\n")
     return 1 if failed else 0
 
 

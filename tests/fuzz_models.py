@@ -7,9 +7,11 @@ The only allowed outcome is a result or specad's one-line error. Shared by
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
+import resource
 import warnings
 from pathlib import Path
 
@@ -36,6 +38,35 @@ JSON_VALUES = (
     [[0]], list(range(2000)),
 )  # fmt: skip
 """Values a mutation writes into a ``model.json`` field or a saved fitted value."""
+
+
+_START_MB = [0.0]
+"""Resident memory at the last `reset_peak_rss`."""
+
+
+def _status_mb(field: str) -> float | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024  # kB
+    return None
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's resident high-water mark (Linux ``clear_refs`` 5) and note the
+    memory held now, so that a measurement counts only what came after."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    _START_MB[0] = _status_mb("VmRSS") or 0.0
+
+
+def peak_rss_mb(*, growth: bool = True) -> float:
+    """Peak resident memory since `reset_peak_rss` (``VmHWM``), as growth above the memory held
+    at the reset or, with ``growth=False``, in all; the lifetime peak where /proc is not there."""
+    peak = _status_mb("VmHWM")
+    if peak is None:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return peak - _START_MB[0] if growth else peak
 
 
 def detector_keys(kind: str) -> list[str]:

@@ -165,3 +165,14 @@ def test_penalty_set_maps_rgb_to_n_channels() -> None:
 def test_make_dataset_is_readable(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "d", channels=3, defects=1)
     assert check_dataset(root).channels == [3]
+
+
+def test_a_split_of_photographs_names_the_import_command(tmp_path: Path) -> None:
+    """An MVTec folder given to a command that needs cubes says why it reads as empty."""
+    (tmp_path / "train" / "good").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
+            tmp_path / "train" / "good" / f"{i}.png"
+        )
+    with pytest.raises(SpecadError, match=r"3 plain image\(s\) \(\.png\).*specad dataset import"):
+        load_dataset(tmp_path).require("train")

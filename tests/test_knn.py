@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from specad.evaluate import fit_on_dataset, run_split
 from specad.infer import Detector
 from specad.models.knn import KNN, SPECTRAL_WEIGHT, greedy_coreset, spectral_weight
 from specad.models.knn_graph import nearest_distance
-from specad.models.maps import normalise
+from specad.models.maps import gaussian_blur, normalise
 from specad.models.pixel_spectra import PixelSpectra
 from specad.models.registry import load_detector
 
@@ -242,3 +243,13 @@ def test_cli_evaluate_and_fit_knn(root: Path, tmp_path: Path) -> None:
     assert "knn k: Unexpected keyword argument" in done.stderr
     done = specad("fit", "svm", str(root), "--out", str(tmp_path / "y"), ok=False)
     assert "unknown detector 'svm'" in done.stderr
+
+
+@pytest.mark.parametrize("sigma", [1e308, math.inf])
+def test_blur_with_a_huge_sigma_is_the_map_mean(sigma: float) -> None:
+    """A model file's sigma of 1e308 once overflowed ``ceil(3 * sigma)`` (found by
+    benchmarks/fuzz.py); a blur wider than the map tends to its mean."""
+    maps = torch.rand(2, 1, 9, 7)
+    out = gaussian_blur(maps, sigma)
+    assert out.shape == maps.shape and torch.isfinite(out).all()
+    assert torch.allclose(out, out.mean(dim=(-2, -1), keepdim=True), atol=0.2)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 from scipy import ndimage
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 from specad import metrics
 from specad.errors import SpecadError
@@ -64,10 +64,12 @@ def test_aupro_matches_slow_reference(seed: int, fpr_limit: float) -> None:
     assert metrics.aupro(maps, masks, fpr_limit) == pytest.approx(expected, abs=1e-3)
 
 
-def test_aupro_binned_thresholds_close_to_exact() -> None:
-    maps, masks = _blob_data(3)
+def test_aupro_of_a_subsample_is_close_to_exact() -> None:
+    maps, masks = _blob_data(3, n_images=10, size=48)
     exact = metrics.aupro(maps, masks)
-    assert metrics.aupro(maps, masks, num_thresholds=2000) == pytest.approx(exact, abs=1e-2)
+    pixels = metrics._Pixels.of(maps, masks, max_pixels=6000)
+    assert abs(pixels.scores.size - 6000) < 500  # each pixel kept with probability 6000 / P
+    assert metrics._aupro(pixels, metrics.AUPRO_FPR_LIMIT) == pytest.approx(exact, abs=0.05)
 
 
 def test_aupro_perfect_inverted_and_undefined() -> None:
@@ -150,10 +152,40 @@ def test_per_class_selects_normals_plus_class() -> None:
     assert result["scratch"] == {"image_auroc": 1.0, "pixel_auroc": 1.0, "n_images": 5}
     dent = [0, 1, 3, 5]
     assert result["dent"]["n_images"] == 4
-    assert result["dent"]["image_auroc"] == roc_auc_score([0, 0, 1, 0], scores[dent])
+    assert result["dent"]["image_auroc"] == pytest.approx(roc_auc_score([0, 0, 1, 0], scores[dent]))
     pixel_truth = np.concatenate([masks[i].ravel() for i in dent])
     pixel_scores = np.concatenate([maps[i].ravel() for i in dent])
-    assert result["dent"]["pixel_auroc"] == roc_auc_score(pixel_truth, pixel_scores)
+    assert result["dent"]["pixel_auroc"] == pytest.approx(roc_auc_score(pixel_truth, pixel_scores))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_sort_matches_sklearn_per_class_with_ties(seed: int) -> None:
+    """The single ranking gives scikit-learn's values for every class subset, ties included."""
+    maps, masks = _blob_data(seed, n_images=9)
+    maps = [np.round(m, 1) for m in maps]  # many ties
+    names = ["good" if not g.any() else ("a" if i % 4 == 1 else "b") for i, g in enumerate(masks)]
+    scores = np.round([m.max() for m in maps], 0)
+    result = metrics.per_class(scores, maps, masks, names)
+    for name in {"a", "b"} & set(names):
+        sel = [i for i, n in enumerate(names) if n in ("good", name)]
+        truth = np.concatenate([masks[i].ravel() > 0 for i in sel])
+        flat = np.concatenate([maps[i].ravel() for i in sel])
+        assert result[name]["pixel_auroc"] == pytest.approx(roc_auc_score(truth, flat), abs=1e-12)
+    curves = metrics.roc_pr_curves(
+        np.concatenate([m.ravel() for m in maps]), np.concatenate([g.ravel() > 0 for g in masks])
+    )
+    fpr, tpr, _ = roc_curve(
+        np.concatenate([g.ravel() > 0 for g in masks]),
+        np.concatenate([m.ravel() for m in maps]),
+        drop_intermediate=False,
+    )
+    np.testing.assert_allclose(curves.fpr, fpr)
+    np.testing.assert_allclose(curves.tpr, tpr)
+    precision, recall, _ = precision_recall_curve(
+        np.concatenate([g.ravel() > 0 for g in masks]), np.concatenate([m.ravel() for m in maps])
+    )
+    np.testing.assert_allclose(curves.precision, precision)
+    np.testing.assert_allclose(curves.recall, recall)
 
 
 def test_evaluate_summary_is_json_and_consistent() -> None:

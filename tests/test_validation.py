@@ -8,11 +8,9 @@ leaves the user's files byte-identical, and no case grows the test process past 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
-import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +26,8 @@ from fuzz_models import (
     detector_keys,
     mutated_json,
     mutated_state,
+    peak_rss_mb,
+    reset_peak_rss,
     saved_models,
     set_items,
     write_state,
@@ -57,34 +57,10 @@ def few(n: int) -> settings:
     )
 
 
-_START_MB = [0.0]
-"""Resident memory when the running test started (`_fresh_peak_rss`)."""
-
-
-def _status_mb(field: str) -> float | None:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024  # kB
-    return None
-
-
 @pytest.fixture(autouse=True)
 def _fresh_peak_rss() -> None:
-    """Reset this process's resident high-water mark (Linux ``clear_refs`` 5) and note the
-    memory held now, so that each test measures what it grew by, not the tests before it."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-    _START_MB[0] = _status_mb("VmRSS") or 0.0
-
-
-def peak_rss_mb() -> float:
-    """How far resident memory rose above its level at the test's start (``VmHWM``); the
-    process's lifetime peak where /proc is not there."""
-    peak = _status_mb("VmHWM")
-    if peak is None:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return peak - _START_MB[0]
+    """Each test measures what it grew the process by, not the tests before it."""
+    reset_peak_rss()
 
 
 def checksums(*roots: Path) -> dict[Path, str]:

@@ -27,7 +27,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from specad.bounds import MAX_CHANNELS, FiniteFloat, ImageSize, Index, check_image_size
 from specad.errors import SpecadError
-from specad.io import CUBE_SUFFIXES, Cube, read_cube
+from specad.io import CUBE_SUFFIXES, IMAGE_SUFFIXES, Cube, read_cube
 from specad.spectral import SWIR_MIN_NM
 
 SPLITS = ("train", "val", "test")
@@ -73,12 +73,26 @@ class Dataset:
         samples = self.split(name)
         if not samples:
             where = self.root / name / GOOD if name != "test" else self.root / name
-            raise SpecadError(f"the '{name}' split is empty or missing", where)
+            raise SpecadError(f"the '{name}' split is empty or missing{_photos_hint(where)}", where)
         return samples
 
     @property
     def defect_names(self) -> list[str]:
         return sorted({s.label for s in self.samples if s.anomalous})
+
+
+def _photos_hint(folder: Path) -> str:
+    """Why a split of plain photographs reads as empty, and the command that converts it."""
+    if not folder.is_dir():
+        return ""
+    photos = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not photos:
+        return ""
+    root = folder.parent.parent if folder.name == GOOD else folder.parent
+    return (
+        f": it holds {len(photos)} plain image(s) ({photos[0].suffix}), not cubes; "
+        f"convert the folder with `specad dataset import {root} --out DIR`"
+    )
 
 
 def _cube_files(folder: Path) -> list[Path]:

@@ -56,7 +56,7 @@ def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
     if sigma <= 0:
         return maps
     side = max(maps.shape[-2:])
-    radius = max(1, min(math.ceil(3 * sigma) if math.isfinite(sigma) else side, side))
+    radius = max(1, min(math.ceil(3 * min(sigma, side)), side))  # 3 * 1e308 overflows
     t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-0.5 * (t / sigma) ** 2)
     kernel = kernel / kernel.sum()
