@@ -12,6 +12,7 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 from specad import metrics
 from specad.errors import SpecadError
+from specad.ranking import Pixels
 
 
 def _blob_data(
@@ -67,7 +68,7 @@ def test_aupro_matches_slow_reference(seed: int, fpr_limit: float) -> None:
 def test_aupro_of_a_subsample_is_close_to_exact() -> None:
     maps, masks = _blob_data(3, n_images=10, size=48)
     exact = metrics.aupro(maps, masks)
-    pixels = metrics._Pixels.of(maps, masks, max_pixels=6000)
+    pixels = Pixels.of(maps, masks, max_pixels=6000)
     assert abs(pixels.scores.size - 6000) < 500  # each pixel kept with probability 6000 / P
     assert metrics._aupro(pixels, metrics.AUPRO_FPR_LIMIT) == pytest.approx(exact, abs=0.05)
 
