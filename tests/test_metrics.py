@@ -172,21 +172,20 @@ def test_one_sort_matches_sklearn_per_class_with_ties(seed: int) -> None:
         truth = np.concatenate([masks[i].ravel() > 0 for i in sel])
         flat = np.concatenate([maps[i].ravel() for i in sel])
         assert result[name]["pixel_auroc"] == pytest.approx(roc_auc_score(truth, flat), abs=1e-12)
-    curves = metrics.roc_pr_curves(
-        np.concatenate([m.ravel() for m in maps]), np.concatenate([g.ravel() > 0 for g in masks])
-    )
-    fpr, tpr, _ = roc_curve(
-        np.concatenate([g.ravel() > 0 for g in masks]),
-        np.concatenate([m.ravel() for m in maps]),
-        drop_intermediate=False,
-    )
-    np.testing.assert_allclose(curves.fpr, fpr)
-    np.testing.assert_allclose(curves.tpr, tpr)
-    precision, recall, _ = precision_recall_curve(
-        np.concatenate([g.ravel() > 0 for g in masks]), np.concatenate([m.ravel() for m in maps])
-    )
-    np.testing.assert_allclose(curves.precision, precision)
-    np.testing.assert_allclose(curves.recall, recall)
+    flat_y = np.concatenate([g.ravel() > 0 for g in masks])
+    flat_s = np.concatenate([m.ravel() for m in maps])
+    curves = metrics.roc_pr_curves(flat_s, flat_y)
+    assert np.trapezoid(curves.tpr, curves.fpr) == pytest.approx(roc_auc_score(flat_y, flat_s))
+    # Every point drawn is one of scikit-learn's (which has one per distinct score).
+    fpr, tpr, _ = roc_curve(flat_y, flat_s, drop_intermediate=False)
+    theirs = {(round(a, 12), round(b, 12)) for a, b in zip(fpr, tpr, strict=True)}
+    ours = zip(curves.fpr[1:-1], curves.tpr[1:-1], strict=True)  # inner points: thresholds
+    assert {(round(a, 12), round(b, 12)) for a, b in ours} <= theirs
+    precision, recall, _ = precision_recall_curve(flat_y, flat_s)
+    theirs = {(round(a, 12), round(b, 12)) for a, b in zip(precision, recall, strict=True)}
+    ours = zip(curves.precision, curves.recall, strict=True)
+    assert {(round(a, 12), round(b, 12)) for a, b in ours} <= theirs
+    assert curves.recall[0] == 1 and (curves.precision[-1], curves.recall[-1]) == (1, 0)
 
 
 def test_evaluate_summary_is_json_and_consistent() -> None:

@@ -23,7 +23,7 @@ from scipy.integrate import trapezoid
 
 from specad.data import GOOD
 from specad.errors import SpecadError
-from specad.ranking import MAX_PIXELS, Flags, Maps, Pixels, Ranking, pooled
+from specad.ranking import MAX_PIXELS, Flags, Maps, Pixels, flags_of, pooled
 
 DEFAULT_FAR = 0.01
 """False-alarm rate on normal validation images that sets thresholds unless told otherwise."""
@@ -57,11 +57,12 @@ def _scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     return s, y
 
 
-def _class_subsets(class_names: Sequence[str]) -> dict[str, np.ndarray]:
-    """For each anomaly class, the selection of normal images plus that class's images."""
-    names = np.asarray(class_names, dtype=str)
-    normal = names == GOOD
-    return {c: normal | (names == c) for c in sorted(set(names.tolist()) - {GOOD})}
+def _class_groups(class_names: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
+    """A group per image, 0 for the normal ones and 1, 2, ... per anomaly class (sorted), and
+    the classes' groups: a class is scored on groups 0 and its own."""
+    classes = sorted({str(n) for n in class_names} - {GOOD})
+    index = {c: i + 1 for i, c in enumerate(classes)}
+    return np.array([index.get(str(n), 0) for n in class_names], dtype=np.int32), index
 
 
 def _check_count(n: int, **sequences: Sequence[Any]) -> None:
@@ -90,25 +91,20 @@ def _rates(s: np.ndarray, y: np.ndarray, threshold: float) -> tuple[float, float
     return tpr, fpr
 
 
-def _auroc(s: np.ndarray, y: np.ndarray) -> float:
-    return Ranking.of(s).flags(y).auroc()
-
-
 def image_auroc(scores: Any, labels: Any) -> float:
     """Area under the image-level ROC curve (labels: 0 normal, 1 anomalous)."""
-    return _auroc(*_scores_labels(scores, labels))
+    return flags_of(*_scores_labels(scores, labels)).auroc()
 
 
 def f1_max(scores: Any, labels: Any) -> tuple[float, float]:
     """Best F1 over all thresholds and the threshold reaching it (``score >= threshold``)."""
-    s, y = _scores_labels(scores, labels)
-    return Ranking.of(s).flags(y).f1_max()
+    return flags_of(*_scores_labels(scores, labels)).f1_max()
 
 
 def pixel_auroc(maps: Maps, masks: Maps, max_pixels: int = MAX_PIXELS, seed: int = 0) -> float:
     """Pixel AUROC over all pixels of all images pooled together (a seeded uniform subsample
     beyond ``max_pixels``, see `Pixels`)."""
-    return Pixels.of(maps, masks, max_pixels, seed).flags().auroc()
+    return Pixels.of(maps, masks, max_pixels=max_pixels, seed=seed).flags().auroc()
 
 
 def dice_iou(maps: Maps, masks: Maps, threshold: float) -> tuple[float, float]:
@@ -137,14 +133,12 @@ def aupro(maps: Maps, masks: Maps, fpr_limit: float = AUPRO_FPR_LIMIT) -> float:
 def _aupro(pixels: Pixels, fpr_limit: float) -> float:
     if not 0 < fpr_limit <= 1:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
-    n_normal = np.count_nonzero(~pixels.truth)
-    if pixels.n_regions == 0 or n_normal == 0:
-        return math.nan
     # Each region pixel weighs 1/region size, so the flagged weight over the whole weight (the
     # number of regions; less in a subsample) is the mean per-region overlap.
-    fpr = np.r_[0.0, np.cumsum(pixels.ranking.per_run(~pixels.truth)) / n_normal]
-    pro = np.r_[0.0, np.cumsum(pixels.ranking.per_run(pixels.region_weight))]
-    pro /= pro[-1]
+    flags = pixels.flags(weighted=True)
+    if not flags.defined:
+        return math.nan
+    fpr, pro = flags.curve()
     end = int(np.searchsorted(fpr, fpr_limit, side="right"))  # first point beyond the limit
     x, z = fpr[:end], pro[:end]
     if end < fpr.size:
@@ -168,21 +162,23 @@ def per_class(
     """
     s = np.asarray(scores, dtype=np.float64).ravel()
     _check_count(s.size, maps=maps, masks=masks, class_names=class_names)
-    return _per_class(s, Pixels.of(maps, masks, max_pixels), class_names)
+    groups, classes = _class_groups(class_names)
+    return _per_class(s, Pixels.of(maps, masks, groups, max_pixels), groups, classes)
 
 
 def _per_class(
-    s: np.ndarray, pixels: Pixels, class_names: Sequence[str]
+    s: np.ndarray, pixels: Pixels, groups: np.ndarray, classes: dict[str, int]
 ) -> dict[str, dict[str, float | int]]:
-    labels = np.asarray(class_names, dtype=str) != GOOD
-    return {
-        name: {
-            "image_auroc": _auroc(s[sel], labels[sel]),
-            "pixel_auroc": pixels.flags(sel).auroc(),
+    labels = groups > 0
+    result: dict[str, dict[str, float | int]] = {}
+    for name, g in classes.items():
+        sel = np.isin(groups, [0, g])
+        result[name] = {
+            "image_auroc": flags_of(s[sel], labels[sel]).auroc(),
+            "pixel_auroc": pixels.flags([0, g]).auroc(),
             "n_images": int(sel.sum()),
         }
-        for name, sel in _class_subsets(class_names).items()
-    }
+    return result
 
 
 # ---------------------------------------------------------------------------- thresholds
@@ -266,8 +262,9 @@ def evaluate(
     """
     s, y = _scores_labels(scores, labels)
     _check_count(s.size, maps=maps, masks=masks, class_names=class_names)
-    pixels = Pixels.of(maps, masks)
-    image_flags, pixel_flags = Ranking.of(s).flags(y), pixels.flags()
+    groups, classes = _class_groups(class_names)
+    pixels = Pixels.of(maps, masks, groups)
+    image_flags, pixel_flags = flags_of(s, y), pixels.flags()
 
     if image_threshold is not None:
         far_image = float(image_threshold)
@@ -297,7 +294,7 @@ def evaluate(
         "image_f1_max": image_f1,
         "pixel_auroc": pixel_flags.auroc(),
         f"aupro_{AUPRO_FPR_LIMIT}": _aupro(pixels, AUPRO_FPR_LIMIT),
-        "per_class": _per_class(s, pixels, class_names),
+        "per_class": _per_class(s, pixels, groups, classes),
         "thresholds": {
             "val_far": {
                 "source": "test_good" if val_scores is None else "val",
@@ -320,7 +317,7 @@ def _thin(n: int, max_points: int) -> np.ndarray:
 def _curves(flags: Flags, max_points: int) -> Curves | None:
     if not flags.defined:
         return None
-    fpr, tpr = flags.roc()
+    fpr, tpr = flags.curve()
     precision, recall = flags.precision_recall()
     roc_idx = _thin(fpr.size, max_points)
     pr_idx = _thin(precision.size, max_points)
@@ -336,7 +333,7 @@ def _curves(flags: Flags, max_points: int) -> Curves | None:
 def roc_pr_curves(scores: Any, labels: Any, max_points: int = CURVE_POINTS) -> Curves | None:
     """ROC and PR curves thinned to ``max_points``; ``None`` unless both classes are present."""
     s, y = _scores_labels(scores, labels)
-    return _curves(Ranking.of(s).flags(y), max_points)
+    return _curves(flags_of(s, y), max_points)
 
 
 def curves(
@@ -355,17 +352,17 @@ def curves(
     """
     s = np.asarray(scores, dtype=np.float64).ravel()
     _check_count(s.size, maps=maps, masks=masks, class_names=class_names)
-    labels = np.asarray(class_names, dtype=str) != GOOD
-    images = Ranking.of(s)
-    pixels = Pixels.of(maps, masks, max_pixels)
+    groups, classes = _class_groups(class_names)
+    pixels = Pixels.of(maps, masks, groups, max_pixels)
 
-    def level_curves(sel: np.ndarray | None) -> dict[str, Curves | None]:
+    def level_curves(chosen: list[int] | None) -> dict[str, Curves | None]:
+        sel = slice(None) if chosen is None else np.isin(groups, chosen)
         return {
-            "image": _curves(images.flags(labels, sel), max_points),
-            "pixel": _curves(pixels.flags(sel), max_points),
+            "image": _curves(flags_of(s[sel], groups[sel] > 0), max_points),
+            "pixel": _curves(pixels.flags(chosen), max_points),
         }
 
     return {
         "overall": level_curves(None),
-        "per_class": {name: level_curves(sel) for name, sel in _class_subsets(class_names).items()},
+        "per_class": {name: level_curves([0, g]) for name, g in classes.items()},
     }
