@@ -72,7 +72,7 @@ def test_auto_picks_int8_on_vnni_cpus_with_its_own_threshold(
     copy = tmp_path / "run"  # an int8 export without its threshold is never chosen by itself
     shutil.copytree(run, copy)
     model = Detector.load(copy, device="cpu", runtime="torch").model
-    model.int8_threshold_ = None
+    model.calibrate(None, runtime="int8")
     model.save(copy / "model.safetensors")  # the same tensors: the exports still match them
     record = json.loads((copy / CHOICE_FILE).read_text())
     record["choice"] = "int8"  # even where int8 was measured fastest: tiny models vary by run
@@ -98,12 +98,14 @@ def test_int8_that_orders_validation_scores_unlike_fp32_is_kept_out_of_auto(
     }
     rho = np.corrcoef(*(np.argsort(np.argsort(v)) for v in scores.values()))[0, 1]
     assert diffs["int8_rank"] == pytest.approx(rho, abs=1e-3)
-    assert Detector.load(copy, device="cpu", runtime="torch").model.int8_threshold_ is not None
+    assert Detector.load(copy, device="cpu", runtime="torch").model.has_threshold_for("int8")
 
     monkeypatch.setattr(export, "RANK_AGREEMENT", 1.01)  # no export can pass: held back
     with pytest.warns(UserWarning, match="`auto` will not choose it"):
         export_detector(det, copy, train_x, int8=True, validation=val)
-    assert Detector.load(copy, device="cpu", runtime="torch").model.int8_threshold_ is None
+    assert (
+        Detector.load(copy, device="cpu", runtime="torch").model.has_threshold_for("int8") is False
+    )
     record = json.loads((copy / CHOICE_FILE).read_text())
     (copy / CHOICE_FILE).write_text(json.dumps(record | {"choice": "int8"}))
     assert Detector.load(copy, device="cpu").runtime != "int8"

@@ -44,7 +44,7 @@ def test_init_stores_params_and_fit_returns_fitted_self() -> None:
     assert knn.fit(x, x) is knn
     assert knn.threshold_ > knn.val_scores_.max()  # too few images for 1 %: above the largest
     assert knn.bank_.shape == (32, 344)  # blocks 4, 10, 12: 40 + 112 + 192 features per patch
-    assert knn.n_channels == 2
+    assert knn.fitted_channels == 2
     assert knn.score_maps(x).shape == (3, 1, 64, 64)
 
 

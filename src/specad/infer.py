@@ -129,7 +129,7 @@ class Detector:
                     "was trained on?)",
                     p or "cube",
                 )
-        threshold = self.threshold if hasattr(self.model, "threshold_") else None
+        threshold = self.threshold if self.model.calibrated else None
         preds = [Prediction(m.astype(np.float32), self.model.score(m), threshold) for m in maps]
         return preds[0] if single else preds
 

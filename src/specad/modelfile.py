@@ -92,8 +92,8 @@ def check_detector(det: BaseDetector, meta: ModelMeta, path: Path) -> None:
     """The detector must be the kind ``model.json`` names, with finite thresholds."""
     if det.kind != meta.kind:
         raise SpecadError(f"model.json says '{meta.kind}', the file holds '{det.kind}'", path)
-    channels = getattr(det, "n_channels", len(meta.preprocess.channels))
-    if channels != len(meta.preprocess.channels):
+    channels = det.fitted_channels
+    if channels is not None and channels != len(meta.preprocess.channels):
         raise SpecadError(
             f"the detector takes {channels} channels, model.json selects "
             f"{len(meta.preprocess.channels)}",
@@ -106,7 +106,7 @@ def check_detector(det: BaseDetector, meta: ModelMeta, path: Path) -> None:
             f"{det.fitted_size} px",
             path,
         )
-    thresholds = [det.threshold_, getattr(det, "int8_threshold_", None) or 0.0]
+    thresholds = [det.threshold_for(runtime) for runtime in det.runtimes]
     if not all(isinstance(t, int | float) and np.isfinite(t) for t in thresholds):
         raise SpecadError("the threshold is not a finite number", path)
 

@@ -116,10 +116,10 @@ def choose_runtime(
         return "bf16" if cpu_has_amx() else "torch", None
     digests = _digests(model_file(model_path))
     measured = recorded_choice(model_path, digests)
-    if measured == "int8" and not has_int8_threshold(model):
+    if measured == "int8" and not model.has_threshold_for("int8"):
         measured = None  # an int8 export without its own threshold is never chosen by itself
     candidates = [measured] if measured else ["onnx"]
-    if not measured and cpu_has_vnni() and has_int8_threshold(model):
+    if not measured and cpu_has_vnni() and model.has_threshold_for("int8"):
         candidates.insert(0, "int8")
     for runtime in candidates:
         if runtime not in ("onnx", "int8"):
@@ -129,10 +129,6 @@ def choose_runtime(
         except SpecadError:  # no export, or a stale one: try the next
             continue
     return "bf16" if cpu_has_amx() else "torch", None
-
-
-def has_int8_threshold(model: BaseDetector) -> bool:
-    return getattr(model, "int8_threshold_", None) is not None
 
 
 def recorded_choice(model_path: str | Path, digests: set[str]) -> str | None:

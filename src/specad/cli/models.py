@@ -214,16 +214,15 @@ def export_cmd(
     det = Detector.load(model, device="cpu", runtime="torch")
     if "onnx" not in det.model.runtimes:
         fail(f"{model}: ONNX export is for EfficientAD and knn models, this one is '{det.kind}'")
-    config = getattr(det.model, "config", None)  # EfficientAD's: its dataset and rate
     images = validation = None
     if int8 or data is not None:
-        root = data or (config.data.root if config else None)
+        root = data or det.model.training_data
         if root is None or not str(root) or not root.is_dir():
             fail(f"{root or 'a dataset'}: calibration dataset not found; pass --data DIR")
         ds = load_dataset(root)
         images = load_inputs(det.meta.preprocess, calibration_images(ds.require("train"))).x
         validation = load_inputs(det.meta.preprocess, ds.require("val")).x
-    far = config.train.threshold_far if config else det.model.far_
+    far = det.model.far_  # the rate its own threshold was set at
     diffs = export_detector(det, model, images, int8=int8, validation=validation, far=far)
     rank = diffs.pop("int8_rank", None)
     for name, diff in diffs.items():
@@ -233,7 +232,8 @@ def export_cmd(
     if validation is not None:  # which runtime is fastest on this CPU, among the accurate ones
         record = measure_runtimes(det, model, calibration_images(validation, 8))
         for name, row in record["runtimes"].items():
-            out.print(f"{name}: {row['images_per_s']} images/s, agreement {row['agreement']}")
+            speeds = ", ".join(f"{v} {k.rpartition('_')[2]}" for k, v in row.items() if "_b" in k)
+            out.print(f"{name}: {speeds} images/s, agreement {row['agreement']}")
         out.print(f"auto on {record['cpu']}: {record['choice']}")
 
 

@@ -95,9 +95,7 @@ class DetectorNode(Node):
         self.detector = detector
         self.channels = channels
         self.tiled = tiled
-        network = getattr(model, "network_", None)
-        trained = model.needs_training and isinstance(network, torch.nn.Module)
-        self.model = network if trained else None
+        self.model = model.trained_network
         # a trained network is a submodule: its weights land in state_dict() and move with the
         # pipeline; a fitted detector's tensors (knn's bank and frozen extractor) travel whole
         # in the extra state

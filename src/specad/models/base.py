@@ -130,12 +130,27 @@ class BaseDetector(ABC):
         nothing here for detectors that score each image against itself."""
         return self
 
-    def calibrate(self, val_scores: Sequence[float] | np.ndarray, far: float = DEFAULT_FAR) -> Self:
-        """``threshold_``: the rule of `specad.metrics.threshold_at_far` on normal scores."""
+    def calibrate(
+        self,
+        val_scores: Sequence[float] | np.ndarray,
+        far: float = DEFAULT_FAR,
+        runtime: str | None = None,
+    ) -> Self:
+        """``threshold_``: the rule of `specad.metrics.threshold_at_far` on normal scores.
+        With ``runtime``, that runtime's own threshold instead (``runtime_thresholds_``): its
+        maps differ from fp32 torch ones (an int8 export's do); a new ``threshold_`` drops them.
+        ``val_scores`` None forgets the runtime's threshold (`threshold_for` falls back)."""
+        if runtime is not None:
+            self.check_fitted(threshold=True)
+            self.runtime_thresholds_.pop(runtime, None)
+            if val_scores is not None:
+                self.runtime_thresholds_[runtime] = threshold_at_far(val_scores, far)
+            return self
         scores = np.asarray(val_scores, dtype=np.float64)
         self.threshold_ = threshold_at_far(scores, far)
         self.val_scores_ = scores
         self.far_ = float(far)
+        self.runtime_thresholds_: dict[str, float] = {}
         return self
 
     def check_fitted(self, threshold: bool = False) -> None:
@@ -183,13 +198,44 @@ class BaseDetector(ABC):
         A model file that resizes otherwise is refused at load (`specad.modelfile`)."""
         return None
 
-    def threshold_for(self, runtime: str) -> float:
-        """The image threshold for maps computed by ``runtime``: int8 maps differ from fp32
-        ones, so a calibrated int8 export has its own (`specad.export.export_detector`)."""
+    @property
+    def fitted_channels(self) -> int | None:
+        """Input channels the fitted maps need; None: any. A model file whose preprocessing
+        selects another number is refused at load (`specad.modelfile`)."""
+        return None
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether ``threshold_`` is set, so that verdicts can be given."""
+        return hasattr(self, "threshold_")
+
+    @property
+    def trained_network(self) -> torch.nn.Module | None:
+        """The network a training run made (`needs_training`): a cuvis.ai pipeline holds it as
+        a submodule, so its weights move and save with the pipeline. None for fitted state."""
+        return None
+
+    @property
+    def training_data(self) -> Path | None:
+        """The dataset the detector was fitted on, where it knows it: `specad export`
+        calibrates its int8 runtime there unless told otherwise."""
+        return None
+
+    def export_graph(self) -> torch.nn.Module:
+        """The module whose ONNX export computes the maps (`export_maps` finishes them);
+        only detectors with ``onnx`` in `runtimes` have one."""
+        raise SpecadError(f"{self.kind} models have no ONNX export")
+
+    def has_threshold_for(self, runtime: str) -> bool:
+        """Whether ``runtime`` has its own calibrated threshold (`calibrate`)."""
         self.check_fitted(threshold=True)
-        if runtime == "int8" and getattr(self, "int8_threshold_", None) is not None:
-            return self.int8_threshold_  # type: ignore[no-any-return]
-        return self.threshold_
+        return runtime in self.runtime_thresholds_
+
+    def threshold_for(self, runtime: str) -> float:
+        """The image threshold for maps computed by ``runtime``: its own where calibrated
+        (int8 maps differ from fp32 ones; `specad.export.export_detector`), else ``threshold_``."""
+        self.check_fitted(threshold=True)
+        return self.runtime_thresholds_.get(runtime, self.threshold_)
 
     def export_maps(self, x: Tensor, maps: Tensor) -> Tensor:  # noqa: ARG002 - used by knn
         """The anomaly maps of input ``x`` [B, C, H, W] given ``maps``, what its ONNX export
@@ -227,7 +273,7 @@ class BaseDetector(ABC):
             "far": self.far_,
         }
         if "int8" in self.runtimes:
-            values["int8_threshold"] = getattr(self, "int8_threshold_", None)
+            values["int8_threshold"] = self.runtime_thresholds_.get("int8")
         tensors = {k: v.detach().cpu().contiguous() for k, v in self._tensors().items()}
         return tensors, values
 
@@ -239,9 +285,11 @@ class BaseDetector(ABC):
         self.threshold_ = float(values["threshold"])  # as saved, whatever rule made it
         self.val_scores_ = np.asarray(values.get("val_scores", []), dtype=np.float64)
         self.far_ = float(values.get("far", DEFAULT_FAR))
+        self.runtime_thresholds_ = {}
         if "int8" in self.runtimes:
             int8 = values.get("int8_threshold")
-            self.int8_threshold_ = validate(FiniteFloat | None, int8, None, "int8_threshold")
+            if validate(FiniteFloat | None, int8, None, "int8_threshold") is not None:
+                self.runtime_thresholds_["int8"] = float(int8)
         self.check_fitted(threshold=True)
         return self
 

@@ -5,6 +5,7 @@ other detector."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
@@ -26,9 +27,8 @@ class EfficientADDetector(BaseDetector):
     ``config`` is the whole training configuration (`specad.config.Config`): the model section
     builds the network, the train section drives `fit_network`. Fitted state: the
     network ``network_`` (teacher statistics and map quantiles included), the input it was built
-    for (``in_channels_``, ``image_size_``, ``wavelengths_``), the steps trained ``steps_`` and,
-    once an int8 export is calibrated, ``int8_threshold_``. Shapes: images [B, N, S, S] ->
-    maps [B, 1, S, S].
+    for (``in_channels_``, ``image_size_``, ``wavelengths_``) and the steps trained ``steps_``.
+    Shapes: images [B, N, S, S] -> maps [B, 1, S, S].
     """
 
     kind: ClassVar[str] = "efficientad"
@@ -88,6 +88,23 @@ class EfficientADDetector(BaseDetector):
         self.check_fitted()
         return self.image_size_
 
+    @property
+    def fitted_channels(self) -> int:
+        self.check_fitted()
+        return self.in_channels_
+
+    @property
+    def trained_network(self) -> EfficientAD:
+        self.check_fitted()
+        return self.network_
+
+    @property
+    def training_data(self) -> Path:
+        return self.config.data.root
+
+    def export_graph(self) -> EfficientAD:
+        return self.trained_network
+
     def _score_maps(self, x: Tensor) -> Tensor:
         return self.network_.anomaly_map(x)
 
@@ -112,7 +129,6 @@ class EfficientADDetector(BaseDetector):
         self.image_size_ = validate(ImageSize, scalars["image_size"], None, "image_size")
         self.wavelengths_ = scalars["wavelengths"]
         self.steps_ = scalars.get("steps")
-        self.int8_threshold_ = scalars.get("int8_threshold")
         if not tensors and hasattr(self, "network_"):
             return  # values only: the weights arrive on their own (a cuvis.ai pipeline's)
         network = self._build()

@@ -169,13 +169,12 @@ class KNN(BaseDetector):
     # ------------------------------------------------------------------ scoring
 
     @property
-    def n_channels(self) -> int:
+    def fitted_channels(self) -> int:
         """Input channels the model was fitted on; fails clearly if it was never fitted."""
         self.check_fitted()
         return self.extractor_.stem.in_channels
 
-    @property
-    def network_(self) -> PatchMap:
+    def export_graph(self) -> PatchMap:
         """The normalised patch map as one module (`PatchMap`): what the ONNX exports compute
         (`specad.export`); the spectral maps are added after it (`export_maps`)."""
         self.check_fitted()
@@ -195,10 +194,12 @@ class KNN(BaseDetector):
     @torch.inference_mode()
     def _score_maps(self, x: Tensor) -> Tensor:
         """[B, 1, S, S] anomaly maps for input [B, N, S, S]."""
-        if x.shape[1] != self.n_channels:
-            raise SpecadError(f"knn expects [B, {self.n_channels}, S, S], got {tuple(x.shape)}")
+        if x.shape[1] != self.fitted_channels:
+            raise SpecadError(
+                f"knn expects [B, {self.fitted_channels}, S, S], got {tuple(x.shape)}"
+            )
         x = x.to(self.bank_.device)
-        graph = self.network_
+        graph = self.export_graph()
         return self.export_maps(x, torch.cat([graph(b) for b in x.split(_BATCH)]))
 
     @torch.inference_mode()
@@ -227,7 +228,7 @@ class KNN(BaseDetector):
 
     def _scalars(self) -> dict[str, Any]:
         return {
-            "channels": self.n_channels,
+            "channels": self.fitted_channels,
             "wavelengths": self.wavelengths_,
             "patch_scale": list(self.patch_scale_),
             "spectra_scales": [list(s) for s in self.spectra_scales_],

@@ -136,9 +136,9 @@ class PixelSpectra:
         if level is None:
             raise SpecadError("knn spectral maps are missing their level model")
         shape = rx("shape")
-        c = level.n_channels
-        if shape is not None and shape.n_channels != c:
-            raise SpecadError(f"knn spectral shape model has {shape.n_channels} channels, not {c}")
+        c = level.fitted_channels
+        if shape is not None and shape.fitted_channels != c:
+            raise SpecadError(f"knn spectral shape model has {shape.fitted_channels} channels, not {c}")
         for name in ("scale", "offset", "floor"):
             check_shape("knn", f"spectra.{name}", tensors[name], c)
         return cls(tensors["scale"], tensors["offset"], tensors["floor"], level, shape)

@@ -96,7 +96,7 @@ class RX(CubeDetector):
         return self
 
     @property
-    def n_channels(self) -> int:
+    def fitted_channels(self) -> int:
         """Channel count the model was fitted on; fails clearly if it was never fitted."""
         self.check_fitted()
         return self.mean_.shape[0]
@@ -104,8 +104,8 @@ class RX(CubeDetector):
     def score_cube(self, cube: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of every pixel to the background, as (H, W) float32."""
         px = _pixels(cube)
-        if px.shape[1] != self.n_channels:
-            raise SpecadError(f"model expects {self.n_channels} channels, got {px.shape[1]}")
+        if px.shape[1] != self.fitted_channels:
+            raise SpecadError(f"model expects {self.fitted_channels} channels, got {px.shape[1]}")
         out = np.empty(px.shape[0], dtype=np.float32)
         for start in range(0, px.shape[0], _CHUNK_PIXELS):
             chunk = px[start : start + _CHUNK_PIXELS].astype(np.float64) - self.mean_
