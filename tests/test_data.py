@@ -16,11 +16,11 @@ from PIL import Image
 
 from specad.data import (
     Preprocess,
-    check_dataset,
     load_dataset,
     read_mask,
     select_channels,
 )
+from specad.datacheck import check_dataset
 from specad.errors import SpecadError
 from specad.io import Cube, read_cube, write_cube
 from specad.penalty import PenaltySet

@@ -24,7 +24,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from specad.config import load_config
-from specad.data import check_dataset, load_dataset, read_mask
+from specad.data import load_dataset, read_mask
+from specad.datacheck import check_dataset
 from specad.errors import SpecadError
 from specad.evaluate import fit_on_dataset
 from specad.infer import Detector

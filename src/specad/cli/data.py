@@ -61,7 +61,7 @@ def dataset_check(
     root: Annotated[Path, typer.Argument(help="Dataset folder.")], layout: Layout = None
 ) -> None:
     """Validate a dataset and print a summary; exit 2 if any problem is found."""
-    from specad.data import check_dataset
+    from specad.datacheck import check_dataset
 
     report = check_dataset(root, layout)
     table = Table(title=f"{report.root} ({report.layout} layout)")

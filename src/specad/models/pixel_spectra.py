@@ -138,7 +138,9 @@ class PixelSpectra:
         shape = rx("shape")
         c = level.fitted_channels
         if shape is not None and shape.fitted_channels != c:
-            raise SpecadError(f"knn spectral shape model has {shape.fitted_channels} channels, not {c}")
+            raise SpecadError(
+                f"knn spectral shape model has {shape.fitted_channels} channels, not {c}"
+            )
         for name in ("scale", "offset", "floor"):
             check_shape("knn", f"spectra.{name}", tensors[name], c)
         return cls(tensors["scale"], tensors["offset"], tensors["floor"], level, shape)
