@@ -24,7 +24,7 @@ import numpy as np
 from specad.data import Sample, read_mask
 from specad.errors import SpecadError
 from specad.infer import Detector
-from specad.models.registry import FIT_ON_DATASET
+from specad.models.registry import ModelSpec
 from specad.scoring import SplitResults, score_file
 
 try:
@@ -45,10 +45,13 @@ class ModelSource:
     pickled: bytes | None = None
 
     @classmethod
-    def of(cls, detector: Detector, model: str | Path | None, device: str = "auto") -> ModelSource:
-        if model is None or str(model) in FIT_ON_DATASET:
+    def of(
+        cls, detector: Detector, model: str | Path | ModelSpec | None, device: str = "auto"
+    ) -> ModelSource:
+        path = None if model is None else ModelSpec.parse(model).path
+        if path is None:
             return cls(None, pickled=pickle.dumps(detector))
-        return cls(str(Path(model).resolve()), device, detector.runtime)
+        return cls(str(path.resolve()), device, detector.runtime)
 
     def load(self) -> Detector:
         if self.pickled is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -22,6 +22,9 @@ from specad.cli.app import (
     fmt_number,
     out,
 )
+
+if TYPE_CHECKING:
+    from specad.models.registry import ModelSpec
 
 
 @app.command("train")
@@ -57,30 +60,32 @@ def _load_detector(
     with the ``--set`` values ``sets``."""
     from specad.evaluate import fit_on_dataset
     from specad.infer import Detector
-    from specad.models.registry import FIT_ON_DATASET
+    from specad.models.registry import FIT_ON_DATASET, ModelSpec
 
-    if model in FIT_ON_DATASET:
+    spec = ModelSpec.parse(model)
+    if spec.kind is not None:
         if dataset is None:
             fail(f"--model {model} needs a dataset to fit on; save one with `specad fit {model}`")
         from specad.data import load_dataset
 
-        settings = fit_settings(model, sets, device=device)
-        return fit_on_dataset(model, load_dataset(dataset), **settings).use_runtime(runtime)
+        settings = fit_settings(spec, sets, device=device)
+        return fit_on_dataset(spec.kind, load_dataset(dataset), **settings).use_runtime(runtime)
     if sets:
         fail(f"--set is for detectors fitted here ({', '.join(FIT_ON_DATASET)}), not {model}")
-    return Detector.load(model, device=device, runtime=runtime)
+    return Detector.load(spec.path, device=device, runtime=runtime)
 
 
-def fit_settings(model: str, sets: list[str] | None, **given: Any) -> dict[str, Any]:
+def fit_settings(model: str | ModelSpec, sets: list[str] | None, **given: Any) -> dict[str, Any]:
     """``--set`` values (over ``given``) for fitting ``model`` on a dataset, all validated before
     any data is read: the fit options (`specad.config.FitOptions`) and the detector's own
     parameters (its class refuses a bad one), each error one line naming the key."""
     from specad.config import FitOptions, parse_sets
-    from specad.models.registry import FIT_ON_DATASET, detector_class
+    from specad.models.registry import ModelSpec, detector_class
 
     options, params = FitOptions.split(given | parse_sets(sets))
-    if model in FIT_ON_DATASET:
-        detector_class(model)(**params)
+    kind = ModelSpec.parse(model).kind
+    if kind is not None:
+        detector_class(kind)(**params)
     return options.model_dump() | params
 
 

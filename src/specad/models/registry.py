@@ -6,6 +6,7 @@ Adding a detector: write its class on the contract of `specad.models.base`, add 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,26 @@ DETECTORS: dict[str, type[BaseDetector]] = {
 FIT_ON_DATASET = tuple(name for name, cls in DETECTORS.items() if not cls.needs_training)
 """Detectors fitted on a dataset in seconds, by name (``specad evaluate NAME DATASET``,
 ``specad fit NAME DATASET``); the others need `specad train -c CONFIG`."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a MODEL argument names, told apart once where it enters (the command line, a report
+    config): a detector fitted on the dataset in seconds (``kind``, a `FIT_ON_DATASET` name) or
+    a saved model (``path``: a run folder or its model file)."""
+
+    kind: str | None = None
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, value: str | Path | ModelSpec) -> ModelSpec:
+        if isinstance(value, ModelSpec):
+            return value
+        text = str(value)
+        return cls(kind=text) if text in FIT_ON_DATASET else cls(path=Path(text))
+
+    def __str__(self) -> str:
+        return self.kind if self.kind is not None else str(self.path)
 
 
 def detector_class(kind: str, path: Path | None = None) -> type[BaseDetector]:

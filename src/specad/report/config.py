@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+)
 
 from specad.config import read_yaml_mapping, validate
 from specad.metrics import DEFAULT_FAR
-from specad.models.registry import FIT_ON_DATASET
+from specad.models.registry import ModelSpec
 
+SpecField = Annotated[
+    ModelSpec, BeforeValidator(ModelSpec.parse), PlainSerializer(str, return_type=str)
+]
+"""A model as the YAML names it, parsed once into a `ModelSpec` and written back as it was."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -20,7 +31,7 @@ class ReportConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    models: dict[str, str] = Field(min_length=1)
+    models: dict[str, SpecField] = Field(min_length=1)
     """Display name -> model file (or run folder), or ``rx``/``knn`` to fit one on each dataset."""
     datasets: list[Path] = Field(min_length=1)
     out: Path
@@ -44,7 +55,7 @@ class ReportConfig(BaseModel):
 
     @field_validator("models")
     @classmethod
-    def _names_are_file_names(cls, models: dict[str, str]) -> dict[str, str]:
+    def _names_are_file_names(cls, models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
         # Model names become folder names under images/, so they must be safe as such.
         for name in models:
             if not _NAME.fullmatch(name):
@@ -70,7 +81,7 @@ def _inputs_from(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
     """``raw`` with relative model and dataset paths found beside the config where only there."""
 
     def resolve(value: Any) -> Any:
-        if not isinstance(value, str) or value in FIT_ON_DATASET:
+        if not isinstance(value, str) or ModelSpec.parse(value).kind is not None:
             return value
         p = Path(value)
         if p.is_absolute() or p.exists() or not (folder / p).exists():

@@ -25,7 +25,6 @@ from specad import __version__
 from specad.infer import Detector
 from specad.io import atomic_dir
 from specad.metrics import AUPRO_FPR_LIMIT
-from specad.models.registry import FIT_ON_DATASET
 from specad.report.config import ReportConfig
 from specad.report.figures import FigureOut, dataset_figures, model_colour
 from specad.report.panels import cube_view, map_range, model_panels, panel_thresholds
@@ -97,7 +96,7 @@ def write_report(cfg: ReportConfig, progress: bool = False) -> Path:
     any previous report untouched and nothing half-written.
     """
     with atomic_dir(cfg.out, cfg.force) as tmp:
-        loaded = {m: Detector.load(s) for m, s in cfg.models.items() if s not in FIT_ON_DATASET}
+        loaded = {m: Detector.load(s.path) for m, s in cfg.models.items() if s.path is not None}
         names = dataset_names(cfg.datasets)
         results = [
             run_dataset(cfg, n, p, loaded, progress)
@@ -127,7 +126,7 @@ def _metrics_json(cfg: ReportConfig, results: list[DatasetRuns]) -> dict[str, An
                 {
                     "kind": run.kind,
                     "runtime": run.runtime,
-                    "source": cfg.models[run.model],
+                    "source": str(cfg.models[run.model]),
                     "datasets": {},
                 },
             )
@@ -146,7 +145,7 @@ def _index_html(
         {
             "name": run.model,
             "kind": run.kind,
-            "source": None if cfg.models[run.model] in FIT_ON_DATASET else cfg.models[run.model],
+            "source": cfg.models[run.model].path,
         }
         for run in runs
     ]

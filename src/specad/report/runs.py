@@ -15,7 +15,6 @@ from specad.data import Dataset, load_dataset
 from specad.evaluate import evaluate_split, fit_on_dataset
 from specad.infer import Detector
 from specad.metrics import curves
-from specad.models.registry import FIT_ON_DATASET
 from specad.predict import cluster
 from specad.report.config import ReportConfig
 from specad.scoring import SplitResults, run_split
@@ -80,7 +79,7 @@ def run_dataset(
     test, val = ds.require("test"), ds.require("val")
     runs = []
     for model, spec in cfg.models.items():
-        det = fit_on_dataset(spec, ds) if spec in FIT_ON_DATASET else loaded[model]
+        det = loaded[model] if spec.kind is None else fit_on_dataset(spec.kind, ds)
         with cluster(cfg.scheduler, cfg.workers, det, spec, "cpu") as dask:
             if dask is not None:  # on the Dask workers, cube for cube as in this process
                 res = dask.run_split(test, tiled=cfg.tiled)
