@@ -23,9 +23,8 @@ from specad import __version__
 from specad.bounds import FiniteFloat, Index, validate
 from specad.data import Preprocess
 from specad.errors import SpecadError
-from specad.metrics import DEFAULT_FAR
 from specad.models.base import FORMAT, BaseDetector
-from specad.models.registry import from_file, read_file, restore
+from specad.models.registry import detector_class, from_file, read_file, restore
 
 MODEL_FILE, META_FILE = "model.safetensors", "model.json"
 LEGACY_KEYS = ("threshold", "config", "extra")
@@ -131,39 +130,13 @@ def load_model(path: str | Path) -> tuple[BaseDetector, ModelMeta]:
 def _legacy_state(
     meta: ModelMeta, raw: dict[str, Any], metadata: dict[str, str], meta_path: Path
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Parameters and fitted values of a model saved before the detector contract: RX and knn
-    files kept their settings in the tensor file's metadata, everything else in model.json."""
+    """Parameters and fitted values of a model saved before the detector contract; each kind
+    reads its own old layout (`BaseDetector.legacy_state`)."""
+    size = (len(meta.preprocess.channels), meta.preprocess.image_size)
     try:
         extra = raw.get("extra") or {}
-        values: dict[str, Any] = {
-            "threshold": raw.get("threshold"),
-            "val_scores": extra.get("val_scores", []),
-        }
-        if meta.kind == "efficientad":
-            params = {"config": raw["config"]}
-            values |= {
-                "in_channels": len(meta.preprocess.channels),
-                "image_size": meta.preprocess.image_size,
-                "wavelengths": meta.wavelengths,
-                "steps": extra.get("steps"),
-                "int8_threshold": extra.get("int8_threshold"),
-                "far": raw["config"].get("train", {}).get("threshold_far", DEFAULT_FAR),
-            }
-        elif meta.kind == "rx":
-            params = {
-                "shrinkage": json.loads(metadata["shrinkage"]),
-                "max_pixels": int(metadata["max_pixels"]),
-                "seed": int(metadata["seed"]),
-            }
-            values["shrinkage"] = float(metadata["shrinkage_fitted"])
-        elif meta.kind == "knn":
-            params = json.loads(metadata["params"])
-            values |= {
-                "channels": int(metadata["channels"]),
-                "wavelengths": json.loads(metadata["wavelengths"]),
-            }
-        else:
-            raise SpecadError(f"unknown model kind '{meta.kind}'", meta_path)
+        params, values = detector_class(meta.kind, meta_path).legacy_state(raw, metadata, size)
+        values |= {"threshold": raw.get("threshold"), "val_scores": extra.get("val_scores", [])}
     except (KeyError, ValueError, TypeError, AttributeError) as err:
         raise SpecadError(f"corrupt model metadata ({err})", meta_path) from err
     if values["threshold"] is None:

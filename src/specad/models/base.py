@@ -293,6 +293,15 @@ class BaseDetector(ABC):
         self.check_fitted(threshold=True)
         return self
 
+    @classmethod
+    def legacy_state(
+        cls, raw: dict[str, Any], metadata: dict[str, str], input_size: tuple[int, int]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Parameters and fitted values (beside the threshold) of a file saved before this
+        contract: ``raw`` is its ``model.json``, ``metadata`` its tensor file's, ``input_size``
+        the (channels, side) its preprocessing gives. Only kinds that existed then have one."""
+        raise SpecadError(f"{cls.kind} models have no file format before the detector contract")
+
     def save(self, path: str | Path) -> None:
         """One safetensors file: fitted tensors, with parameters and fitted values as JSON in
         its metadata (no pickle, so loading a file from anyone is safe)."""

@@ -14,6 +14,7 @@ from torch import Tensor
 from specad.bounds import ChannelCount, ImageSize, validate
 from specad.config import Config
 from specad.errors import SpecadError
+from specad.metrics import DEFAULT_FAR
 from specad.models.base import BaseDetector, Images, detector
 from specad.models.build import build_efficientad
 from specad.models.efficientad import EfficientAD
@@ -123,6 +124,22 @@ class EfficientADDetector(BaseDetector):
             "wavelengths": self.wavelengths_,
             "steps": self.steps_,
         }
+
+    @classmethod
+    def legacy_state(
+        cls, raw: dict[str, Any], metadata: dict[str, str], input_size: tuple[int, int]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Before the contract, model.json held the whole config and the fitted values."""
+        extra = raw.get("extra") or {}
+        values = {
+            "in_channels": input_size[0],
+            "image_size": input_size[1],
+            "wavelengths": raw.get("wavelengths"),
+            "steps": extra.get("steps"),
+            "int8_threshold": extra.get("int8_threshold"),
+            "far": raw["config"].get("train", {}).get("threshold_far", DEFAULT_FAR),
+        }
+        return {"config": raw["config"]}, values
 
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
         self.in_channels_ = validate(ChannelCount, scalars["in_channels"], None, "in_channels")

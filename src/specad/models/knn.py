@@ -19,6 +19,7 @@ Memory, stated for the defaults (blocks 4 + 10 + 12: D = 344 features per patch,
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, ClassVar, Self
@@ -235,6 +236,17 @@ class KNN(BaseDetector):
             "spectra": None if self.spectra_ is None else self.spectra_.scalars(),
             "spectral_weight": self.spectral_weight_,
         }
+
+    @classmethod
+    def legacy_state(
+        cls, raw: dict[str, Any], metadata: dict[str, str], input_size: tuple[int, int]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Before the contract, the tensor file's metadata held the settings."""
+        values = {
+            "channels": int(metadata["channels"]),
+            "wavelengths": json.loads(metadata["wavelengths"]),
+        }
+        return json.loads(metadata["params"]), values
 
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
         # every saved value is checked before it sizes an allocation or divides a map

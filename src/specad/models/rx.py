@@ -6,6 +6,7 @@ classic baseline every learned spectral detector should beat.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar, Literal, Self
@@ -120,6 +121,18 @@ class RX(CubeDetector):
 
     def _scalars(self) -> dict[str, Any]:
         return {"shrinkage": self.shrinkage_}
+
+    @classmethod
+    def legacy_state(
+        cls, raw: dict[str, Any], metadata: dict[str, str], input_size: tuple[int, int]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Before the contract, the tensor file's metadata held the settings."""
+        params = {
+            "shrinkage": json.loads(metadata["shrinkage"]),
+            "max_pixels": int(metadata["max_pixels"]),
+            "seed": int(metadata["seed"]),
+        }
+        return params, {"shrinkage": float(metadata["shrinkage_fitted"])}
 
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
         mean, whitening = tensors["mean"], tensors["whitening"]
