@@ -137,3 +137,21 @@ def test_teacher_info() -> None:
     lite = info["efficientnet-lite0"]
     assert len(lite["sha256"]) == 64 and lite["version"] == "0.1.0"
     assert "Apache" in lite["licence"] and "Apache" in lite["weights_licence"]
+
+
+@pytest.mark.parametrize("size", [255, 256, 97])
+def test_same_padding_computes_the_packages_convolutions(size: int) -> None:
+    # SameConv2d only moves where the padding happens: every stride and kernel of Lite0,
+    # odd and even input sizes, must give the package's dynamic-"same" numbers
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from specad.models.teachers import SameConv2d, same_padding
+
+    torch.manual_seed(0)
+    theirs = EfficientNet.from_name("efficientnet-lite0", image_size=None).eval()
+    ours = same_padding(EfficientNet.from_name("efficientnet-lite0", image_size=None).eval())
+    ours.load_state_dict(theirs.state_dict())
+    assert sum(isinstance(m, SameConv2d) for m in ours.modules()) >= 30
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.extract_features(x), theirs.extract_features(x))

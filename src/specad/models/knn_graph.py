@@ -12,10 +12,9 @@ all positive, whose large norms the expansion would cancel, losing float32 digit
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specad.models.maps import gaussian_blur, normalise
+from specad.models.maps import normalise, upsample_blur
 
 SEARCH_ELEMENTS = 1 << 24
 """Patch-to-bank distances computed at once in torch (float32: 64 MB), which bounds scoring
@@ -63,6 +62,5 @@ class PatchMap(nn.Module):
         b, d, h, w = f.shape
         queries = f.permute(0, 2, 3, 1).reshape(-1, d) - self.centre
         nearest = nearest_distance(queries, self.bank, self.bank_sq)
-        patch = F.interpolate(nearest.view(b, 1, h, w), size=x.shape[-2:], mode="bilinear")
-        patch = gaussian_blur(patch, self.sigma)
+        patch = upsample_blur(nearest.view(b, 1, h, w), x.shape[-2:], self.sigma)  # [B, 1, S, S]
         return patch if self.scale is None else normalise(patch, *self.scale)
