@@ -158,7 +158,7 @@ greedy selection on 2 CPU cores for transistor's 196,608 patches; the PatchCore 
 
 
 def run_anomalib(
-    model: str, ds: Dataset, work: Path, steps: int, python: Path, reuse: bool
+    model: str, ds: Dataset, work: Path, steps: int, python: Path, reuse: bool, coreset: float
 ) -> Runs:
     out_file = work / f"anomalib-{model}.npz"
     if not (reuse and out_file.is_file()):
@@ -170,14 +170,17 @@ def run_anomalib(
         cmd = [str(python), str(HERE / "anomalib_real.py"), "--model", model]
         cmd += ["--dataset", str(ds.root), "--natural", str(natural_folder(work))]
         cmd += ["--steps", str(steps), "--out", str(out_file)]
-        cmd += ["--coreset-ratio", str(PATCHCORE_CORESET)] if model == "patchcore" else []
+        cmd += ["--coreset-ratio", str(coreset)] if model == "patchcore" else []
         subprocess.run(cmd, check=True)
     with np.load(out_file) as out:
         info = json.loads(str(out["info"]))
         val = _anomalib_split(ds.require("val"), out, "val", ds.root)
         test = _anomalib_split(ds.require("test"), out, "test", ds.root)
     rss = info.get("peak_rss_mb", float("nan"))
-    return val, test, info["fit_s"], info["images_per_s"], f"torch {info['device']}", rss
+    runtime = f"torch {info['device']}"
+    if model == "patchcore":
+        runtime += f", coreset {100 * info['coreset_ratio']:g} %"
+    return val, test, info["fit_s"], info["images_per_s"], runtime, rss
 
 
 def make_row(name: str, runs: Runs, steps: int | None) -> dict[str, Any]:
@@ -311,6 +314,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "out" / "real")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the .json; .md beside")
     parser.add_argument("--anomalib-python", type=Path, default=ANOMALIB_PYTHON)
+    parser.add_argument(
+        "--patchcore-coreset", type=float, default=PATCHCORE_CORESET, help="coreset share"
+    )
     args = parser.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"error: {SHARED}: no shared datasets")
@@ -324,7 +330,9 @@ def main() -> None:
             if name.startswith("anomalib"):
                 model = name.partition("-")[2] or "efficientad"
                 work = args.work / dataset
-                runs = run_anomalib(model, ds, work, steps, args.anomalib_python, args.reuse)
+                runs = run_anomalib(
+                    model, ds, work, steps, args.anomalib_python, args.reuse, args.patchcore_coreset
+                )
             elif name in table:
                 runs = run_specad(table[name], ds)
             else:
