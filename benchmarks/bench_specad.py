@@ -19,7 +19,7 @@ from pathlib import Path
 import harness
 import torch
 
-from specad.config import Config, ModelConfig
+from specad.config import ModelConfig, Training
 from specad.data import Preprocess
 from specad.errors import SpecadError
 from specad.export import export_detector, measure_runtimes
@@ -90,9 +90,10 @@ def _detector(model: EfficientAD, c: harness.Case, folder: Path) -> Detector:
     channels = c["channels"]
     pre = Preprocess(channels, list(range(channels)), harness.SIZE)
     bands = [f"b{i}" for i in range(channels)]
-    cfg = Config(data={"root": "."}, model=ModelConfig(teacher=c["model"]))
     meta = ModelMeta("efficientad", pre, bands, None, None)
-    detector = EfficientADDetector.from_network(model, cfg, channels).calibrate([0.0])
+    model_cfg = ModelConfig(teacher=c["model"])
+    detector = EfficientADDetector.from_network(model, model_cfg, Training(), channels)
+    detector.calibrate([0.0])
     path = Detector(detector, meta, "cpu").save(folder / "model.safetensors")
     child = multiprocessing.get_context("spawn").Process(
         target=_export, args=(path, channels, c["path"] in ("int8", "detector"))

@@ -46,7 +46,7 @@ def make_model(folder: Path) -> Path:
     )
     gen = torch.Generator().manual_seed(0)
     images = 0.5 + 0.1 * torch.randn(16, CHANNELS, SIZE, SIZE, generator=gen)
-    model = EfficientADDetector(config=cfg)
+    model = EfficientADDetector(model=cfg.model, training=cfg.training)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ThresholdWarning)
         model.fit(images[:8], images[8:])

@@ -53,7 +53,9 @@ def score_checkpoint(
     model.load_state_dict(state)
     model.to(device).eval()
     model.fit_quantiles(val_x.split(8))
-    det = EfficientADDetector.from_network(model, cfg, n_channels, meta.wavelengths)
+    det = EfficientADDetector.from_network(
+        model, cfg.model, cfg.training, n_channels, meta.wavelengths
+    )
     det.calibrate(det.scores(val_x.to(device)), cfg.train.threshold_far)
     metrics = evaluate_detector(Detector(det, meta, device), ds)
     nan = float("nan")  # undefined (one class only) compares false with the target, as wanted

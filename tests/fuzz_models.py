@@ -196,7 +196,8 @@ def saved_models(root: Path) -> dict[str, Path]:
                 continue
             cfg = Config.model_validate({"data": {"root": str(root), "image_size": 64}})
             network = build_efficientad(cfg.model, 3, 64).eval()
-            det = cls.from_network(network, cfg, 3).calibrate([1.0, 2.0])  # type: ignore[attr-defined]
+            det = cls.from_network(network, cfg.model, cfg.training, 3, data=root)  # type: ignore[attr-defined]
+            det.calibrate([1.0, 2.0])
             pre = Preprocess(3, [0, 1, 2], 64, [0.4] * 3, [0.1] * 3)
             meta = ModelMeta(kind, pre, ["R", "G", "B"], None, None)
             with torch.no_grad():

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import make_dataset
 
-from specad.config import Config
+from specad.config import ModelConfig, Training
 from specad.data import load_dataset
 from specad.errors import SpecadError
 from specad.evaluate import evaluate_detector, fit_on_dataset
@@ -25,14 +25,10 @@ from specad.models.registry import DETECTORS, load_detector
 
 SMALL = {
     "efficientad": {
-        "config": Config.model_validate(
-            {
-                "data": {"root": ".", "image_size": 64},
-                "model": {"teacher": "pdn-random"},
-                "train": {"steps": 2, "device": "cpu", "export": []},
-                "penalty": {"enabled": False},
-            }
-        )
+        "model": ModelConfig(teacher="pdn-random"),
+        "training": Training.model_validate(
+            {"train": {"steps": 2, "device": "cpu", "export": []}, "penalty": {"enabled": False}}
+        ),
     },
     "knn": {"coreset_size": 16, "sigma": 1.0},
     "lrx": {"outer": 7, "inner": 3},

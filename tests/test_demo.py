@@ -37,8 +37,8 @@ def test_demo_writes_a_report_with_every_class_and_every_model(tmp_path: Path) -
     for name in classes.values():
         if name != "background":
             assert name in html
-    config = Detector.load(out / "run").model.config
-    assert config.model.teacher == "efficientnet-lite0"  # the CPU preset's (MTD, tray6-hard)
+    trained = Detector.load(out / "run").model
+    assert trained.model.teacher == "efficientnet-lite0"  # the CPU preset's (MTD, tray6-hard)
 
 
 def test_demo_training_keys_need_train(tmp_path: Path) -> None:

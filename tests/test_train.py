@@ -101,9 +101,35 @@ def test_model_file_describes_itself(trained: tuple[Path, Path]) -> None:
     assert meta["versions"]["torch"] == torch.__version__
     with safe_open(str(trained[1] / "model.safetensors"), framework="pt") as f:
         header = f.metadata()  # the detector's own file: its parameters and fitted values
-    assert header["kind"] == "efficientad" and json.loads(header["params"])["config"]["train"]
+    params = json.loads(header["params"])  # the model and training sections, no dataset
+    assert header["kind"] == "efficientad" and set(params) == {"model", "training"}
+    assert params["training"]["train"]["steps"] > 0 and "root" not in json.dumps(params)
     fitted = json.loads(header["fitted"])
     assert np.isfinite(fitted["threshold"]) and fitted["steps"] > 0
+    assert fitted["training_data"] == str(trained[0])  # int8 calibration's default data
+
+
+def test_a_file_with_the_whole_config_as_parameter_still_loads(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # files saved before the parameters became the model and training sections
+    from safetensors.torch import load_file, save_file
+
+    root, run = trained
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
+        header = f.metadata()
+    config = tiny_config(root, "train.steps=20").model_dump(mode="json")
+    header["params"] = json.dumps({"config": config})
+    fitted = json.loads(header["fitted"])
+    del fitted["training_data"]
+    header["fitted"] = json.dumps(fitted)
+    save_file(load_file(run / "model.safetensors"), old / "model.safetensors", metadata=header)
+    then, now = (Detector.load(r, runtime="torch").model for r in (old, run))
+    assert then.get_params() == now.get_params() and then.training_data is None
+    x = torch.rand(2, 6, 64, 64)
+    torch.testing.assert_close(then.score_maps(x), now.score_maps(x))
 
 
 def test_trained_model_separates_the_tiny_defects(trained: tuple[Path, Path]) -> None:

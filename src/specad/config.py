@@ -93,11 +93,28 @@ def min_image_size(model: ModelConfig) -> int:
     return 34 if model.teacher != "efficientnet-lite0" and not student_padding(model) else 16
 
 
+class Training(Strict):
+    """How EfficientAD's network is trained: a config's train and penalty sections and the data
+    section's geometric augmentation. With the model section it is all the detector keeps of a
+    config: no dataset path, no input preparation (`specad.data.Preprocess` has those)."""
+
+    train: TrainConfig = TrainConfig()
+    penalty: PenaltyConfig = PenaltyConfig()
+    flips: bool = False
+    rot90: bool = False
+
+
 class Config(Strict):
     data: DataConfig
     model: ModelConfig = ModelConfig()
     penalty: PenaltyConfig = PenaltyConfig()
     train: TrainConfig = TrainConfig()
+
+    @property
+    def training(self) -> Training:
+        return Training(
+            train=self.train, penalty=self.penalty, flips=self.data.flips, rot90=self.data.rot90
+        )
 
     @model_validator(mode="after")
     def _image_fits_model(self) -> Config:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from specad.config import Config
+from specad.config import Config, dump_config
 from specad.data import Dataset, Preprocess, load_dataset, read_mask, select_channels
 from specad.errors import SpecadError
 from specad.export import export_detector, measure_runtimes
@@ -106,12 +106,16 @@ def _train(
     run = Run(out, ranks, resume, stop_after, progress, monitor)
     channels, size = train_x.shape[1], train_x.shape[-1]
     network = build_efficientad(cfg.model, channels, size, meta.wavelengths, cfg.train.seed)
-    steps = fit_network(network, cfg, train_x, val_x, run, meta.wavelengths)
+    if not resume and ranks.main:
+        (out / "config.yaml").write_text(dump_config(cfg))
+    steps = fit_network(network, cfg.training, train_x, val_x, run, meta.wavelengths)
     if steps is None:  # stopped early: the checkpoint is the run's output
         return out / CHECKPOINT
     if not ranks.main:  # rank 0 alone calibrates and writes the model
         return out / MODEL_FILE
-    det = EfficientADDetector.from_network(network, cfg, channels, meta.wavelengths, steps)
+    det = EfficientADDetector.from_network(
+        network, cfg.model, cfg.training, channels, meta.wavelengths, steps, cfg.data.root
+    )
     detector = Detector(det, meta, ranks.device)  # thresholded as `specad predict` scores
     det.calibrate(run_split(detector, ds.require("val")).scores, cfg.train.threshold_far)
     path = detector.save(out / MODEL_FILE)

@@ -294,6 +294,12 @@ class BaseDetector(ABC):
         return self
 
     @classmethod
+    def saved_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Parameters as a saved file holds them, in today's names: a file outlives a rename
+        of its detector's parameters (identity unless a detector renamed some)."""
+        return params
+
+    @classmethod
     def legacy_state(
         cls, raw: dict[str, Any], metadata: dict[str, str], input_size: tuple[int, int]
     ) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from specad.bounds import ChannelCount, ImageSize, validate
-from specad.config import Config
+from specad.config import ModelConfig, Training
 from specad.errors import SpecadError
 from specad.metrics import DEFAULT_FAR
 from specad.models.base import BaseDetector, Images, detector
@@ -25,18 +25,22 @@ from specad.models.efficientad_train import fit_network
 class EfficientADDetector(BaseDetector):
     """EfficientAD (Batzner et al. 2023) widened to N input channels.
 
-    ``config`` is the whole training configuration (`specad.config.Config`): the model section
-    builds the network, the train section drives `fit_network`. Fitted state: the
-    network ``network_`` (teacher statistics and map quantiles included), the input it was built
-    for (``in_channels_``, ``image_size_``, ``wavelengths_``) and the steps trained ``steps_``.
-    Shapes: images [B, N, S, S] -> maps [B, 1, S, S].
+    Parameters: ``model`` (a config's model section) builds the network, ``training`` (its
+    train and penalty sections and augmentation, `specad.config.Training`) drives
+    `fit_network`; where the data are and how cubes become inputs is the caller's business.
+    Fitted state: the network ``network_`` (teacher statistics and map quantiles included), the
+    input it was built for (``in_channels_``, ``image_size_``, ``wavelengths_``), the steps
+    trained ``steps_`` and the dataset it was trained on, when known (``training_data_``, the
+    default calibration data of an int8 export). Shapes: images [B, N, S, S] -> maps
+    [B, 1, S, S].
     """
 
     kind: ClassVar[str] = "efficientad"
     fitted: ClassVar[tuple[str, ...]] = ("network_",)
     runtimes: ClassVar[tuple[str, ...]] = ("torch", "bf16", "onnx", "int8")
     needs_training: ClassVar[bool] = True
-    config: Config
+    model: ModelConfig = ModelConfig()
+    training: Training = Training()
 
     def fit_maps(
         self,
@@ -54,34 +58,37 @@ class EfficientADDetector(BaseDetector):
         self.in_channels_, self.image_size_ = train.shape[1], train.shape[-1]
         self.wavelengths_ = None if wavelengths is None else [float(w) for w in wavelengths]
         network = self._build()
-        self.steps_ = fit_network(network, self.config, train, val, None, self.wavelengths_)
-        self.network_ = network
+        self.steps_ = fit_network(network, self.training, train, val, None, self.wavelengths_)
+        self.network_, self.training_data_ = network, None
         return self
 
     @classmethod
     def from_network(
         cls,
         network: EfficientAD,
-        config: Config,
+        model: ModelConfig,
+        training: Training,
         in_channels: int,
         wavelengths: Sequence[float] | None = None,
         steps: int | None = None,
+        data: Path | None = None,
     ) -> Self:
-        """A detector around a network trained elsewhere (a checkpoint, a benchmark's model);
-        it still needs its threshold (`calibrate`)."""
-        det = cls(config=config)
+        """A detector around a network trained elsewhere (`specad train`'s loop, a checkpoint,
+        a benchmark's model) on the dataset ``data``; it still needs its threshold
+        (`calibrate`)."""
+        det = cls(model=model, training=training)
         det.in_channels_, det.image_size_ = in_channels, network.image_size[0]
         det.wavelengths_ = None if wavelengths is None else [float(w) for w in wavelengths]
-        det.network_, det.steps_ = network.eval(), steps
+        det.network_, det.steps_, det.training_data_ = network.eval(), steps, data
         return det
 
     def _build(self) -> EfficientAD:
         return build_efficientad(
-            self.config.model,
+            self.model,
             self.in_channels_,
             self.image_size_,
             self.wavelengths_,
-            self.config.train.seed,
+            self.training.train.seed,
         )
 
     @property
@@ -100,8 +107,9 @@ class EfficientADDetector(BaseDetector):
         return self.network_
 
     @property
-    def training_data(self) -> Path:
-        return self.config.data.root
+    def training_data(self) -> Path | None:
+        self.check_fitted()
+        return self.training_data_
 
     def export_graph(self) -> EfficientAD:
         return self.trained_network
@@ -123,7 +131,20 @@ class EfficientADDetector(BaseDetector):
             "image_size": self.image_size_,
             "wavelengths": self.wavelengths_,
             "steps": self.steps_,
+            "training_data": None if self.training_data_ is None else str(self.training_data_),
         }
+
+    @classmethod
+    def saved_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Files written before the parameters were the model and training sections kept the
+        whole config as ``config``; its dataset path is not a parameter any more."""
+        if set(params) != {"config"}:
+            return params
+        config = params["config"]
+        data = config.get("data", {})
+        training = {key: config[key] for key in ("train", "penalty") if key in config}
+        training |= {key: data[key] for key in ("flips", "rot90") if key in data}
+        return {"model": config.get("model", {}), "training": training}
 
     @classmethod
     def legacy_state(
@@ -138,6 +159,7 @@ class EfficientADDetector(BaseDetector):
             "steps": extra.get("steps"),
             "int8_threshold": extra.get("int8_threshold"),
             "far": raw["config"].get("train", {}).get("threshold_far", DEFAULT_FAR),
+            "training_data": raw["config"].get("data", {}).get("root"),
         }
         return {"config": raw["config"]}, values
 
@@ -146,6 +168,8 @@ class EfficientADDetector(BaseDetector):
         self.image_size_ = validate(ImageSize, scalars["image_size"], None, "image_size")
         self.wavelengths_ = scalars["wavelengths"]
         self.steps_ = scalars.get("steps")
+        data = validate(str | None, scalars.get("training_data"), None, "training_data")
+        self.training_data_ = None if data is None else Path(data)
         if not tensors and hasattr(self, "network_"):
             return  # values only: the weights arrive on their own (a cuvis.ai pipeline's)
         network = self._build()

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from specad.checkpoint import load_state, save_state
-from specad.config import Config, dump_config
+from specad.config import Training
 from specad.data import GOOD, resize
 from specad.errors import SpecadError
 from specad.models import ddp
@@ -85,9 +85,9 @@ def use_bf16(setting: str, device: torch.device) -> bool:
 CACHE_LIMIT_BYTES = 4 << 30
 
 
-def _cache_teacher(cfg: Config, n_images: int, model: EfficientAD) -> bool:
+def _cache_teacher(how: Training, n_images: int, model: EfficientAD) -> bool:
     """Cache teacher outputs when images are not geometrically augmented and they fit."""
-    if not cfg.train.cache_teacher or cfg.data.flips or cfg.data.rot90:
+    if not how.train.cache_teacher or how.flips or how.rot90:
         return False
     h, w = model.grid
     return n_images * model.teacher_channels * h * w * 4 <= CACHE_LIMIT_BYTES
@@ -110,10 +110,10 @@ def ae_augment(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return factor * x + (1 - factor) * target
 
 
-def _augment_geometry(x: torch.Tensor, cfg: Config, gen: torch.Generator) -> torch.Tensor:
-    if cfg.data.flips and torch.rand(1, generator=gen).item() < 0.5:
+def _augment_geometry(x: torch.Tensor, how: Training, gen: torch.Generator) -> torch.Tensor:
+    if how.flips and torch.rand(1, generator=gen).item() < 0.5:
         x = x.flip(-1)
-    if cfg.data.rot90:
+    if how.rot90:
         x = torch.rot90(x, int(torch.randint(4, (1,), generator=gen)), dims=(-2, -1))
     return x
 
@@ -133,7 +133,7 @@ class Run:
 
 def fit_network(
     model: EfficientAD,
-    cfg: Config,
+    how: Training,
     train_x: torch.Tensor,
     val_x: torch.Tensor,
     run: Run | None = None,
@@ -141,45 +141,45 @@ def fit_network(
 ) -> int | None:
     """Train ``model`` on normal images, then fit its map quantiles on ``val_x``; returns the
     steps trained, or None when ``run.stop_after`` ended it early (checkpoint written)."""
-    ranks = run.ranks if run is not None else ddp.Ranks(device=pick_device(cfg.train.device))
+    opts = how.train
+    ranks = run.ranks if run is not None else ddp.Ranks(device=pick_device(opts.device))
     device = ranks.device
     model.to(device, memory_format=torch.channels_last)
     ckpt_path = run.out / CHECKPOINT if run is not None else None
-    penalty = _penalty(cfg, train_x.shape[1], wavelengths) if cfg.penalty.enabled else None
+    penalty = _penalty(how, train_x.shape[1:], wavelengths) if how.penalty.enabled else None
     params = list(model.student.parameters()) + list(model.autoencoder.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    decay_step = max(1, int(cfg.train.lr_decay_at * cfg.train.steps))
+    opt = torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
+    decay_step = max(1, int(opts.lr_decay_at * opts.steps))
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[decay_step], gamma=0.1)
-    gen = torch.Generator().manual_seed(cfg.train.seed)
+    gen = torch.Generator().manual_seed(opts.seed)
     step = 0
-    cache = _cache_teacher(cfg, len(train_x), model)
+    cache = _cache_teacher(how, len(train_x), model)
     if run is not None and run.resume:
         step = _load_checkpoint(ckpt_path, model, opt, sched, gen)
         teacher_x = _teacher_outputs(model, train_x, device) if cache else None
     else:
         teacher_x = ddp.fit_teacher_stats(model, train_x, ranks, keep=cache)
         if run is not None and ranks.main:
-            (run.out / "config.yaml").write_text(dump_config(cfg))
             (run.out / "metrics.jsonl").write_text("")
     ranks.broadcast(model)
-    bf16 = use_bf16(cfg.train.bf16, device)
+    bf16 = use_bf16(opts.bf16, device)
 
     stop_after = run.stop_after if run is not None else None
-    end = cfg.train.steps if stop_after is None else min(cfg.train.steps, stop_after)
+    end = opts.steps if stop_after is None else min(opts.steps, stop_after)
     monitor = run.monitor if run is not None else None
     log = (run.out / "metrics.jsonl").open("a") if run is not None and ranks.main else None
     progress = run is not None and run.progress and ranks.main
-    bar = tqdm(total=cfg.train.steps, initial=step, disable=not progress, unit="step")
+    bar = tqdm(total=opts.steps, initial=step, disable=not progress, unit="step")
     model.train()
     model.teacher.eval()
     t0 = time.perf_counter()
     while step < end:
-        idx = torch.randint(len(train_x), (cfg.train.batch_size,), generator=gen)
-        x = _augment_geometry(train_x[idx], cfg, gen)
+        idx = torch.randint(len(train_x), (opts.batch_size,), generator=gen)
+        x = _augment_geometry(train_x[idx], how, gen)
         x_aug = ae_augment(x, gen)
-        p = penalty.sample(cfg.train.batch_size, gen) if penalty is not None else None
-        seeds = torch.randint(2**62, (cfg.train.batch_size,), generator=gen)
-        mine = ranks.shard(cfg.train.batch_size)  # this process's rows of the global batch
+        p = penalty.sample(opts.batch_size, gen) if penalty is not None else None
+        seeds = torch.randint(2**62, (opts.batch_size,), generator=gen)
+        mine = ranks.shard(opts.batch_size)  # this process's rows of the global batch
         idx, x, x_aug, seeds = idx[mine], x[mine], x_aug[mine], seeds[mine]
         x, x_aug = _channels_last(x.to(device)), _channels_last(x_aug.to(device))
         p = None if p is None else _channels_last(p[mine].to(device))
@@ -190,37 +190,38 @@ def fit_network(
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{losses['total'].item():.4f}")
-        if step % cfg.train.log_every == 0 or step == end:
+        if step % opts.log_every == 0 or step == end:
             row = {k: round(v, 6) for k, v in ranks.mean(losses).items()}
             row |= {"step": step, "lr": opt.param_groups[0]["lr"]}
             row["seconds"] = round(time.perf_counter() - t0, 2)
-            if monitor is not None and (step % cfg.train.val_every == 0 or step == end):
+            if monitor is not None and (step % opts.val_every == 0 or step == end):
                 row |= _monitor(model, val_x, monitor, device)
                 model.train()
                 model.teacher.eval()
             if log is not None:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
-        due = step % cfg.train.checkpoint_every == 0 or step == end
+        due = step % opts.checkpoint_every == 0 or step == end
         if ckpt_path is not None and ranks.main and due:
             _save_checkpoint(ckpt_path, model, opt, sched, gen, step)
     bar.close()
     if log is not None:
         log.close()
-    if step < cfg.train.steps:
+    if step < opts.steps:
         return None
     model.eval()
     model.fit_quantiles(_batches(val_x, 8, device))
     return step
 
 
-def _penalty(cfg: Config, channels: int, wavelengths: list[float] | None) -> PenaltySet:
+def _penalty(how: Training, shape: torch.Size, wavelengths: list[float] | None) -> PenaltySet:
+    """Penalty images shaped as the training images' [N, S, S] (``shape``)."""
     return PenaltySet(
-        channels,
-        cfg.data.image_size,
-        folder=cfg.penalty.folder,
+        shape[0],
+        shape[-1],
+        folder=how.penalty.folder,
         wavelengths=wavelengths,
-        mapping=cfg.penalty.mapping,
+        mapping=how.penalty.mapping,
     )
 
 
