@@ -231,8 +231,8 @@ def _efficientad_meta(tmp_path: Path, **config_model) -> Path:
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"size": "gigantic"}, "config.model.size"),
-        ({"teacher": 7}, "config.model.teacher"),
+        ({"size": "gigantic"}, "model.size"),
+        ({"teacher": 7}, "model.teacher"),
     ],
 )
 def test_model_json_with_bad_config_is_one_line(tmp_path: Path, change, needle) -> None:

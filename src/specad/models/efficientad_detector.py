@@ -4,6 +4,7 @@ other detector."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -39,8 +40,8 @@ class EfficientADDetector(BaseDetector):
     fitted: ClassVar[tuple[str, ...]] = ("network_",)
     runtimes: ClassVar[tuple[str, ...]] = ("torch", "bf16", "onnx", "int8")
     needs_training: ClassVar[bool] = True
-    model: ModelConfig = ModelConfig()
-    training: Training = Training()
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    training: Training = dataclasses.field(default_factory=Training)
 
     def fit_maps(
         self,
