@@ -28,6 +28,21 @@ Channels = list[int | float | str]
 """Band indices, wavelengths in nm (nearest band within 10 nm) or band names."""
 
 
+def cube_port(description: str, dtype: Any = torch.float32, channels: Any = -1) -> PortSpec:
+    """A port of cubes [B, H, W, C], cuvis.ai's layout."""
+    return PortSpec(dtype=dtype, shape=(-1, -1, -1, channels), description=description)
+
+
+def map_port(description: str, dtype: Any = torch.float32) -> PortSpec:
+    """A port of per-pixel maps [B, H, W, 1]."""
+    return PortSpec(dtype=dtype, shape=(-1, -1, -1, 1), description=description)
+
+
+SCORE_PORT = PortSpec(
+    dtype=torch.float32, shape=(-1,), description="Image score [B]: the maximum of the map."
+)
+
+
 class DetectorNode(Node):
     """Base of the nodes that run a trained specad model of kind ``KIND``: cube in; anomaly map,
     image score and mask out.
@@ -46,11 +61,10 @@ class DetectorNode(Node):
     _category = NodeCategory.MODEL
 
     INPUT_SPECS = {
-        "cube": PortSpec(
-            dtype=torch.float32,
-            shape=(-1, -1, -1, "in_channels"),
-            description="Cube [B, H, W, C] on the scale the model was trained on (e.g. "
-            "reflectance); C is the model's channel count unless `channels` selects bands.",
+        "cube": cube_port(
+            "Cube [B, H, W, C] on the scale the model was trained on (e.g. reflectance); C is "
+            "the model's channel count unless `channels` selects bands.",
+            channels="in_channels",
         ),
         "wavelengths": PortSpec(
             dtype=np.int32,
@@ -60,20 +74,12 @@ class DetectorNode(Node):
         ),
     }
     OUTPUT_SPECS = {
-        "anomaly_map": PortSpec(
-            dtype=torch.float32,
-            shape=(-1, -1, -1, 1),
-            description="Anomaly map [B, H, W, 1] at the cube's size, on the model's scale.",
+        "anomaly_map": map_port(
+            "Anomaly map [B, H, W, 1] at the cube's size, on the model's scale."
         ),
-        "anomaly_score": PortSpec(
-            dtype=torch.float32,
-            shape=(-1,),
-            description="Image score [B]: the maximum of the map.",
-        ),
-        "mask": PortSpec(
-            dtype=torch.bool,
-            shape=(-1, -1, -1, 1),
-            description="Anomalous pixels [B, H, W, 1]: map >= the model's calibrated threshold.",
+        "anomaly_score": SCORE_PORT,
+        "mask": map_port(
+            "Anomalous pixels [B, H, W, 1]: map >= the model's calibrated threshold.", torch.bool
         ),
     }
 
@@ -195,21 +201,11 @@ class SceneDetectorNode(Node):
     _tags = frozenset({NodeTag.ANOMALY, NodeTag.HYPERSPECTRAL, NodeTag.NUMPY})
 
     INPUT_SPECS = {
-        "cube": PortSpec(
-            dtype=torch.float32,
-            shape=(-1, -1, -1, -1),
-            description="Scenes [B, H, W, C]; each is scored against its own background.",
-        )
+        "cube": cube_port("Scenes [B, H, W, C]; each is scored against its own background.")
     }
     OUTPUT_SPECS = {
-        "anomaly_map": PortSpec(
-            dtype=torch.float32,
-            shape=(-1, -1, -1, 1),
-            description="Detector statistic [B, H, W, 1]; larger is more anomalous.",
-        ),
-        "anomaly_score": PortSpec(
-            dtype=torch.float32, shape=(-1,), description="Image score [B]: the map's maximum."
-        ),
+        "anomaly_map": map_port("Detector statistic [B, H, W, 1]; larger is more anomalous."),
+        "anomaly_score": SCORE_PORT,
     }
 
     def __init__(
@@ -261,19 +257,11 @@ class ReflectanceNormalizer(Node):
     _tags = frozenset({NodeTag.NORMALIZATION, NodeTag.PREPROCESSING, NodeTag.HYPERSPECTRAL})
 
     INPUT_SPECS = {
-        "cube": PortSpec(
-            dtype=torch.Tensor,
-            shape=(-1, -1, -1, -1),
-            description="Camera cube [B, H, W, C] of any numeric type (e.g. uint16 counts).",
+        "cube": cube_port(
+            "Camera cube [B, H, W, C] of any numeric type (e.g. uint16 counts).", torch.Tensor
         )
     }
-    OUTPUT_SPECS = {
-        "cube": PortSpec(
-            dtype=torch.float32,
-            shape=(-1, -1, -1, -1),
-            description="Reflectance cube [B, H, W, C].",
-        )
-    }
+    OUTPUT_SPECS = {"cube": cube_port("Reflectance cube [B, H, W, C].")}
 
     def __init__(
         self,

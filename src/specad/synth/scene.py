@@ -288,44 +288,48 @@ LIQUIDS = {
 }
 
 
-def _add_solid(
-    scene: Scene,
-    rng: np.random.Generator,
-    cls: str,
-    cid: int,
-    pitch: float,
-    inner: float,
-    difficulty: float,
-    taken: list,
-) -> None:
-    n = scene.mask.shape[0]
+@dataclass
+class Placement:
+    """Where anomalies go: the scene, its generator, pixel pitch (mm), the tray's inner
+    half-width (px), the difficulty, and the objects placed so far (centre and radius)."""
+
+    scene: Scene
+    rng: np.random.Generator
+    pitch: float
+    inner: float
+    difficulty: float
+    taken: list[tuple[float, float, float]] = field(default_factory=list)
+
+
+def _add_solid(at: Placement, cls: str, cid: int) -> None:
+    n = at.scene.mask.shape[0]
     (lo, hi), _ = SIZES_MM[cls]
-    size_mm = float(np.exp(rng.uniform(np.log(lo), np.log(hi)))) * difficulty**-0.5
-    kind, radius, inside, meta = _solid(rng, cls, size_mm, pitch)
-    cy, cx = _place(rng, n, inner, pitch, radius, taken)
-    theta = rng.uniform(0, np.pi)
+    size_mm = float(np.exp(at.rng.uniform(np.log(lo), np.log(hi)))) * at.difficulty**-0.5
+    kind, radius, inside, meta = _solid(at.rng, cls, size_mm, at.pitch)
+    cy, cx = _place(at.rng, n, at.inner, at.pitch, radius, at.taken)
+    theta = at.rng.uniform(0, np.pi)
     rows, cols, cover, u, v = _rasterise(n, cy, cx, radius, theta, inside)
-    tilt = rng.normal(0, 0.08, 2)
+    tilt = at.rng.normal(0, 0.08, 2)
     height = tilt[0] * u + tilt[1] * v  # a flat face, slightly tilted
     thickness = None
     if kind == "leaf" or cls == "fake_leaf":
-        half_w = max(meta["width_mm"] / pitch / 2, 1.0)
-        curl = rng.uniform(0.1, 0.3) if kind == "leaf" else rng.uniform(0.03, 0.1)
+        half_w = max(meta["width_mm"] / at.pitch / 2, 1.0)
+        curl = at.rng.uniform(0.1, 0.3) if kind == "leaf" else at.rng.uniform(0.03, 0.1)
         height = height + curl * half_w * (1 - (v / half_w) ** 2) + 0.3 * np.exp(-(v**2) / 0.5)
     if kind == "foil":
         shape = cover.shape
-        height = height + rng.uniform(1.0, 2.0) * fbm(
-            rng, shape, [1.5 / pitch, 4 / pitch], [0.5, 1.0]
+        height = height + at.rng.uniform(1.0, 2.0) * fbm(
+            at.rng, shape, [1.5 / at.pitch, 4 / at.pitch], [0.5, 1.0]
         )
-        layers = 1 + np.clip(fbm(rng, shape, [5 / pitch], [1.0]), -0.8, 2.0)
-        thickness = rng.uniform(0.5, 1.0) / difficulty * layers
-    scene.patches.append(Patch(cls, kind, rows, cols, cover, height, thickness))
-    own = scene.mask[rows, cols]
+        layers = 1 + np.clip(fbm(at.rng, shape, [5 / at.pitch], [1.0]), -0.8, 2.0)
+        thickness = at.rng.uniform(0.5, 1.0) / at.difficulty * layers
+    at.scene.patches.append(Patch(cls, kind, rows, cols, cover, height, thickness))
+    own = at.scene.mask[rows, cols]
     hit = cover >= MASK_COVER
     if not hit.any():  # sub-pixel object: its most-covered pixel carries the label
         hit = cover == cover.max()
     own[hit] = cid
-    scene.objects.append(
+    at.scene.objects.append(
         {
             "class": cls,
             "centre_px": [round(cy, 2), round(cx, 2)],
@@ -335,37 +339,29 @@ def _add_solid(
     )
 
 
-def _add_liquid(
-    scene: Scene,
-    rng: np.random.Generator,
-    cls: str,
-    cid: int,
-    pitch: float,
-    inner: float,
-    difficulty: float,
-) -> None:
+def _add_liquid(at: Placement, cls: str, cid: int) -> None:
     """A soaked spot: depth d0 * sqrt(1 - rho^2) inside an irregular outline, uneven wetting."""
-    n = scene.mask.shape[0]
+    n = at.scene.mask.shape[0]
     material, (r_lo, r_hi), (d_lo, d_hi) = LIQUIDS[cls]
-    radius = rng.uniform(r_lo, r_hi) * difficulty**-0.5 / pitch
-    depth0 = rng.uniform(d_lo, d_hi) / difficulty
-    cy, cx = _place(rng, n, inner, pitch, radius * 1.5, [])
-    edge = _outline(rng, 0.3)
+    radius = at.rng.uniform(r_lo, r_hi) * at.difficulty**-0.5 / at.pitch
+    depth0 = at.rng.uniform(d_lo, d_hi) / at.difficulty
+    cy, cx = _place(at.rng, n, at.inner, at.pitch, radius * 1.5, [])
+    edge = _outline(at.rng, 0.3)
     rows, cols = _window(n, cy, cx, radius * 1.5)
     u, v = _local(np.arange(rows.start, rows.stop), np.arange(cols.start, cols.stop), cy, cx, 0.0)
     rho = np.hypot(u, v) / (radius * edge(np.arctan2(v, u)))
     wet = np.sqrt(np.clip(1 - rho**2, 0, 1))
-    wet *= np.clip(1 + 0.25 * fbm(rng, wet.shape, [2 / pitch], [1.0]), 0.3, None)
+    wet *= np.clip(1 + 0.25 * fbm(at.rng, wet.shape, [2 / at.pitch], [1.0]), 0.3, None)
     depth = np.zeros((n, n))
     depth[rows, cols] = depth0 * wet * (rho < 1)
-    scene.liquids[material] = np.maximum(scene.liquids.get(material, 0.0), depth)
-    scene.mask[depth > 0] = cid
-    scene.objects.append(
+    at.scene.liquids[material] = np.maximum(at.scene.liquids.get(material, 0.0), depth)
+    at.scene.mask[depth > 0] = cid
+    at.scene.objects.append(
         {
             "class": cls,
             "material": material,
             "centre_px": [round(cy, 2), round(cx, 2)],
-            "size_mm": round(2 * radius * pitch, 2),
+            "size_mm": round(2 * radius * at.pitch, 2),
             "depth_mm": round(depth0, 2),
         }
     )
@@ -379,11 +375,11 @@ def make_scene(
     scene.inner = inner
     if cls is None:
         return scene
+    at = Placement(scene, rng, pitch, inner, difficulty)
     if cls in LIQUIDS:
-        _add_liquid(scene, rng, cls, cid, pitch, inner, difficulty)
+        _add_liquid(at, cls, cid)
         return scene
     _, (lo, hi) = SIZES_MM[cls]
-    taken: list = []
     for _ in range(int(rng.integers(lo, hi + 1))):
-        _add_solid(scene, rng, cls, cid, pitch, inner, difficulty, taken)
+        _add_solid(at, cls, cid)
     return scene
