@@ -7,7 +7,8 @@ size and on the CPU, whether that holds for specad's EfficientAD and whether ``k
 what the autoencoder finds.
 
 Normal images: a grey tray with a red disk in the left part and a blue one in the right part
-(positions jittered by 3 % of the side, pixel noise 0.02). Anomalies, 10 each: the colours
+(``--radius`` and ``--gap`` as shares of the side, positions jittered by 3 % of it, pixel
+noise 0.02). Anomalies, 10 each: the colours
 ``swap``ped, ``both_red``, the blue disk ``missing``. 40 train, 10 val and 10 test normal
 images. knn with its defaults (images standardised); EfficientAD with the random PDN teacher
 (``--teacher``), no penalty, ``--steps`` steps: its combined map and the student-teacher and
@@ -41,13 +42,13 @@ RED, BLUE = (0.9, 0.1, 0.1), (0.1, 0.1, 0.9)
 LAYOUTS = {"normal": (RED, BLUE), "swap": (BLUE, RED), "both_red": (RED, RED), "missing": (RED,)}
 
 
-def tray(kind: str, size: int, gap: float, rng: np.random.Generator) -> torch.Tensor:
-    """One [3, S, S] image: disks of radius 5 % of the side, centres ``gap`` apart."""
+def tray(kind: str, size: int, gap: float, radius: float, rng: np.random.Generator) -> torch.Tensor:
+    """One [3, S, S] image: disks of ``radius`` (a share of the side), centres ``gap`` apart."""
     yy, xx = np.mgrid[:size, :size] / size
     img = 0.5 + 0.02 * rng.standard_normal((3, size, size))
     for centre, colour in zip((0.5 - gap / 2, 0.5 + gap / 2), LAYOUTS[kind], strict=False):
         cy, cx = 0.5 + rng.uniform(-0.03, 0.03), centre + rng.uniform(-0.03, 0.03)
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 < 0.05**2
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
         img[:, disk] = np.asarray(colour)[:, None]
     return torch.tensor(img, dtype=torch.float32)
 
@@ -65,6 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--gap", type=float, default=0.76, help="centre distance / side")
+    parser.add_argument("--radius", type=float, default=0.05, help="disk radius / side")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--teacher", default="pdn-random")
     parser.add_argument("--threads", type=int, default=1)
@@ -73,8 +75,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # 10 validation images cannot set a 1 % false-alarm rate
     rng = np.random.default_rng(0)
-    images = [tray("normal", args.size, args.gap, rng) for _ in range(60)]
-    anomalies = [tray(k, args.size, args.gap, rng) for k in KINDS for _ in range(10)]
+    shape = (args.size, args.gap, args.radius, rng)
+    images = [tray("normal", *shape) for _ in range(60)]
+    anomalies = [tray(k, *shape) for k in KINDS for _ in range(10)]
     train, val = torch.stack(images[:40]), torch.stack(images[40:50])
     test = torch.stack(images[50:] + anomalies)
     rows = {}
@@ -95,8 +98,8 @@ def main() -> None:
     rows["EfficientAD, student-teacher map"] = (per_kind(st.amax((1, 2, 3)).numpy()), seconds)
     rows["EfficientAD, autoencoder map"] = (per_kind(ae.amax((1, 2, 3)).numpy()), seconds)
     lines = [
-        f"## {args.size} px, disks {args.gap:g} of the side apart, EfficientAD {args.steps} steps "
-        f"({args.teacher})",
+        f"## {args.size} px, disks of radius {args.radius:g} and {args.gap:g} of the side apart, "
+        f"EfficientAD {args.steps} steps ({args.teacher})",
         "",
         f"`python {shlex.join(sys.argv)}`, {time.strftime('%Y-%m-%d %H:%M')}, "
         f"{cpu_model()} ({' '.join(cpu_speed_flags())}), {args.threads} thread(s).",

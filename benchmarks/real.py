@@ -267,6 +267,9 @@ def write_report(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> N
         "shared CPU (seconds are then upper bounds, images/s lower bounds). EfficientAD rows "
         "train the CPU preset (`examples/cpu.yaml`) for the steps given.",
         "",
+        "Logical anomalies (a part missing, swapped or doubled: what EfficientAD's autoencoder is "
+        "for), which these datasets do not have: [logical_results.md](logical_results.md).",
+        "",
     ]
     for dataset, rows in results.items():
         lines += report_section(dataset, rows)
