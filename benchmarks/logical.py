@@ -1,14 +1,11 @@
 """Logical anomalies: a part missing, swapped or doubled, where every local patch is normal.
 
-EfficientAD's autoencoder exists for these (Batzner et al. 2023, MVTec LOCO): it reconstructs
-the teacher's features through a bottleneck that sees the whole image, so it learns which part
-goes where, while patch statistics only know what parts look like. This probe asks, at test
+EfficientAD's autoencoder exists for these (`specad.synth.logical`). This probe asks, at test
 size and on the CPU, whether that holds for specad's EfficientAD and whether ``knn`` misses
 what the autoencoder finds.
 
-Normal images: a grey tray with a red disk in the left part and a blue one in the right part
-(``--radius`` and ``--gap`` as shares of the side, positions jittered by 3 % of it, pixel
-noise 0.02). Anomalies, 10 each: the colours
+Images (`two_part_tray`): a red disk in the left part and a blue one in the right part of a
+grey tray (``--radius`` and ``--gap`` as shares of the side). Anomalies, 10 each: the colours
 ``swap``ped, ``both_red``, the blue disk ``missing``. 40 train, 10 val and 10 test normal
 images. knn with its defaults (images standardised); EfficientAD with the random PDN teacher
 (``--teacher``), no penalty, ``--steps`` steps: its combined map and the student-teacher and
@@ -35,22 +32,9 @@ from specad.config import ModelConfig, PenaltyConfig, TrainConfig, Training
 from specad.models.efficientad_detector import EfficientADDetector
 from specad.models.knn import KNN
 from specad.runtime import cpu_model, cpu_speed_flags
+from specad.synth.logical import KINDS, two_part_tray
 
 HERE = Path(__file__).resolve().parent
-KINDS = ("swap", "both_red", "missing")
-RED, BLUE = (0.9, 0.1, 0.1), (0.1, 0.1, 0.9)
-LAYOUTS = {"normal": (RED, BLUE), "swap": (BLUE, RED), "both_red": (RED, RED), "missing": (RED,)}
-
-
-def tray(kind: str, size: int, gap: float, radius: float, rng: np.random.Generator) -> torch.Tensor:
-    """One [3, S, S] image: disks of ``radius`` (a share of the side), centres ``gap`` apart."""
-    yy, xx = np.mgrid[:size, :size] / size
-    img = 0.5 + 0.02 * rng.standard_normal((3, size, size))
-    for centre, colour in zip((0.5 - gap / 2, 0.5 + gap / 2), LAYOUTS[kind], strict=False):
-        cy, cx = 0.5 + rng.uniform(-0.03, 0.03), centre + rng.uniform(-0.03, 0.03)
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
-        img[:, disk] = np.asarray(colour)[:, None]
-    return torch.tensor(img, dtype=torch.float32)
 
 
 def per_kind(scores: np.ndarray) -> dict[str, float]:
@@ -76,8 +60,8 @@ def main() -> None:
     warnings.simplefilter("ignore")  # 10 validation images cannot set a 1 % false-alarm rate
     rng = np.random.default_rng(0)
     shape = (args.size, args.gap, args.radius, rng)
-    images = [tray("normal", *shape) for _ in range(60)]
-    anomalies = [tray(k, *shape) for k in KINDS for _ in range(10)]
+    images = [two_part_tray("normal", *shape) for _ in range(60)]
+    anomalies = [two_part_tray(k, *shape) for k in KINDS for _ in range(10)]
     train, val = torch.stack(images[:40]), torch.stack(images[40:50])
     test = torch.stack(images[50:] + anomalies)
     rows = {}

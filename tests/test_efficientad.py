@@ -228,3 +228,33 @@ def test_lite0_student_is_padded_onto_half_its_grid_and_exports_to_onnx(tmp_path
     with torch.no_grad():
         reference = model.anomaly_map(x)
     assert torch.allclose(OnnxRunner(onnx)(x), reference, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_autoencoder_finds_a_missing_part_that_patches_cannot() -> None:
+    # EfficientAD's reason to exist beside patch methods: with the blue disk left out, every
+    # patch of the image still occurs in normal ones (benchmarks/logical_results.md)
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from specad.config import PenaltyConfig, TrainConfig, Training
+    from specad.models.efficientad_detector import EfficientADDetector
+    from specad.synth.logical import two_part_tray
+
+    rng = np.random.default_rng(0)
+    normal = torch.stack([two_part_tray("normal", 64, 0.5, 0.1, rng) for _ in range(60)])
+    missing = torch.stack([two_part_tray("missing", 64, 0.5, 0.1, rng) for _ in range(10)])
+    training = Training(
+        train=TrainConfig(steps=150, device="cpu", export=[]), penalty=PenaltyConfig(enabled=False)
+    )
+    det = EfficientADDetector(model=ModelConfig(teacher="pdn-random"), training=training)
+    det.fit_maps(normal[:40], normal[40:50])
+    with torch.no_grad():
+        student_teacher, autoencoder = det.trained_network.maps(torch.cat([normal[50:], missing]))
+    labels = [0] * 10 + [1] * 10
+
+    def auroc(maps: torch.Tensor) -> float:
+        return float(roc_auc_score(labels, maps.amax((1, 2, 3)).numpy()))
+
+    assert auroc(autoencoder) >= 0.95
+    assert auroc(autoencoder) > auroc(student_teacher) + 0.3
