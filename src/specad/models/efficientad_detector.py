@@ -139,10 +139,11 @@ class EfficientADDetector(BaseDetector):
     def saved_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         """Files written before the parameters were the model and training sections kept the
         whole config as ``config``; its dataset path is not a parameter any more."""
-        if set(params) != {"config"}:
-            return params
-        config = params["config"]
-        data = config.get("data", {})
+        config = params.get("config") if isinstance(params, dict) else None
+        if not isinstance(config, dict) or set(params) != {"config"}:
+            return params  # anything else is refused by the parameters' validation
+        data = config.get("data")
+        data = data if isinstance(data, dict) else {}
         training = {key: config[key] for key in ("train", "penalty") if key in config}
         training |= {key: data[key] for key in ("flips", "rot90") if key in data}
         return {"model": config.get("model", {}), "training": training}
