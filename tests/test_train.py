@@ -127,7 +127,8 @@ def test_a_file_with_the_whole_config_as_parameter_still_loads(
     header["fitted"] = json.dumps(fitted)
     save_file(load_file(run / "model.safetensors"), old / "model.safetensors", metadata=header)
     then, now = (Detector.load(r, runtime="torch").model for r in (old, run))
-    assert then.get_params() == now.get_params() and then.training_data is None
+    assert then.get_params() == now.get_params()
+    assert then.training_data == now.training_data == root  # from the config's data section
     x = torch.rand(2, 6, 64, 64)
     torch.testing.assert_close(then.score_maps(x), now.score_maps(x))
 

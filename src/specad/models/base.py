@@ -294,10 +294,13 @@ class BaseDetector(ABC):
         return self
 
     @classmethod
-    def saved_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        """Parameters as a saved file holds them, in today's names: a file outlives a rename
-        of its detector's parameters (identity unless a detector renamed some)."""
-        return params
+    def saved_state(
+        cls, params: dict[str, Any], values: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Parameters and fitted values as a saved file holds them, in today's names: a file
+        outlives a rename of its detector's parameters (identity unless a detector renamed
+        some). Either may be anything a file holds: validation comes after."""
+        return params, values
 
     @classmethod
     def legacy_state(

@@ -136,17 +136,21 @@ class EfficientADDetector(BaseDetector):
         }
 
     @classmethod
-    def saved_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+    def saved_state(
+        cls, params: dict[str, Any], values: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Files written before the parameters were the model and training sections kept the
-        whole config as ``config``; its dataset path is not a parameter any more."""
+        whole config as ``config``: its dataset becomes the fitted ``training_data``."""
         config = params.get("config") if isinstance(params, dict) else None
         if not isinstance(config, dict) or set(params) != {"config"}:
-            return params  # anything else is refused by the parameters' validation
+            return params, values  # anything else is refused by the parameters' validation
         data = config.get("data")
         data = data if isinstance(data, dict) else {}
         training = {key: config[key] for key in ("train", "penalty") if key in config}
         training |= {key: data[key] for key in ("flips", "rot90") if key in data}
-        return {"model": config.get("model", {}), "training": training}
+        if isinstance(values, dict) and "training_data" not in values:
+            values = values | {"training_data": data.get("root")}
+        return {"model": config.get("model", {}), "training": training}, values
 
     @classmethod
     def legacy_state(

@@ -95,7 +95,8 @@ def restore(
     """A fitted detector of ``kind`` from its parameters and state; errors name ``path``."""
     cls = detector_class(kind, path)
     try:
-        return cls(**cls.saved_params(params)).restore(tensors, values)
+        params, values = cls.saved_state(params, values)
+        return cls(**params).restore(tensors, values)
     except SpecadError as err:
         raise SpecadError(str(err), path) from err
     except (KeyError, TypeError, ValueError) as err:
