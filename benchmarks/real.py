@@ -268,8 +268,8 @@ def write_report(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> N
         "train the CPU preset (`examples/cpu.yaml`) for the steps given. anomalib Patchcore keeps "
         "a 1 % coreset unless its row says otherwise (its default 10 % would take hours of greedy "
         "selection on 2 cores; on MTD's 681,984 patches 1 % was about 1 h 45 min on one core, so "
-        "that row keeps 0.1 %). anomalib EfficientAd has no MTD row here: on this 2-core CPU it "
-        "needs more than 80 minutes of a core plus scoring, more than a session had left; it ran "
+        "that row keeps 0.1 %). anomalib EfficientAd has no MTD row here: a CPU run (800 steps) "
+        "stopped unfinished after 44 minutes of one core, when the session ran out; it ran "
         "on a lent H200 on a copy of MTD shrunk to 256 px a side "
         "([real_results_h200.md](real_results_h200.md)).",
         "",
