@@ -276,7 +276,9 @@ def write_report(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> N
         "train the CPU preset (`examples/cpu.yaml`) for the steps given. anomalib Patchcore keeps "
         "a 1 % coreset unless its row says otherwise (its default 10 % would take hours of greedy "
         "selection on 2 cores; on MTD's 681,984 patches 1 % was about 1 h 45 min on one core, so "
-        "that row keeps 0.1 %).",
+        "that row keeps 0.1 %). The anomalib EfficientAd rows (random PDN teacher: anomalib's "
+        "pretrained one is a download) ran with one thread each (`OMP_NUM_THREADS=1`), two at "
+        "once, so their fit seconds are one core's.",
         *(
             f"\n{reason}"
             for (dataset, detector), reason in MISSING.items()
