@@ -253,14 +253,6 @@ def report_section(dataset: str, rows: dict[str, dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
-MISSING = {
-    ("mtd", "anomalib"): "anomalib EfficientAd has no MTD row here: a CPU run (800 steps) stopped "
-    "unfinished after 44 minutes of one core, when the session ran out; it ran on a lent H200 on "
-    "a copy of MTD shrunk to 256 px a side ([real_results_h200.md](real_results_h200.md)).",
-}
-"""Why a row is absent, said in the report only while it is."""
-
-
 def write_report(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     lines = [
         "# Real data: every detector on every shared dataset with masks",
@@ -279,11 +271,6 @@ def write_report(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> N
         "that row keeps 0.1 %). The anomalib EfficientAd rows (random PDN teacher: anomalib's "
         "pretrained one is a download) ran with one thread each (`OMP_NUM_THREADS=1`), two at "
         "once, so their fit seconds are one core's.",
-        *(
-            f"\n{reason}"
-            for (dataset, detector), reason in MISSING.items()
-            if detector not in results.get(dataset, {})
-        ),
         "",
         "Logical anomalies (a part missing, swapped or doubled: what EfficientAD's autoencoder is "
         "for), which these datasets do not have: [logical_results.md](logical_results.md).",
