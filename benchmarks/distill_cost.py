@@ -2,10 +2,10 @@
 schedule would take (issue 29).
 
 The paper pretrains the PDN on ImageNet for 60,000 steps at batch 16 and 256 px, regressing a
-pretrained backbone's features. Here: one distillation step (`specad.models.efficientad.PDN`
-forward and backward, Adam, 384 outputs) and the targets' extraction (EfficientNet-Lite0 blocks
-4, 10, 12 and 15, the ImageNet weights `knn` uses) are timed at each size, median of
-``--repeats``, and the schedule is extrapolated. Prints the CPU (or GPU) and the numbers.
+pretrained backbone's features. Here: one step of `specad teacher distill` as it runs (a padded
+small PDN, Adam, the EfficientNet-Lite0 teacher's 152 outputs) and its targets' extraction (that
+teacher on the input upsampled twice) are timed at each size, median of ``--repeats``, and the
+schedule is extrapolated. Prints the CPU (or GPU) and the numbers.
 
     .venv/bin/python benchmarks/distill_cost.py [--threads 2] [--device cpu]
 """
@@ -17,6 +17,7 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from specad.models.efficientad import PDN
 from specad.models.teachers import EfficientNetLite0Teacher
@@ -51,9 +52,9 @@ def main() -> None:
     device = torch.device(pick_device(args.device))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     print(f"{name}, {args.threads} threads, torch {torch.__version__}, batch {args.batch}")
-    pdn = PDN(3, out_channels=384, size="small").to(device)
+    extractor = EfficientNetLite0Teacher(3).to(device)
+    pdn = PDN(3, out_channels=extractor.out_channels, padding=True).to(device)
     optimizer = torch.optim.Adam(pdn.parameters(), lr=1e-4, weight_decay=1e-5)
-    extractor = EfficientNetLite0Teacher(3, blocks=(4, 10, 12, 15)).to(device)
     for size in (128, PAPER_SIZE):
         x = torch.rand(args.batch, 3, size, size, device=device)
 
@@ -65,7 +66,7 @@ def main() -> None:
 
         def targets(x: torch.Tensor = x) -> None:
             with torch.no_grad():
-                extractor(x)
+                extractor(F.interpolate(x, scale_factor=2, mode="bilinear"))
 
         per_image = seconds(step, args.repeats, device) + seconds(targets, args.repeats, device)
         per_image /= args.batch

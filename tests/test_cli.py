@@ -129,7 +129,27 @@ def test_teacher_adapt_duplicates_and_scales(tmp_path: Path) -> None:
 
 
 def test_teacher_info_names_weights_sha256() -> None:
-    assert "sha256: 579344248a93" in specad("teacher", "info").stdout
+    shown = specad("teacher", "info").stdout
+    assert "sha256: 579344248a93" in shown  # EfficientNet-Lite0's weights
+    assert "pdn-distilled" in shown and "distilled_from: efficientnet-lite0" in shown
+
+
+def test_teacher_distill_writes_a_teacher_that_trains(tmp_path: Path) -> None:
+    teacher = tmp_path / "t.safetensors"
+    args = ("teacher", "distill", "--out", str(teacher), "--steps", "2", "--batch-size", "1")
+    specad(*args, "--image-size", "32")
+    shown = specad("teacher", "info", str(teacher)).stdout
+    assert "2 steps x 1 random crops of 32 px" in shown and "chelsea.png" in shown
+    before = teacher.read_bytes()
+    refused = specad(*args, ok=False)  # never overwrites a teacher without --resume
+    assert "exists" in refused.stderr and teacher.read_bytes() == before
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"root": str(make_dataset(tmp_path / "ds")), "image_size": 64},
+        "model": {"teacher": "pdn-file", "teacher_file": str(teacher)},
+        "train": {"steps": 2, "export": []},
+    }))  # fmt: skip
+    specad("train", "-c", str(cfg), "--out", str(tmp_path / "run"), "--device", "cpu")
 
 
 @pytest.mark.real_data

@@ -1,21 +1,22 @@
-"""Teacher sources: RGB-to-N adaptation identity, files, EfficientNet-Lite0, distillation."""
+"""Teacher sources: RGB-to-N adaptation identity, files, EfficientNet-Lite0, provenance."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch import nn
 
 from specad.errors import SpecadError
+from specad.io import file_sha256
 from specad.models.efficientad import PDN
 from specad.models.teachers import (
+    DISTILLED,
     EfficientNetLite0Teacher,
     adapt_first_conv,
     adapt_teacher_file,
-    distill,
     load_torch_state_dict,
     pdn_teacher,
     teacher_info,
@@ -112,31 +113,31 @@ def test_random_teacher_is_seeded_and_frozen() -> None:
     assert not a.training and not any(p.requires_grad for p in a.parameters())
 
 
-def test_distill_resume_is_identical(tmp_path: Path) -> None:
-    images = torch.rand(6, 4, 64, 64, generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    extractor = nn.Conv2d(4, 8, 8, stride=8)
-
-    def run(path: Path, steps: int, resume: bool) -> PDN:
-        torch.manual_seed(1)
-        pdn = PDN(4, 8)
-        distill(pdn, extractor, images, steps, path, batch_size=2, resume=resume, stat_batches=2)
-        return pdn
-
-    straight = run(tmp_path / "a.safetensors", 4, resume=False)
-    run(tmp_path / "b.safetensors", 2, resume=False)
-    resumed = run(tmp_path / "b.safetensors", 4, resume=True)
-    for key, value in straight.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
-    assert torch.equal(load_file(tmp_path / "b.safetensors")["conv4.weight"], resumed.conv4.weight)
-
-
 def test_teacher_info() -> None:
     info = {entry["name"]: entry for entry in teacher_info()}
-    assert set(info) == {"efficientnet-lite0", "random", "file"}
+    assert set(info) == {"efficientnet-lite0", "pdn-distilled", "pdn-random", "pdn-file"}
     lite = info["efficientnet-lite0"]
     assert len(lite["sha256"]) == 64 and lite["version"] == "0.1.0"
     assert "Apache" in lite["licence"] and "Apache" in lite["weights_licence"]
+    shipped = info["pdn-distilled"]
+    assert shipped["sha256"] == file_sha256(DISTILLED)
+    assert "chelsea.png" in shipped["data"] and "specad teacher distill" in shipped["command"]
+    assert shipped["schedule"].split()[0].isdigit()
+
+
+def test_shipped_teacher_loads_offline_for_any_channels(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the weights are package data: loading must not touch the network
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the shipped teacher tried to use the network")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    rgb = pdn_teacher(3, source=DISTILLED)
+    six = pdn_teacher(6, source=DISTILLED)
+    assert rgb.conv4.out_channels == EfficientNetLite0Teacher(3).out_channels
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(six(_copies(x, 6)), rgb(x), rtol=1e-4, atol=1e-4)
+        assert rgb(x).std() > 0
 
 
 @pytest.mark.parametrize("size", [255, 256, 97])

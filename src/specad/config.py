@@ -42,7 +42,7 @@ class DataConfig(Strict):
 
 
 class ModelConfig(Strict):
-    teacher: Literal["efficientnet-lite0", "pdn-random", "pdn-file"] = "pdn-random"
+    teacher: Literal["efficientnet-lite0", "pdn-random", "pdn-distilled", "pdn-file"] = "pdn-random"
     teacher_file: Path | None = None
     channel_mapping: Literal["repeat", "wavelength"] = "repeat"
     size: Literal["small", "medium"] = "small"

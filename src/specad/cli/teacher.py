@@ -40,62 +40,80 @@ def teacher_adapt(
 @teacher_app.command("distill")
 def teacher_distill(
     out_file: Annotated[Path, typer.Option("--out", "-o", help="PDN teacher .safetensors.")],
-    channels: Annotated[int, typer.Option(help="Number of input channels N.")],
-    extractor: Annotated[
-        str, typer.Option(help="efficientnet-lite0, or module:function(in_channels) -> nn.Module.")
-    ] = "efficientnet-lite0",
     images: Annotated[
-        Path | None, typer.Option(help="Folder of natural images (default: scikit-image's).")
+        list[Path] | None,
+        typer.Option(help="Folder of photos, added to scikit-image's and scikit-learn's."),
     ] = None,
     steps: Annotated[int, typer.Option(help="Total steps (the paper: 60,000 at batch 16).")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 8,
-    image_size: Annotated[int, typer.Option(help="Crop size in pixels.")] = 256,
-    size: Annotated[str, typer.Option(help="PDN size: small or medium.")] = "small",
+    batch_size: Annotated[int, typer.Option(help="Crops per step.")] = 8,
+    image_size: Annotated[int, typer.Option(help="Crop size in pixels.")] = 128,
+    lr: Annotated[float, typer.Option(help="Initial learning rate (cosine to 0).")] = 1e-3,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's checkpoint.")] = False,
     device: Device = "auto",
 ) -> None:
-    """Distil a feature extractor into a PDN teacher (slow on a CPU; a GPU is the place for it)."""
+    """Distil the EfficientNet-Lite0 teacher's features into an RGB PDN teacher (small).
+
+    The file loads with model.teacher=pdn-file (adapted to N channels like any RGB teacher) and
+    records how it was made (specad teacher info FILE). Slow on a CPU: a GPU is the place for it.
+    """
+    import sys
+    from importlib.metadata import version
+
     import torch
 
+    from specad.models.distill import NaturalCrops, distill, offline_photos
     from specad.models.efficientad import PDN
-    from specad.models.teachers import EfficientNetLite0Teacher, distill
-    from specad.penalty import PenaltySet
-    from specad.runtime import pick_device
+    from specad.models.teachers import EfficientNetLite0Teacher
+    from specad.runtime import cpu_model, pick_device
 
     if out_file.exists() and not resume:
         fail(f"{out_file}: exists; use --resume to continue it or choose another name")
     dev = pick_device(device)
-    if extractor == "efficientnet-lite0":
-        net = EfficientNetLite0Teacher(channels)
-    else:
-        net = _import_callable(extractor)(channels)
-    net = net.to(dev)
-    x = PenaltySet(channels, image_size, folder=images).images()
-    with torch.no_grad():
-        out_channels = net(x[:1].to(dev)).shape[1]
-    pdn = PDN(channels, out_channels=out_channels, size=size).to(dev)
-    losses = distill(pdn, net, x, steps, out_file, batch_size=batch_size, resume=resume)
+    files = offline_photos(images or [])
+    extractor = EfficientNetLite0Teacher(3).to(dev)
+    pdn = PDN(3, out_channels=extractor.out_channels, size="small", padding=True).to(dev)
+    made = {
+        "extractor": "efficientnet-lite0 blocks 4+10 (specad's teacher), input upsampled 2x",
+        "photos": sorted(p.name for p in files),
+        "photo_sources": [
+            f"scikit-image {version('scikit-image')} and scikit-learn {version('scikit-learn')} "
+            "sample photos (their wheels)",
+            *(str(folder) for folder in images or []),
+        ],
+        "crop_px": image_size,
+        "batch_size": batch_size,
+        "lr": lr,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "command": " ".join(["specad", *sys.argv[1:]]),
+    }
+    losses = distill(
+        pdn,
+        extractor,
+        NaturalCrops(files, image_size),
+        steps,
+        out_file,
+        lr=lr,
+        batch_size=batch_size,
+        resume=resume,
+        provenance=made,
+    )
     if losses:
         out.print(f"last loss {losses[-1]:.4f} after {len(losses)} steps")
     out.print(str(out_file), markup=False, highlight=False, soft_wrap=True)
 
 
-def _import_callable(spec: str):
-    import importlib
-
-    module, _, name = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        fail(f"cannot import extractor '{spec}' ({e}); expected module:function")
-
-
 @teacher_app.command("info")
-def teacher_info_cmd() -> None:
-    """Each teacher source with its provenance (package, version, sha256, licence)."""
-    from specad.models.teachers import teacher_info
+def teacher_info_cmd(
+    teacher_file: Annotated[
+        Path | None, typer.Argument(help="A distilled teacher file (default: every source).")
+    ] = None,
+) -> None:
+    """Each teacher source with its provenance (package, data, schedule, sha256, licence)."""
+    from specad.models.teachers import distilled_info, teacher_info
 
-    for row in teacher_info():
+    for row in teacher_info() if teacher_file is None else [distilled_info(teacher_file)]:
         out.print(f"[bold]{row['name']}[/bold]")
         for key, value in row.items():
             if key != "name" and value is not None:

