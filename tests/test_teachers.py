@@ -99,8 +99,9 @@ def test_bad_teacher_files(tmp_path: Path, rgb_file: Path) -> None:
     for path in (corrupt, tmp_path / "missing.safetensors"):
         with pytest.raises(SpecadError, match=path.name):
             load_torch_state_dict(path)
-    with pytest.raises(SpecadError, match=rgb_file.name):  # 32 outputs, not 384
-        pdn_teacher(6, source=rgb_file)
+    assert pdn_teacher(6, source=rgb_file).conv4.out_channels == 32  # the file's own width
+    with pytest.raises(SpecadError, match=rgb_file.name):  # a small PDN's file, not a medium's
+        pdn_teacher(6, size="medium", source=rgb_file)
     wrong = tmp_path / "wrong.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
     with pytest.raises(SpecadError, match=wrong.name):
