@@ -40,7 +40,7 @@ def test_crops_are_seeded_varied_and_in_range(photos: list[Path]) -> None:
 def test_crops_refuse_no_photos_and_too_small_ones(photos: list[Path]) -> None:
     with pytest.raises(SpecadError, match="no photos"):
         NaturalCrops([], 32)
-    with pytest.raises(SpecadError, match="at least 48 px"):
+    with pytest.raises(SpecadError, match="photo1.png: photos must be at least 48 px"):
         NaturalCrops(photos, 48)  # photo1 is 40 px wide
 
 

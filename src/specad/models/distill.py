@@ -68,15 +68,16 @@ class NaturalCrops:
         self.size = size
         self.files = list(files)
         self.photos = [_read_rgb(path, max_side) for path in self.files]
-        if min(min(p.shape[-2:]) for p in self.photos) < size:
-            raise SpecadError(f"every photo must be at least {size} px on its short side")
+        for path, photo in zip(self.files, self.photos, strict=True):
+            if min(photo.shape[-2:]) < size:
+                raise SpecadError(f"photos must be at least {size} px on their short side", path)
 
     def sample(self, batch: int, generator: torch.Generator) -> Tensor:
         """A [B, 3, S, S] batch in [0, 1]."""
         return torch.cat([self._crop(generator) for _ in range(batch)])
 
     def _crop(self, g: torch.Generator) -> Tensor:
-        u = torch.rand(8, generator=g).tolist()
+        u = torch.rand(8, generator=g).tolist()  # 7 used; 8 kept: the shipped teacher's stream
         photo = self.photos[int(u[0] * len(self.photos))]
         h, w = photo.shape[-2:]
         lo, hi = math.log(self.size / 2), math.log(min(h, w))
