@@ -311,7 +311,7 @@ def distilled_info(path: Path = DISTILLED) -> dict[str, str | None]:
         "cost": f"{made.get('train_seconds')} s on {made.get('device')}, "
         f"{made.get('threads')} threads, torch {made.get('torch')}",
         "command": str(made.get("command")),
-        "stored": made.get("stored_as"),
+        "stored": str(made["stored_as"]) if "stored_as" in made else None,
         "weights_file": str(path),
         "sha256": file_sha256(path),
     }
