@@ -35,6 +35,14 @@ def natural_images() -> list[Path]:
     return [base / n for n in SKIMAGE_NATURAL if (base / n).is_file()]
 
 
+def image_files(folder: str | Path, what: str = "image folder") -> list[Path]:
+    """Every image under ``folder``, sorted; a missing folder is a `SpecadError` naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SpecadError(f"{what} not found", folder)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 class PenaltySet:
     """Natural RGB images turned into N-channel penalty images on the fly (EfficientAD's
     "ImageNet penalty"), so that no N-channel copy is ever stored.
@@ -64,12 +72,7 @@ class PenaltySet:
 
     @staticmethod
     def _files(folder: str | Path | None) -> list[Path]:
-        if folder is None:
-            return natural_images()
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise SpecadError("penalty image folder not found", folder)
-        return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return natural_images() if folder is None else image_files(folder, "penalty image folder")
 
     def __len__(self) -> int:
         return len(self.files)

@@ -24,10 +24,9 @@ from torch import Tensor, nn
 
 from specad.checkpoint import load_state, save_state
 from specad.errors import SpecadError
-from specad.io import IMAGE_SUFFIXES
 from specad.models.efficientad import PDN, channel_stats
 from specad.models.teachers import save_teacher_file, teacher_metadata
-from specad.penalty import natural_images
+from specad.penalty import image_files, natural_images
 
 GREY_PHOTOS = ("camera.png", "coins.png", "moon.png", "page.png", "text.png")
 """scikit-image's grey photos, which the penalty set leaves out but distillation can use."""
@@ -46,11 +45,7 @@ def offline_photos(folders: Sequence[Path] = ()) -> list[Path]:
     sklearn_images = Path(sklearn.datasets.__file__).parent / "images"
     files = natural_images() + [p for p in grey if p.is_file()]
     files += sorted(sklearn_images.glob("*.jpg"))
-    for folder in folders:
-        if not Path(folder).is_dir():
-            raise SpecadError("image folder not found", folder)
-        files += sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    return files
+    return files + [path for folder in folders for path in image_files(folder)]
 
 
 class NaturalCrops:
