@@ -143,6 +143,10 @@ def test_teacher_distill_writes_a_teacher_that_trains(tmp_path: Path) -> None:
     before = teacher.read_bytes()
     refused = specad(*args, ok=False)  # never overwrites a teacher without --resume
     assert "exists" in refused.stderr and teacher.read_bytes() == before
+    specad(
+        "teacher", "distill", "--out", str(tmp_path / "none.safetensors"), "--steps", "0", ok=False
+    )
+    assert not (tmp_path / "none.safetensors").exists()
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({
         "data": {"root": str(make_dataset(tmp_path / "ds")), "image_size": 64},

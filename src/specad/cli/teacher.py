@@ -44,10 +44,12 @@ def teacher_distill(
         list[Path] | None,
         typer.Option(help="Folder of photos, added to scikit-image's and scikit-learn's."),
     ] = None,
-    steps: Annotated[int, typer.Option(help="Total steps (the paper: 60,000 at batch 16).")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Crops per step.")] = 8,
-    image_size: Annotated[int, typer.Option(help="Crop size in pixels.")] = 128,
-    lr: Annotated[float, typer.Option(help="Initial learning rate (cosine to 0).")] = 1e-3,
+    steps: Annotated[
+        int, typer.Option(min=1, help="Total steps (the paper: 60,000 at batch 16).")
+    ] = 1000,
+    batch_size: Annotated[int, typer.Option(min=1, help="Crops per step.")] = 8,
+    image_size: Annotated[int, typer.Option(min=16, help="Crop size in pixels.")] = 128,
+    lr: Annotated[float, typer.Option(min=0, help="Initial learning rate (cosine to 0).")] = 1e-3,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's checkpoint.")] = False,
     device: Device = "auto",
 ) -> None:
