@@ -59,47 +59,22 @@ def teacher_distill(
     records how it was made (specad teacher info FILE). Slow on a CPU: a GPU is the place for it.
     """
     import sys
-    from importlib.metadata import version
 
-    import torch
-
-    from specad.models.distill import NaturalCrops, distill, offline_photos
-    from specad.models.efficientad import PDN
-    from specad.models.teachers import EfficientNetLite0Teacher
-    from specad.runtime import cpu_model, pick_device
+    from specad.models.distill import distill_lite0_teacher
+    from specad.runtime import pick_device
 
     if out_file.exists() and not resume:
         fail(f"{out_file}: exists; use --resume to continue it or choose another name")
-    dev = pick_device(device)
-    files = offline_photos(images or [])
-    extractor = EfficientNetLite0Teacher(3).to(dev)
-    pdn = PDN(3, out_channels=extractor.out_channels, size="small", padding=True).to(dev)
-    made = {
-        "extractor": "efficientnet-lite0 blocks 4+10 (specad's teacher), input upsampled 2x",
-        "photos": sorted(p.name for p in files),
-        "photo_sources": [
-            f"scikit-image {version('scikit-image')} and scikit-learn {version('scikit-learn')} "
-            "sample photos (their wheels)",
-            *(str(folder) for folder in images or []),
-        ],
-        "crop_px": image_size,
-        "batch_size": batch_size,
-        "lr": lr,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "command": " ".join(["specad", *sys.argv[1:]]),
-    }
-    losses = distill(
-        pdn,
-        extractor,
-        NaturalCrops(files, image_size),
-        steps,
+    losses = distill_lite0_teacher(
         out_file,
-        lr=lr,
+        images or [],
+        steps=steps,
         batch_size=batch_size,
+        image_size=image_size,
+        lr=lr,
         resume=resume,
-        provenance=made,
+        device=pick_device(device),
+        command=" ".join(["specad", *sys.argv[1:]]),
     )
     if losses:
         out.print(f"last loss {losses[-1]:.4f} after {len(losses)} steps")

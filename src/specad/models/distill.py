@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,9 @@ from torch import Tensor, nn
 from specad.checkpoint import load_state, save_state
 from specad.errors import SpecadError
 from specad.models.efficientad import PDN, channel_stats
-from specad.models.teachers import save_teacher_file, teacher_metadata
+from specad.models.teachers import EfficientNetLite0Teacher, save_teacher_file, teacher_metadata
 from specad.penalty import image_files, natural_images
+from specad.runtime import cpu_model
 
 GREY_PHOTOS = ("camera.png", "coins.png", "moon.png", "page.png", "text.png")
 """scikit-image's grey photos, which the penalty set leaves out but distillation can use."""
@@ -201,3 +203,44 @@ def distill(
         if (step + 1) % checkpoint_every == 0 or step + 1 in (steps, until):
             save(step + 1)
     return losses
+
+
+def distill_lite0_teacher(
+    out_path: Path,
+    folders: Sequence[Path] = (),
+    *,
+    steps: int = 1000,
+    batch_size: int = 8,
+    image_size: int = 128,
+    lr: float = 1e-3,
+    resume: bool = False,
+    device: torch.device | str = "cpu",
+    command: str = "",
+) -> list[float]:
+    """`specad teacher distill`: an RGB small PDN distilled from the EfficientNet-Lite0 teacher
+    on `offline_photos` (plus ``folders``), its file recording the photos, schedule and machine."""
+    device = torch.device(device)
+    files = offline_photos(folders)
+    extractor = EfficientNetLite0Teacher(3).to(device)
+    pdn = PDN(3, out_channels=extractor.out_channels, size="small", padding=True).to(device)
+    made = {
+        "extractor": "efficientnet-lite0 blocks 4+10 (specad's teacher), input upsampled 2x",
+        "photos": sorted(p.name for p in files),
+        "photo_sources": [
+            f"scikit-image {version('scikit-image')} and scikit-learn {version('scikit-learn')} "
+            "sample photos (their wheels)",
+            *(str(folder) for folder in folders),
+        ],
+        "crop_px": image_size,
+        "batch_size": batch_size,
+        "lr": lr,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "command": command,
+    }
+    crops = NaturalCrops(files, image_size)
+    return distill(
+        pdn, extractor, crops, steps, out_path,
+        lr=lr, batch_size=batch_size, resume=resume, provenance=made,
+    )  # fmt: skip
