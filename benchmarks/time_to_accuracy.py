@@ -118,21 +118,32 @@ def main() -> None:
         start = time.perf_counter()
         train(cfg, args.run, resume=step > 0, force=True, stop_after=stop, progress=False)
         wall = time.perf_counter() - start
-        clock += wall if step == 0 else loop_seconds(args.run)
+        chunk = wall if step == 0 else loop_seconds(args.run)
+        clock += chunk
         step = stop
         image, pixel = score_checkpoint(cfg, args.run, meta, val_x, ds)
         history.append({"step": step, "clock_s": clock, "image_auroc": image, "pixel_auroc": pixel})
         print(f"step {step:5d}  {clock:7.1f} s  image AUROC {image:.4f}  pixel AUROC {pixel:.4f}")
+        write_summary(args, cfg, pixel_target, result, history)  # a stopped run keeps its points
         if image >= args.target and pixel >= pixel_target:
             result = {"reached_s": clock, "reached_step": step}
             break
-        if clock >= budget:
+        # stop before a chunk that would end past the budget (the next costs about what this
+        # one did), so that no point is scored outside it
+        if clock + chunk > budget:
             break
 
     if result["reached_s"] is None:
         print(f"not reached in {step} steps ({clock:.0f} s)")
     else:
         print(f"time to accuracy: {clock:.0f} s (step {step})")
+    write_summary(args, cfg, pixel_target, result, history)
+
+
+def write_summary(
+    args: argparse.Namespace, cfg: Config, pixel_target: float, result: dict, history: list
+) -> None:
+    """The curve so far, with what produced it, as ``--json``."""
     args.json.parent.mkdir(parents=True, exist_ok=True)
     summary = {
         "config": repo_relative(args.config),
