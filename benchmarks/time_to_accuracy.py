@@ -51,8 +51,10 @@ def fitted_meta(cfg: Config, ds: Dataset) -> tuple[ModelMeta, torch.Tensor]:
 
 def score_checkpoint(
     cfg: Config, run: Path, meta: ModelMeta, val_x: torch.Tensor, ds: Dataset
-) -> tuple[float, float]:
-    """Image and pixel AUROC of the checkpoint, made into a detector as ``train`` finishes one."""
+) -> dict[str, float]:
+    """Image and pixel AUROC of the checkpoint, made into a detector as ``train`` finishes one,
+    and what needs no labels: the mean raw student-teacher and student-autoencoder distances on
+    the held-out normal (validation) images, i.e. the training losses on images it never saw."""
     device = pick_device(cfg.train.device)
     state = torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)["model"]
     n_channels = len(meta.preprocess.channels)
@@ -61,6 +63,12 @@ def score_checkpoint(
     )
     model.load_state_dict(state)
     model.to(device).eval()
+    with torch.inference_mode():
+        pairs = [model.maps(x.to(device)) for x in val_x.split(8)]
+    held_out = {
+        f"val_{name}": float(torch.cat([pair[i] for pair in pairs]).mean())
+        for i, name in enumerate(("st", "ae"))
+    }
     model.fit_quantiles(val_x.split(8))
     det = EfficientADDetector.from_network(
         model, cfg.model, cfg.training, n_channels, meta.wavelengths
@@ -68,7 +76,11 @@ def score_checkpoint(
     det.calibrate(det.scores(val_x.to(device)), cfg.train.threshold_far)
     metrics = evaluate_detector(Detector(det, meta, device), ds)
     nan = float("nan")  # undefined (one class only) compares false with the target, as wanted
-    return metrics["image_auroc"] or nan, metrics["pixel_auroc"] or nan
+    return {
+        "image_auroc": metrics["image_auroc"] or nan,
+        "pixel_auroc": metrics["pixel_auroc"] or nan,
+        **held_out,
+    }
 
 
 def repo_relative(path: Path) -> str:
@@ -121,9 +133,13 @@ def main() -> None:
         chunk = wall if step == 0 else loop_seconds(args.run)
         clock += chunk
         step = stop
-        image, pixel = score_checkpoint(cfg, args.run, meta, val_x, ds)
-        history.append({"step": step, "clock_s": clock, "image_auroc": image, "pixel_auroc": pixel})
-        print(f"step {step:5d}  {clock:7.1f} s  image AUROC {image:.4f}  pixel AUROC {pixel:.4f}")
+        point = score_checkpoint(cfg, args.run, meta, val_x, ds)
+        history.append({"step": step, "clock_s": clock, **point})
+        image, pixel = point["image_auroc"], point["pixel_auroc"]
+        print(
+            f"step {step:5d}  {clock:7.1f} s  image AUROC {image:.4f}  pixel AUROC {pixel:.4f}  "
+            f"held-out normal distance st {point['val_st']:.4f} ae {point['val_ae']:.4f}"
+        )
         write_summary(args, cfg, pixel_target, result, history)  # a stopped run keeps its points
         if image >= args.target and pixel >= pixel_target:
             result = {"reached_s": clock, "reached_step": step}
