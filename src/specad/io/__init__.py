@@ -11,6 +11,7 @@ from specad.io.files import (
     atomic_file,
     file_sha256,
     refuse_nonempty,
+    refuse_overlap,
     reserve_output,
 )
 from specad.io.read import LayoutGuess, read_cube, read_mat_arrays
@@ -29,6 +30,7 @@ __all__ = [
     "read_cube",
     "read_mat_arrays",
     "refuse_nonempty",
+    "refuse_overlap",
     "reserve_output",
     "to_reflectance",
     "write_cube",

@@ -11,7 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,6 +56,24 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def refuse_overlap(out: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output that is, contains or lies inside any of a command's inputs (datasets,
+    cubes, models), with ``--force`` or without it: replacing ``out`` must never delete what the
+    command reads. Paths are compared after following symbolic links."""
+    target = Path(os.path.realpath(out))
+    for item in inputs:
+        source = Path(os.path.realpath(item))
+        if target == source:
+            what = "is"
+        elif target in source.parents:
+            what = "contains"
+        elif source in target.parents:
+            what = "lies inside"
+        else:
+            continue
+        raise SpecadError(f"the output {what} the input {item}; choose another --out", out)
 
 
 def refuse_nonempty(out: Path, force: bool) -> None:
