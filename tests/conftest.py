@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,44 @@ def shared_data(name: str) -> Path:
             pytest.fail(f"{path} is missing, and SPECAD_REQUIRE_DATA=1 requires it")
         pytest.skip(f"shared data not found at {path}")
     return path
+
+
+def run_specad(
+    *args: str, timeout: float = 300, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """The ``specad`` command in a child process, bounded in time: the one CLI helper of the
+    tests."""
+    return subprocess.run(
+        [sys.executable, "-m", "specad", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=None if env is None else os.environ | env,
+    )
+
+
+def one_line_failure(done: subprocess.CompletedProcess, *needles: str) -> str:
+    """Assert the CLI failed as promised: exit 2, no traceback, exactly one ``error:`` line,
+    which contains every needle. Returns that line."""
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def checksums(*roots: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``roots`` (or of each root that is a file), by path: compared
+    before and after a failing command to prove nothing of the user's changed."""
+    sums = {}
+    for root in roots:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            sums[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return sums
 
 
 BANDS = ["R", "G", "B", "SWIR1050", "SWIR1200", "SWIR1450"]
