@@ -74,7 +74,9 @@ def test_import_errors_leave_nothing_behind(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     with pytest.raises(SpecadError, match="unknown dataset layout"):
         import_dataset(src / "MT_Free", tmp_path / "o2")
-    done = specad("dataset", "import", str(tmp_path), "--out", str(tmp_path / "o3"), ok=False)
+    done = specad(
+        "dataset", "import", str(src / "MT_Free"), "--out", str(tmp_path / "o3"), ok=False
+    )
     assert "unknown dataset layout" in done.stderr
 
 

@@ -4,9 +4,11 @@ file that loads, and no file can make specad allocate without bound."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 
 from specad.errors import SpecadError
@@ -58,3 +60,67 @@ def shown(value: Any) -> str:
         return f" (got a list of {len(value)})"
     text = repr(value)
     return f" (got {text[:40]}{'...' if len(text) > 40 else ''})"
+
+
+MAX_SCENE_BYTES = 1 << 30
+"""Most working memory one single-scene run (``specad scene``, a scene detector's
+``score_cube``) may need, estimated from the cube's pixels x bands and the detectors' windows
+before anything is allocated: a small file (a compressed cube of zeros, a window the scene only
+just admits) cannot make specad allocate without bound. Larger runs are refused with the
+estimate: crop the scene, drop or reduce its bands, or choose smaller windows."""
+MAX_LOADING = 1e6
+"""Largest diagonal loading (a scene detector's ``ridge`` or ``lam``, relative to the data's
+own scale): far beyond it every detector has reached its limit (a Euclidean distance, a zero
+representation), and the loaded matrices would overflow on large data."""
+Loading = Annotated[float, Field(strict=True, ge=0, le=MAX_LOADING)]
+"""A relative diagonal loading, 0..`MAX_LOADING` (finite: NaN and inf are refused)."""
+
+
+class _ValueLoader(yaml.SafeLoader):
+    """YAML 1.1 as ``yaml.safe_load`` reads it, plus numbers in exponent notation without a dot
+    (``1e-3``), which YAML 1.1 leaves as strings but every user means as numbers."""
+
+
+_ValueLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def text_value(text: str, what: str) -> Any:
+    """A value typed on the command line (``--param lrx.outer=15``), read as YAML with
+    `_ValueLoader` (no tags that build objects); a value that is not YAML is a one-line
+    `SpecadError` naming ``what``."""
+    try:
+        return yaml.load(text, Loader=_ValueLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, RecursionError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise SpecadError(f"{what}: the value is not valid YAML ({first})") from err
+
+
+MAX_CUBE_ELEMENTS = 1 << 28
+"""Most values (pixels x bands) a cube file may declare, checked against its header before any
+of it is read, whatever the format: 1 GiB as float32. Large airborne scenes fit under it (1024 x
+1024 x 224 is 0.9 GB), while reading holds the stored array and a float32 copy, and detectors
+work in float64 beside it, so a cube at the bound already needs several GiB: what a 2-core
+machine with 24 GB holds beside its other work. A header declaring more is refused before it
+can make specad allocate; crop the scene or drop bands to read it."""
+MAX_EXPANSION = 100
+"""Most bytes a compressed ``.npz`` member may inflate to per byte stored (above
+`EXPANSION_FLOOR`). Measured cubes hold sensor noise, which deflate barely shrinks; a member far
+beyond this is a block of constants or a decompression bomb, which a file of a few hundred KB
+can make gigabytes."""
+EXPANSION_FLOOR = 1 << 26
+"""Bytes any ``.npz`` member may inflate to whatever its ratio (64 MiB): masks and truth maps are
+mostly one value and compress far beyond `MAX_EXPANSION`, and so little is cheap to hold."""
+
+
+MAX_SEED = (1 << 64) - 1
+"""Largest seed: torch's generators hold 64 bits and numpy's take no negative seed, so seeds
+0..2**64-1 mean one thing wherever one arrives (``synth --seed``, a config, ``--set seed=``)."""
+Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)]
+MAX_BATCH_SIZE = 1024
+"""Most images a training batch may hold: far beyond what any schedule here uses, and refused
+from the config alone, before any data is read; what a batch below it needs in memory is checked
+against the device before training starts (`specad.models.efficientad_train`)."""

@@ -27,6 +27,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 from specad.bounds import MAX_CHANNELS, FiniteFloat, ImageSize, Index, check_image_size
 from specad.errors import SpecadError
 from specad.io import CUBE_SUFFIXES, IMAGE_SUFFIXES, Cube, read_cube
+from specad.io.read import read_image
 from specad.spectral import SWIR_MIN_NM
 
 SPLITS = ("train", "val", "test")
@@ -211,13 +212,7 @@ def read_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
         return np.zeros(shape, dtype=np.int64)
     if not sample.mask.is_file():
         raise SpecadError("ground-truth mask missing", sample.mask)
-    from PIL import Image
-
-    try:
-        with Image.open(sample.mask) as im:
-            mask = np.asarray(im)
-    except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
-        raise SpecadError(f"cannot read mask ({type(err).__name__})", sample.mask) from err
+    mask = read_image(sample.mask)  # its declared size checked before it is decoded
     if mask.ndim == 3:
         mask = mask[..., 0]
     if mask.ndim != 2 or mask.dtype.kind not in "uib":

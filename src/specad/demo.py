@@ -13,7 +13,7 @@ from pathlib import Path
 
 from specad.config import load_config
 from specad.errors import SpecadError
-from specad.io import refuse_nonempty
+from specad.io import atomic_dir, refuse_nonempty, reserve_output
 
 CPU_PRESET = Path(__file__).parent / "cpu.yaml"
 
@@ -41,19 +41,21 @@ def run_demo(
     if overrides and not train_efficientad:
         raise SpecadError("--set sets EfficientAD training keys; add --train to train it")
     out = Path(out)
-    refuse_nonempty(out, force)
-    started = time.perf_counter()
-    synth = {"size": size} if size else {}
-    data = synthesize(out / "tray6", preset="tray6", seed=1, force=force, **synth)
-    knn = fit_on_dataset("knn", load_dataset(data), image_size=size).save(out / "knn")
-    models = {"knn": str(knn.parent), "rx": "rx"}
-    if train_efficientad:
-        sets = [f"data.root={data}"] + ([f"data.image_size={size}"] if size else [])
-        cfg = load_config(CPU_PRESET, sets + list(overrides or []))
-        models["efficientad"] = str(train(cfg, out / "run", force=force))
-    report = write_report(
-        ReportConfig(models=models, datasets=[data], out=out / "report", force=force),
-        progress=True,
-    )
+    with reserve_output(out):  # one demo per folder; each part is written as its command does
+        refuse_nonempty(out, force)
+        started = time.perf_counter()
+        synth = {"size": size} if size else {}
+        data = synthesize(out / "tray6", preset="tray6", seed=1, force=force, **synth)
+        with atomic_dir(out / "knn", force) as tmp:
+            fit_on_dataset("knn", load_dataset(data), image_size=size).save(tmp)
+        models = {"knn": str(out / "knn"), "rx": "rx"}
+        if train_efficientad:
+            sets = [f"data.root={data}"] + ([f"data.image_size={size}"] if size else [])
+            cfg = load_config(CPU_PRESET, sets + list(overrides or []))
+            models["efficientad"] = str(train(cfg, out / "run", force=force))
+        report = write_report(
+            ReportConfig(models=models, datasets=[data], out=out / "report", force=force),
+            progress=True,
+        )
     print(f"demo finished in {(time.perf_counter() - started) / 60:.1f} min")
     return report

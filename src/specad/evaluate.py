@@ -14,6 +14,7 @@ import torch
 from specad.data import Dataset, Preprocess, Sample
 from specad.errors import SpecadError
 from specad.infer import Detector
+from specad.io import escaped
 from specad.metrics import DEFAULT_FAR, evaluate, is_anomalous
 from specad.modelfile import ModelMeta
 from specad.models.registry import DETECTORS
@@ -58,7 +59,7 @@ def fit_on_dataset(
     pre = Preprocess(first.channels, idx, size)
     chosen = first.select(idx)
     val: Any = []
-    if size:
+    if model.input_size:  # standardised input, image_size 0 included (the cubes' own size)
         pre.fit(pre.cube_tensor(s.read(), s.path) for s in train)  # unfitted: not normalised
         images: Any = CubeImages(train, pre, pick_device(device))
         val = CubeImages(val_samples, pre, images.device)
@@ -110,7 +111,7 @@ def evaluate_split(
     used = summary["thresholds"]["val_far"]["image_threshold"]
     summary["cubes"] = [
         {
-            "file": str(sample.path),
+            "file": escaped(sample.path),
             "label": sample.label,
             "score": float(score),
             "anomalous": is_anomalous(float(score), used),

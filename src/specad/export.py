@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from specad.errors import SpecadError
-from specad.infer import Detector
+from specad.infer import Detector, save_weights
 from specad.io import atomic_file
 from specad.metrics import DEFAULT_FAR
 from specad.modelfile import model_file
@@ -90,6 +90,8 @@ def export_onnx(
                 opset_version=17,
                 dynamo=False,
             )
+        except OSError:  # the disk, not the model: `atomic_file` names the file and the cause
+            raise
         except Exception as err:  # the exporter raises many types, all meaning "unsupported"
             reason = str(err).splitlines()[0][:160]
             raise SpecadError(f"this model cannot be exported to ONNX ({reason})", out) from err
@@ -295,7 +297,7 @@ def export_detector(
                 )
         # the weights are unchanged, so the exports' digest still holds
         with atomic_file(path) as tmp:
-            model.save(tmp)
+            save_weights(model, tmp, path)
     return diffs
 
 

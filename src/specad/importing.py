@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +32,12 @@ from PIL import Image
 
 from specad.data import GOOD
 from specad.errors import SpecadError
-from specad.io import IMAGE_SUFFIXES, Cube, atomic_dir, write_cube
+from specad.io import IMAGE_SUFFIXES, Cube, atomic_dir, refuse_overlap, write_cube
+from specad.io.cube import check_declared
 
 LAYOUTS = ("auto", "mtd", "mvtec")
+_GRAY = ("L", "I;16", "I", "F", "1")
+"""Image modes read as one channel; the others become R, G, B."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ def import_dataset(
     built under a temporary name and renamed at the end, so a failure leaves nothing behind.
     """
     source, out = Path(source), Path(out)
+    refuse_overlap(out, [source])
     if not source.is_dir():
         raise SpecadError("dataset folder not found", source)
     if layout not in LAYOUTS:
@@ -73,6 +80,7 @@ def import_dataset(
     items = readers[layout](source)
     if not any(i.split == "train" for i in items) or not any(i.split == "val" for i in items):
         raise SpecadError(f"no normal images found for train and val ({layout} layout)", source)
+    _check_items(items)
     defects = sorted({i.label for i in items if i.mask is not None})
     ids = {name: k for k, name in enumerate(defects, start=1)}
     with atomic_dir(out, force) as tmp:
@@ -104,7 +112,7 @@ def _images(folder: Path) -> list[Path]:
 
 def _hash_order(paths: list[Path]) -> list[Path]:
     """A stable order that does not depend on the file system or on how files were numbered."""
-    return sorted(paths, key=lambda p: hashlib.sha256(p.name.encode()).hexdigest())
+    return sorted(paths, key=lambda p: hashlib.sha256(os.fsencode(p.name)).hexdigest())
 
 
 def _split_normals(paths: list[Path], fractions: dict[str, float]) -> Iterator[Item]:
@@ -144,15 +152,61 @@ def _mvtec_items(root: Path, val_fraction: float) -> list[Item]:
     return items
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _check_items(items: list[Item]) -> None:
+    """The whole source checked before anything is converted, each problem one line naming its
+    file: two images that would become one cube (``000.png`` and ``000.jpg``, or names that
+    differ only in case), a defect image without its mask, an image too large to read, and a
+    mask of another size than its image."""
+    targets: dict[tuple[str, str, str], Path] = {}
+    for item in items:
+        key = (item.split, item.label, item.image.stem.casefold())
+        if key in targets:
+            raise SpecadError(
+                f"{targets[key].name} and {item.image.name} would both become "
+                f"{item.split}/{item.label}/{item.image.stem}.npz; rename one of them",
+                item.image,
+            )
+        targets[key] = item.image
+        if item.mask is not None and not item.mask.is_file():
+            raise SpecadError(f"mask missing for the defect image {item.image.name}", item.mask)
+    for item in items:
+        h, w, _ = _image_shape(item.image)
+        if item.mask is None:
+            continue
+        mh, mw, _ = _image_shape(item.mask)
+        if (mh, mw) != (h, w):
+            raise SpecadError(f"mask is {mh}x{mw}, its image {h}x{w}", item.mask)
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """``path`` opened by PIL (pixels not yet decoded), its size checked against
+    `specad.bounds.MAX_CUBE_ELEMENTS`; any failure, PIL's decompression-bomb refusal
+    included, is one line naming the file."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("L", "I;16", "I", "F"):  # grayscale, kept at its bit depth
-                return np.asarray(im)
-            return np.asarray(im.convert("L" if im.mode == "1" else "RGB"))
-    except OSError as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # bounded below
+            with Image.open(path) as im:
+                check_declared((im.height, im.width, _channels(im)), path, "the image")
+                yield im
+    except (OSError, Image.DecompressionBombError) as err:
         raise SpecadError(f"cannot read image ({err})", path) from err
+
+
+def _channels(im: Image.Image) -> int:
+    return 1 if im.mode in _GRAY else 3
+
+
+def _image_shape(path: Path) -> tuple[int, int, int]:
+    with _opened(path) as im:
+        return im.height, im.width, _channels(im)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    with _opened(path) as im:
+        if im.mode in _GRAY:  # one channel, kept at its bit depth (a 1-bit image as 0/255)
+            return np.asarray(im.convert("L") if im.mode == "1" else im)
+        return np.asarray(im.convert("RGB"))
 
 
 def _write_item(out: Path, item: Item, class_id: int) -> None:
@@ -162,15 +216,8 @@ def _write_item(out: Path, item: Item, class_id: int) -> None:
     write_cube(folder / f"{item.image.stem}.npz", Cube(data, bands))
     if item.mask is None:
         return
-    if not item.mask.is_file():
-        raise SpecadError("mask missing for a defect image", item.mask)
     mask = _read_image(item.mask)
     mask = mask if mask.ndim == 2 else mask.max(axis=2)
-    if mask.shape != data.shape[:2]:
-        raise SpecadError(
-            f"mask is {mask.shape[0]}x{mask.shape[1]}, its image {data.shape[0]}x{data.shape[1]}",
-            item.mask,
-        )
     ids = np.where(mask >= max(1, mask.max()) / 2, class_id, 0).astype(np.uint8)
     target = out / "ground_truth" / item.label / f"{item.image.stem}.png"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -87,23 +87,37 @@ def read_meta(path: Path) -> tuple[ModelMeta, dict[str, Any]]:
     return meta, json.loads(text)
 
 
-def check_detector(det: BaseDetector, meta: ModelMeta, path: Path) -> None:
-    """The detector must be the kind ``model.json`` names, with finite thresholds."""
+def check_detector(det: BaseDetector, meta: ModelMeta, path: Path, meta_path: Path) -> None:
+    """The detector in ``path`` must be the kind ``model.json`` (``meta_path``) names, take the
+    input its preprocessing gives (channels, size, standardisation) and have finite thresholds:
+    a ``model.json`` edited, or taken from another fit, would score differently without a word.
+
+    ``image_size`` 0 (each cube at its own size) passes for a detector fitted on a dataset:
+    cubes that all had one size leave the same fitted state as a resize to that size would.
+    """
     if det.kind != meta.kind:
         raise SpecadError(f"model.json says '{meta.kind}', the file holds '{det.kind}'", path)
-    channels = det.fitted_channels
-    if channels is not None and channels != len(meta.preprocess.channels):
+    fitted = f"the detector in {path.name} was fitted on"
+    channels, selected = det.fitted_channels, len(meta.preprocess.channels)
+    if channels is not None and channels != selected:
         raise SpecadError(
-            f"the detector takes {channels} channels, model.json selects "
-            f"{len(meta.preprocess.channels)}",
-            path,
+            f"preprocess.channels selects {selected} channels, {fitted} {channels}", meta_path
         )
     size = meta.preprocess.image_size
-    if det.fitted_size is not None and size != det.fitted_size:
+    native = size == 0 and not det.needs_training
+    if det.fitted_size is not None and size != det.fitted_size and not native:
         raise SpecadError(
-            f"model.json resizes cubes to {size} px, the detector was fitted at "
-            f"{det.fitted_size} px",
-            path,
+            f"preprocess.image_size is {size}, {fitted} {det.fitted_size} px input "
+            "(model.json edited, or from another fit?)",
+            meta_path,
+        )
+    units = det.fitted_units
+    given = meta.preprocess.units() or ([1.0] * selected, [0.0] * selected)
+    if units is not None and not np.allclose(units, given, rtol=1e-9, atol=1e-12):
+        raise SpecadError(
+            f"preprocess.mean/std are not the statistics {fitted} (model.json edited, or from "
+            "another fit?)",
+            meta_path,
         )
     thresholds = [det.threshold_for(runtime) for runtime in det.runtimes]
     if not all(isinstance(t, int | float) and np.isfinite(t) for t in thresholds):
@@ -123,7 +137,7 @@ def load_model(path: str | Path) -> tuple[BaseDetector, ModelMeta]:
     else:  # parameters and threshold in model.json: its errors name it
         params, values = _legacy_state(meta, raw, metadata, meta_path)
         det, source = restore(meta.kind, params, tensors, values, meta_path), meta_path
-    check_detector(det, meta, source)
+    check_detector(det, meta, source, meta_path)
     return det, meta
 
 

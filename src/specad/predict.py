@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import os
+import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -20,12 +22,17 @@ from typing import TYPE_CHECKING
 
 from specad.errors import SpecadError
 from specad.infer import Detector
-from specad.io import CUBE_SUFFIXES, atomic_dir
+from specad.io import CUBE_SUFFIXES, atomic_dir, refuse_overlap
+from specad.io.files import escaped
 from specad.metrics import is_anomalous
 from specad.scoring import score_file
 
 if TYPE_CHECKING:
     from specad.distributed import Cluster
+
+
+_UNDECODED = re.compile(r"[\udc80-\udcff]")
+"""The surrogate escapes by which Python holds file-name bytes that are not UTF-8."""
 
 
 @dataclass
@@ -38,9 +45,12 @@ class PredictRun:
 
 
 def expand_inputs(inputs: Sequence[Path]) -> list[Path]:
-    """Cube files among ``inputs`` (folders searched recursively), each once, in a stable order."""
+    """Cube files among ``inputs`` (folders searched recursively), each once, in a stable order;
+    an input that does not exist (a typing slip) is refused before anything is scored."""
     files: list[Path] = []
     for item in inputs:
+        if not item.exists():
+            raise SpecadError("no such file or folder", item)
         if item.is_dir():
             files += sorted(
                 p for p in item.rglob("*") if p.suffix.lower() in CUBE_SUFFIXES and p.is_file()
@@ -58,18 +68,45 @@ def expand_inputs(inputs: Sequence[Path]) -> list[Path]:
 
 
 def output_names(files: Sequence[Path]) -> list[Path]:
-    """A collision-free relative name per input (no suffix): its path below the common folder.
+    """A distinct relative name per input (no suffix): its path below the inputs' common folder.
 
-    Two inputs that differ only in their format (``a.tif``, ``a.npy``) keep the suffix in it.
+    Names stay distinct wherever they could meet: inputs that differ only in their format
+    (``a.tif``, ``a.npy``) keep the suffix in it, names that would still collide, also where a
+    file system ignores case, are numbered (``a-2``), bytes that are not UTF-8 become ``%XX``,
+    and no map or overlay takes the name of another input's folder.
     """
     resolved = [f.resolve() for f in files]
     if not resolved:
         return []
     common = Path(os.path.commonpath([p.parent for p in resolved]))
-    rel = [p.relative_to(common) for p in resolved]
-    stems = [r.with_suffix("") for r in rel]
-    clashes = {s for s in stems if stems.count(s) > 1}
-    return [r if s in clashes else s for r, s in zip(rel, stems, strict=True)]
+    rel = [_portable(p.relative_to(common)) for p in resolved]
+    wanted = [r.with_suffix("") for r in rel]
+    while True:  # each clash round gives more names their suffix back: it ends
+        count = Counter(map(_key, wanted))
+        full = [r if count[_key(w)] > 1 else w for r, w in zip(rel, wanted, strict=True)]
+        if full == wanted:
+            break
+        wanted = full
+    folders = {_key(parent) for w in wanted for parent in w.parents}
+    taken: set[str] = set()
+    names = []
+    for w in wanted:
+        name, i = w, 2
+        while _key(name) in taken or {_key(name) + ".tif", _key(name) + ".png"} & folders:
+            name, i = w.with_name(f"{w.name}-{i}"), i + 1
+        taken.add(_key(name))
+        names.append(name)
+    return names
+
+
+def _key(name: Path) -> str:
+    """What a case-insensitive file system compares."""
+    return name.as_posix().casefold()
+
+
+def _portable(rel: Path) -> Path:
+    """``rel`` with each byte that is not UTF-8 (a surrogate escape) written as ``%XX``."""
+    return Path(*(_UNDECODED.sub(lambda m: f"%{ord(m[0]) - 0xDC00:02X}", p) for p in rel.parts))
 
 
 def _score_here(
@@ -116,6 +153,7 @@ def predict_files(
 
     if not files:
         raise SpecadError("no cube files among the inputs")
+    refuse_overlap(out, files)
     names = output_names(files)
     failed: list[str] = []
     threshold = detector.threshold
@@ -125,7 +163,7 @@ def predict_files(
             outcomes = _score_here(detector, files, names, tmp, opts)
         else:
             outcomes = cluster.score_files(files, names, tmp, opts)
-        with open(tmp / "scores.csv", "w", newline="") as f:
+        with open(tmp / "scores.csv", "w", newline="", encoding="utf-8") as f:
             rows = csv.writer(f)
             rows.writerow(["file", "map", "score", "anomalous", "threshold"])
             jobs = zip(files, names, outcomes, strict=True)
@@ -137,7 +175,7 @@ def predict_files(
                     continue
                 rows.writerow(
                     [
-                        str(path),
+                        escaped(path),
                         (Path("maps") / f"{name}.tif").as_posix(),
                         f"{score:.6g}",
                         int(is_anomalous(score, threshold)),

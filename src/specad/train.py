@@ -8,7 +8,9 @@ alone writes the run folder.
 
 from __future__ import annotations
 
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,13 +23,17 @@ from specad.data import Dataset, Preprocess, load_dataset, read_mask, select_cha
 from specad.errors import SpecadError
 from specad.export import export_detector, measure_runtimes
 from specad.infer import Detector
-from specad.io import refuse_nonempty, reserve_output
+from specad.io import refuse_nonempty, refuse_overlap, reserve_output
+from specad.io.files import write_errors
 from specad.modelfile import MODEL_FILE, ModelMeta
 from specad.models import ddp
 from specad.models.build import build_efficientad
 from specad.models.efficientad_detector import EfficientADDetector
 from specad.models.efficientad_train import CHECKPOINT, Inputs, Run, fit_network
 from specad.scoring import run_split
+
+CONFIG_FILE, CONFIG_HEADER = "config.yaml", "# the config of this run, as specad train read it\n"
+LOG_FILE, CHECKPOINT_DIR = "metrics.jsonl", Path(CHECKPOINT).parent.name
 
 
 def prepare(cfg: Config, ds: Dataset) -> tuple[Preprocess, ModelMeta, torch.Tensor]:
@@ -74,6 +80,8 @@ def train(
     tests of ``resume``); the model file is only written when all steps are done.
     """
     out = Path(out)
+    inputs = (cfg.data.root, cfg.model.teacher_file, cfg.penalty.folder)
+    refuse_overlap(out, [p for p in inputs if p is not None])
     with ddp.session(cfg.train.device) as ranks, ExitStack() as owned:
         with ranks.together():  # a refusal on any rank ends all of them
             if cfg.train.batch_size % ranks.world:
@@ -83,16 +91,48 @@ def train(
                 )
             if ranks.main:  # one writer per run folder; a second one fails at once
                 owned.enter_context(reserve_output(out))
-                _check_output(out, resume, force)
-        return _train(cfg, out, resume, stop_after, progress and ranks.main, ranks)
+                resume = _check_output(out, resume, force)
+            else:  # before the barrier at the block's end, so before rank 0 writes anything
+                resume = resume and not _unstarted(out)
+        with write_errors(out, Path(os.path.abspath(out))):  # a full disk names the run
+            return _train(cfg, out, resume, stop_after, progress and ranks.main, ranks)
 
 
-def _check_output(out: Path, resume: bool, force: bool) -> None:
+def _check_output(out: Path, resume: bool, force: bool) -> bool:
+    """Refuse a run folder this run cannot use; whether to resume from its checkpoint. A first
+    run stopped before its first checkpoint left nothing to resume or keep: it starts again."""
+    if _unstarted(out):
+        if resume:
+            warnings.warn(
+                f"{out}: the run stopped before its first checkpoint; starting it again",
+                stacklevel=2,
+            )
+        return False
     if resume and not (out / CHECKPOINT).is_file():
         raise SpecadError("no checkpoint to resume from", out / CHECKPOINT)
     if not resume:
         refuse_nonempty(out, force)
     out.mkdir(parents=True, exist_ok=True)
+    return resume
+
+
+def _unstarted(out: Path) -> bool:
+    """Whether ``out`` holds only what a first run writes before its first checkpoint: this
+    module's ``config.yaml`` (known by its header, so a user's own file never counts), the
+    metrics log and partial checkpoint files of a killed write."""
+    config = out / CONFIG_FILE
+    try:
+        with config.open() as f:
+            if f.readline() != CONFIG_HEADER:
+                return False
+    except (OSError, UnicodeDecodeError):
+        return False
+    if {p.name for p in out.iterdir()} - {CONFIG_FILE, LOG_FILE, CHECKPOINT_DIR}:
+        return False
+    checkpoints = out / CHECKPOINT_DIR
+    if not checkpoints.exists():
+        return True
+    return checkpoints.is_dir() and all(p.name.endswith(".part") for p in checkpoints.iterdir())
 
 
 def _train(
@@ -107,7 +147,7 @@ def _train(
     channels, size = train_x.shape[1], train_x.shape[-1]
     network = build_efficientad(cfg.model, channels, size, meta.wavelengths, cfg.train.seed)
     if not resume and ranks.main:
-        (out / "config.yaml").write_text(dump_config(cfg))
+        (out / CONFIG_FILE).write_text(CONFIG_HEADER + dump_config(cfg))
     steps = fit_network(network, cfg.training, train_x, val_x, run, meta.wavelengths)
     if steps is None:  # stopped early: the checkpoint is the run's output
         return out / CHECKPOINT

@@ -104,8 +104,12 @@ def predict(
     workers: Workers = None,
 ) -> None:
     """Score cubes: float32 TIFF maps, PNG overlays and scores.csv. Bad cubes are listed."""
+    from specad.io import refuse_overlap
+    from specad.models.registry import ModelSpec
     from specad.predict import cluster, expand_inputs, predict_files
 
+    saved = ModelSpec.parse(model).path
+    refuse_overlap(out_dir, [*inputs, *([saved] if saved is not None else [])])
     det = _load_detector(model, None, device, runtime)
     err.print(f"runtime: {det.runtime}", highlight=False)
     files = expand_inputs(inputs)
@@ -253,12 +257,7 @@ def rx_fit(
     force: Force = False,
 ) -> None:
     """Fit global RX on normal cubes and save it like any model."""
-    from specad.data import load_dataset
-    from specad.evaluate import fit_on_dataset
-    from specad.io import refuse_nonempty
-
-    refuse_nonempty(out_dir, force)
-    out.print(str(fit_on_dataset("rx", load_dataset(dataset)).save(out_dir)))
+    _fit_and_save("rx", dataset, out_dir, force, {})
 
 
 @app.command("fit")
@@ -273,13 +272,23 @@ def fit_cmd(
     force: Force = False,
 ) -> None:
     """Fit a training-free detector on normal cubes (threshold on val/good) and save it."""
+    _fit_and_save(model, dataset, out_dir, force, fit_settings(model, params))
+
+
+def _fit_and_save(
+    model: str, dataset: Path, out_dir: Path, force: bool, settings: dict[str, Any]
+) -> None:
+    """Fit ``model`` on ``dataset`` into the folder ``out_dir``, built as every output is
+    (`specad.io.atomic_dir`): one writer at a time, and no empty or partial folder on failure."""
     from specad.data import load_dataset
     from specad.evaluate import fit_on_dataset
-    from specad.io import refuse_nonempty
+    from specad.io import atomic_dir, refuse_overlap
+    from specad.modelfile import MODEL_FILE
 
-    settings = fit_settings(model, params)
-    refuse_nonempty(out_dir, force)
-    out.print(str(fit_on_dataset(model, load_dataset(dataset), **settings).save(out_dir)))
+    refuse_overlap(out_dir, [dataset])
+    with atomic_dir(out_dir, force) as tmp:
+        fit_on_dataset(model, load_dataset(dataset), **settings).save(tmp)
+    out.print(str(out_dir / MODEL_FILE), markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -319,11 +328,12 @@ def report(
     force: Force = False,
 ) -> None:
     """Write an HTML report (ROC/PR, per-class tables, per-image panels) for one or more models."""
-    from specad.report import load_report_config, write_report
+    from specad.io import refuse_overlap
+    from specad.report import load_report_config, named_models, write_report
 
     flags: dict = {}
     if models:
-        flags["models"] = dict(m.split("=", 1) if "=" in m else (Path(m).stem, m) for m in models)
+        flags["models"] = named_models(models)
     if datasets:
         flags["datasets"] = [str(d) for d in datasets]
     if out_dir is not None:
@@ -333,5 +343,7 @@ def report(
     if scheduler is not None and workers is not None:
         fail("give --scheduler or --workers, not both")
     flags |= {k: v for k, v in (("scheduler", scheduler), ("workers", workers)) if v is not None}
-    index = write_report(load_report_config(config, **flags), progress=True)
+    cfg = load_report_config(config, **flags)
+    refuse_overlap(cfg.out, [config] if config is not None else [])  # datasets, models: there
+    index = write_report(cfg, progress=True)
     out.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)

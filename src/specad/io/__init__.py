@@ -9,6 +9,7 @@ from specad.io.cube import CUBE_SUFFIXES, IMAGE_SUFFIXES, LAYOUTS, Cube, default
 from specad.io.files import (
     atomic_dir,
     atomic_file,
+    escaped,
     file_sha256,
     refuse_nonempty,
     refuse_overlap,
@@ -25,6 +26,7 @@ __all__ = [
     "LayoutGuess",
     "atomic_dir",
     "atomic_file",
+    "escaped",
     "default_rgb",
     "file_sha256",
     "read_cube",

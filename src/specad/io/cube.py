@@ -1,12 +1,19 @@
-"""The one cube type: (H, W, C) float32 pixels plus what is known about the bands, and the
-explicit conversion of raw counts to reflectance."""
+"""The one cube type: (H, W, C) float32 pixels plus what is known about the bands, the
+explicit conversion of raw counts to reflectance, and what a cube file may declare before it is
+read (`check_declared`, `Stored`)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from specad.bounds import MAX_CUBE_ELEMENTS
+from specad.errors import SpecadError
 from specad.spectral import RGB_PRIMARIES_NM, VISIBLE_NM
 
 CUBE_SUFFIXES = (".tif", ".tiff", ".npy", ".npz", ".hdr", ".mat", ".cu3s")
@@ -110,3 +117,52 @@ def to_reflectance(
         if not np.isfinite(out).all():
             raise ValueError("white reference equals dark reference in some pixels or bands")
     return Cube(out.astype(np.float32), cube.bands, cube.wavelengths, cube.rgb)
+
+
+def check_declared(shape: Sequence[int], path: Path | None, what: str = "the cube") -> None:
+    """Refuse a size a file declares (a header's shape) beyond `MAX_CUBE_ELEMENTS`, before any
+    of it is allocated: a header is a few bytes, whatever it claims."""
+    shape = tuple(int(n) for n in shape)
+    if any(n < 0 for n in shape):
+        raise SpecadError(f"{what} declares a negative size {shape}", path)
+    if math.prod(shape) > MAX_CUBE_ELEMENTS:
+        raise SpecadError(
+            f"{what} declares {' x '.join(map(str, shape))} = {math.prod(shape):,} values, more "
+            f"than the {MAX_CUBE_ELEMENTS:,} specad reads (specad.bounds.MAX_CUBE_ELEMENTS); "
+            "crop it or drop bands",
+            path,
+        )
+
+
+class Stored(NamedTuple):
+    """An array as its file declares it, before any of it is read."""
+
+    shape: tuple[int, ...]
+    kind: str
+    """NumPy's dtype kind: 'f', 'i', 'u' and 'b' are numeric."""
+    what: str = ""
+    """What a non-numeric entry is, for messages ('MATLAB text (char)')."""
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("f", "i", "u", "b")
+
+
+def pick_variable(listing: dict[str, Stored], variable: str | None, path: Path | None) -> str:
+    """The variable named, which must be a numeric array, or else the largest 3-D one."""
+    names = ", ".join(sorted(k for k in listing if not k.startswith("__"))) or "none"
+    if variable is not None:
+        if variable not in listing:
+            raise SpecadError(f"no variable '{variable}' (has: {names})", path)
+        if not listing[variable].numeric:
+            what = listing[variable].what
+            raise SpecadError(f"variable '{variable}' is {what}, not a numeric cube", path)
+        return variable
+    candidates = [
+        (math.prod(v.shape), k)
+        for k, v in listing.items()
+        if len(v.shape) == 3 and v.kind in ("f", "i", "u") and not k.startswith("__")
+    ]
+    if not candidates:
+        raise SpecadError(f"no 3-D numeric array found (variables: {names})", path)
+    return max(candidates)[1]

@@ -1,6 +1,7 @@
 """Writing files and folders so that nothing is half-written and nothing of the user's is lost:
-atomic files, atomic output folders published with a no-replace rename, one writer per output,
-and the one SHA-256 helper."""
+atomic files (with the user's umask), atomic output folders published with a no-replace rename,
+one writer per output, outputs kept apart from inputs, write failures as one line naming the
+output, file names shown whatever their bytes, and the one SHA-256 helper."""
 
 from __future__ import annotations
 
@@ -27,6 +28,51 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def escaped(text: str | Path) -> str:
+    """``text`` printable and encodable whatever its bytes: a file name that is not UTF-8 (held
+    by Python as surrogate escapes, which no UTF-8 writer accepts) shows its raw bytes as
+    ``\\xNN``. For every name shown or recorded, so that it is kept verbatim."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def _named(path: str | Path) -> Path:
+    """``path`` absolute and without ``.``/``..`` parts (symbolic links are kept): the name an
+    output is held and replaced under, with a real parent folder for its temporary siblings."""
+    path = Path(os.path.abspath(path))
+    if not path.name:
+        raise SpecadError("cannot write over the root folder", path)
+    return path
+
+
+def _user_mode(mode: int) -> int:
+    """``mode`` less the process's umask: what ``open`` and ``mkdir`` would have given, where
+    ``mkstemp``/``mkdtemp`` give 0600/0700 whatever the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+@contextmanager
+def write_errors(target: Path, tmp: Path) -> Iterator[None]:
+    """An ``OSError`` while writing ``tmp`` (a full disk, a quota) as one line naming ``target``,
+    the path the user knows, and its cause (``tmp`` may be ``target``, for a folder written in
+    place). Errors about other files (an input that cannot be read) name their own file, and
+    library errors without an errno are theirs to word: both pass through. A `SpecadError`
+    that names a file in ``tmp`` names it under ``target``."""
+    try:
+        yield
+    except SpecadError as err:
+        if str(tmp) not in str(err):
+            raise
+        raise SpecadError(str(err).replace(str(tmp), str(target))) from err
+    except OSError as err:
+        name = None if err.filename is None else os.path.abspath(os.fsdecode(err.filename))
+        ours = name is None or name == str(tmp) or name.startswith((f"{tmp}/", f"{tmp}."))
+        if err.errno is None or not ours:  # ``tmp``, what is in it, or a sibling named after it
+            raise
+        raise SpecadError(f"cannot write ({err.strerror or err})", target) from err
+
+
 def _tmp_sibling(path: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
@@ -47,13 +93,16 @@ def _make_parent(path: Path) -> None:
 
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
-    path = Path(path)
-    _make_parent(path)
-    tmp = _tmp_sibling(path)
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success, with the
+    mode a plain ``open`` would give (the user's umask), so others can read what they may."""
+    target = _named(path)
+    _make_parent(target)
+    tmp = _tmp_sibling(target)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with write_errors(Path(path), tmp):
+            yield tmp
+            os.chmod(tmp, _user_mode(0o666))
+            os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -91,10 +140,11 @@ def reserve_output(out: str | Path) -> Iterator[Path]:
     An advisory lock on ``.NAME.lock`` beside it, which the kernel drops when the process dies
     (even by ``kill -9``), so a second writer fails at once with one line. Holding it also
     proves that any ``.NAME.*.part`` / ``.NAME.*.old`` left beside ``out`` belongs to an earlier,
-    killed run: those are removed.
+    killed run: those are removed. Yields ``out`` made absolute, so that ``.`` or ``..`` is
+    held and replaced under its real name, beside it.
     """
-    out = Path(out)
-    lock = out.parent / f".{out.name}.lock"
+    target = _named(out)
+    lock = target.parent / f".{target.name}.lock"
     _make_parent(lock)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -104,12 +154,12 @@ def reserve_output(out: str | Path) -> Iterator[Path]:
         raise SpecadError("another specad command is writing this output now", out) from err
     try:
         for pattern in (".part", ".old"):
-            for stale in out.parent.glob(f".{glob.escape(out.name)}.*{pattern}"):
+            for stale in target.parent.glob(f".{glob.escape(target.name)}.*{pattern}"):
                 if stale.is_dir() and not stale.is_symlink():
                     shutil.rmtree(stale, ignore_errors=True)
                 else:
                     stale.unlink(missing_ok=True)
-        yield out
+        yield target
     finally:
         lock.unlink(missing_ok=True)
         os.close(fd)
@@ -124,26 +174,28 @@ def atomic_dir(out: str | Path, force: bool = False) -> Iterator[Path]:
     the command ran, it is kept and the command fails. With ``force`` an existing ``out`` is
     replaced.
     """
-    out = Path(out)
-    with reserve_output(out):
-        refuse_nonempty(out, force)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a shared report from other users
+    with reserve_output(out) as target:
+        refuse_nonempty(Path(out), force)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+        tmp.chmod(_user_mode(0o777))  # mkdtemp's 0700 would hide a shared report from others
         try:
-            yield tmp
-            _publish(tmp, out, force)
+            with write_errors(Path(out), tmp):
+                yield tmp
+                _publish(tmp, target, force, Path(out))
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _publish(tmp: Path, out: Path, force: bool) -> None:
+def _publish(tmp: Path, out: Path, force: bool, shown: Path) -> None:
     if force and (out.exists() or out.is_symlink()):
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
         os.replace(out, old / out.name)
-        os.rename(tmp, out)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            os.replace(old / out.name, out)  # the previous output stays where it was
+            raise
         shutil.rmtree(old, ignore_errors=True)
         return
     try:
@@ -153,6 +205,6 @@ def _publish(tmp: Path, out: Path, force: bool) -> None:
             raise SpecadError(
                 "appeared while this command ran and was kept; nothing was written "
                 "(use --force to replace it)",
-                out,
+                shown,
             ) from err
         raise

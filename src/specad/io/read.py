@@ -7,17 +7,26 @@ convention are guessed, with a :class:`LayoutGuess` warning.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import re
 import warnings
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from specad.bounds import EXPANSION_FLOOR, MAX_EXPANSION
 from specad.errors import SpecadError
-from specad.io.cube import CUBE_SUFFIXES, LAYOUTS, Cube
+from specad.io.cube import CUBE_SUFFIXES, LAYOUTS, Cube, Stored, check_declared, pick_variable
+from specad.io.matlab import WAVELENGTH_KEYS, read_mat_arrays
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 
 def read_cube(path: str | Path, variable: str | None = None, layout: str | None = None) -> Cube:
@@ -29,8 +38,12 @@ def read_cube(path: str | Path, variable: str | None = None, layout: str | None 
     axes its writer recorded, and only arrays with no convention (NumPy files, TIFFs written
     from a bare array) are guessed from their shape, with a :class:`LayoutGuess` warning.
     ENVI and ``.cu3s`` describe their own layout and ignore it. Values are checked for NaN/Inf.
+    The size a file declares is checked against `specad.bounds.MAX_CUBE_ELEMENTS` before any of
+    it is read (`check_declared`).
     """
     path = Path(path)
+    if not path.exists():  # before the suffix: a mistyped name is not a format problem
+        raise SpecadError("no such file", path)
     suffix = path.suffix.lower()
     if suffix == ".img":
         path, suffix = path.with_suffix(".hdr"), ".hdr"
@@ -81,6 +94,7 @@ def _apply_layout(data: np.ndarray, layout: str | None, path: Path) -> np.ndarra
 
     The guess takes an axis smaller than both others as the band axis (cubes have fewer bands
     than pixels per side in practice), preferring the last, and says so once per process.
+    The result is one C-ordered copy, so that `Cube` need not copy it again.
     """
     if data.dtype.kind not in "fiub":
         raise SpecadError(f"unsupported data type {data.dtype}", path)
@@ -97,7 +111,8 @@ def _apply_layout(data: np.ndarray, layout: str | None, path: Path) -> np.ndarra
             ),
             stacklevel=3,
         )
-    return data.transpose([layout.index(axis) for axis in "hwc"]).astype(np.float32)
+    order = [layout.index(axis) for axis in "hwc"]
+    return data.transpose(order).astype(np.float32, order="C")
 
 
 def _meta_kwargs(meta: dict | None) -> dict:
@@ -119,14 +134,16 @@ def _read_tiff(path: Path, layout: str | None) -> Cube:
     """
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        data = series.asarray()
         axes = series.axes
         stacked = len(tif.series) > 1 and all(s.shape == series.shape for s in tif.series)
+        check_declared((len(tif.series),) * stacked + tuple(series.shape), path)
         if stacked:
             data = np.stack([s.asarray() for s in tif.series])  # one 2-D image per band
             axes = "Q" + axes
+        else:
+            data = series.asarray()
         meta = tif.shaped_metadata[0] if tif.shaped_metadata else None
     spectral = _meta_kwargs((meta or {}).get("spectral"))
     if data.ndim == 2 or layout is not None:
@@ -137,136 +154,128 @@ def _read_tiff(path: Path, layout: str | None) -> Cube:
     if bare:  # tifffile.imwrite(path, array): pages of the array's first axis, shape recorded
         return Cube(_apply_layout(data, None, path), **spectral)
     band_axis = axes.find("S") if "S" in axes else axes.find("C") if "C" in axes else 0
-    return Cube(np.moveaxis(data, band_axis, -1).astype(np.float32), **spectral)
+    return Cube(np.moveaxis(data, band_axis, -1).astype(np.float32, order="C"), **spectral)
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Library logger ``name`` silenced: its notes on a corrupt file would be lines beside the
+    one error that the file gives."""
+    logger = logging.getLogger(name)
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 def _read_npy(path: Path, layout: str | None) -> Cube:
-    data = np.load(path, allow_pickle=False)
+    with path.open("rb") as f:
+        shape, _, _ = _npy_header(f)
+    check_declared(shape, path)
+    data = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped: read once, by the copy
     return Cube(_apply_layout(data, layout, path))
 
 
+def _npy_header(f: Any) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, type and header length of the ``.npy`` stream ``f``, nothing read beyond them."""
+    version = np.lib.format.read_magic(f)
+    read = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0  # 3.0 differs in field-name encoding only
+    )
+    shape, _, dtype = read(f)
+    return tuple(shape), dtype, f.tell()
+
+
+_META_BYTES = 1 << 20
+"""Largest ``meta`` member of an ``.npz`` read: the band description `write_cube` stores there
+is a few KB even at `specad.bounds.MAX_CHANNELS` bands."""
+
+
 def _read_npz(path: Path, variable: str | None, layout: str | None) -> Cube:
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    data = _pick_variable(arrays, variable, path)
-    meta = json.loads(str(arrays["meta"])) if "meta" in arrays else None
+    with zipfile.ZipFile(path) as z:
+        listing = _npz_listing(z, path)
+        name = pick_variable(listing, variable, path)
+        check_declared(listing[name].shape, path, f"variable '{name}'")
+        data = _npz_array(z, name)
+        meta = None
+        if "meta" in listing:
+            if z.getinfo("meta.npy").file_size > _META_BYTES:
+                raise SpecadError(
+                    f"the 'meta' band description is over {_META_BYTES:,} bytes", path
+                )
+            meta = json.loads(str(_npz_array(z, "meta")))
     if meta is not None and layout is None:
         layout = "hwc"  # written by write_cube
     return Cube(_apply_layout(data, layout, path), **_meta_kwargs(meta))
 
 
-def read_mat_arrays(path: Path) -> dict[str, np.ndarray]:
-    """Every numeric array of a MATLAB v5 or v7.3 file, in MATLAB's own axis order.
+def _npz_listing(z: zipfile.ZipFile, path: Path) -> dict[str, Stored]:
+    """Every array of an ``.npz`` as its headers declare it, nothing inflated beyond them.
 
-    v7.3 files are HDF5, where h5py sees MATLAB's column-major arrays transposed; they are
-    transposed back so that an H x W x B cube (or an H x W truth map) reads the same from both.
-    Both parsers are native code that fuzzing crashed (segfaults) on corrupt files, so they run
-    in a forked child process: a crash there is one line about the file, not a dead program.
+    A member's own ``.npy`` header must account for exactly the bytes its zip entry declares,
+    and those may exceed the bytes stored at most `MAX_EXPANSION` times (beyond
+    `EXPANSION_FLOOR`): a decompression bomb is refused before it is inflated, and reading stops
+    at the declared size whatever the stream holds.
     """
-    return _isolated(_parse_mat, path)
+    listing = {}
+    for info in z.infolist():
+        if not info.filename.endswith(".npy"):
+            continue
+        name = info.filename.removesuffix(".npy")
+        with z.open(info) as f:
+            shape, dtype, header = _npy_header(f)
+        if dtype.hasobject:  # pickled: never loaded (allow_pickle=False), so never inflated
+            listing[name] = Stored(shape, "O", "a pickled object array")
+            continue
+        size = header + math.prod(shape) * dtype.itemsize
+        if size != info.file_size:
+            raise SpecadError(
+                f"variable '{name}' declares {shape} {dtype} ({size:,} bytes), its zip entry "
+                f"{info.file_size:,} bytes (corrupt file?)",
+                path,
+            )
+        if info.file_size > max(EXPANSION_FLOOR, MAX_EXPANSION * info.compress_size):
+            raise SpecadError(
+                f"variable '{name}' inflates {info.compress_size:,} stored bytes to "
+                f"{info.file_size:,}, over {MAX_EXPANSION}x (specad.bounds.MAX_EXPANSION): "
+                "a decompression bomb, or a cube of constants",
+                path,
+            )
+        listing[name] = Stored(shape, dtype.kind, f"of type {dtype}")
+    return listing
 
 
-def _parse_mat(path: Path) -> dict[str, np.ndarray]:
-    import h5py
-    import scipy.io
-
-    if h5py.is_hdf5(path):
-        with h5py.File(path, "r") as f:
-            return {
-                k: np.asarray(f[k][()]).T
-                for k in f
-                if isinstance(f[k], h5py.Dataset) and f[k].dtype.kind in "fiub"
-            }
-    return {
-        k: v
-        for k, v in scipy.io.loadmat(path).items()
-        if isinstance(v, np.ndarray) and v.dtype.kind in "fiub"
-    }
-
-
-READ_TIMEOUT_S = 300.0
-
-
-def _isolated(parse: Callable[[Path], Any], path: Path) -> Any:
-    """``parse(path)`` in a forked child (where ``fork`` exists); its crash or hang is an error."""
-    if not hasattr(os, "fork"):
-        return parse(path)
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("fork")
-    receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(send, parse, path), daemon=True)
-    child.start()
-    send.close()
-    try:
-        if not receive.poll(READ_TIMEOUT_S):
-            child.kill()
-            raise SpecadError(f"reading took over {READ_TIMEOUT_S:g} s (corrupt file?)", path)
-        ok, value = receive.recv()
-    except EOFError:
-        child.join()
-        raise SpecadError(
-            f"cannot read: the file's parser crashed (exit {child.exitcode}); corrupt file?", path
-        ) from None
-    finally:
-        receive.close()
-    child.join()
-    if not ok:
-        raise SpecadError(f"cannot read cube ({value})", path)
-    return value
-
-
-def _child(send: Any, parse: Callable[[Path], Any], path: Path) -> None:
-    try:
-        result = (True, parse(path))
-    except Exception as err:  # noqa: BLE001 - reported by the parent as one line
-        result = (False, f"{type(err).__name__}: {err}")
-    send.send(result)
-    send.close()
+def _npz_array(z: zipfile.ZipFile, name: str) -> np.ndarray:
+    """Member ``name`` of an ``.npz``, its size already checked (`_npz_listing`)."""
+    with z.open(f"{name}.npy") as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def _read_mat(path: Path, variable: str | None, layout: str | None) -> Cube:
-    arrays = read_mat_arrays(path)
-    data = _apply_layout(_pick_variable(arrays, variable, path), layout or "hwc", path)
+    name, arrays = read_mat_arrays(path, variable)
+    data = _apply_layout(arrays[name], layout or "hwc", path)
     wavelengths = None
-    for key in ("wavelength", "wavelengths", "wl", "lambda"):
+    for key in WAVELENGTH_KEYS:
         if key in arrays and arrays[key].size == data.shape[2]:
             wavelengths = [float(w) for w in np.ravel(arrays[key])]
     return Cube(data, wavelengths=wavelengths)
 
 
-def _pick_variable(arrays: dict[str, np.ndarray], variable: str | None, path: Path) -> np.ndarray:
-    names = ", ".join(sorted(k for k in arrays if not k.startswith("__"))) or "none"
-    if variable is not None:
-        if variable not in arrays:
-            raise SpecadError(f"no variable '{variable}' (has: {names})", path)
-        return arrays[variable]
-    candidates = [
-        (v.size, k)
-        for k, v in arrays.items()
-        if v.ndim == 3 and v.dtype.kind in "fiu" and not k.startswith("__")
-    ]
-    if not candidates:
-        raise SpecadError(f"no 3-D numeric array found (variables: {names})", path)
-    return arrays[max(candidates)[1]]
+_ENVI_TYPES = {"1": "u1", "2": "i2", "3": "i4", "4": "f4", "5": "f8", "12": "u2", "13": "u4"}
 
 
 def _read_envi(path: Path) -> Cube:
     header = _parse_envi_header(path)
     lines, samples, bands = (int(header[k]) for k in ("lines", "samples", "bands"))
-    dtypes = {"1": "u1", "2": "i2", "3": "i4", "4": "f4", "5": "f8", "12": "u2", "13": "u4"}
+    check_declared((lines, samples, bands), path)
     code = header.get("data type", "4")
-    if code not in dtypes:
+    if code not in _ENVI_TYPES:
         raise SpecadError(f"unsupported ENVI data type {code}", path)
     order = ">" if header.get("byte order", "0") == "1" else "<"
-    image = _envi_data_file(path)
-    raw = np.fromfile(
-        image, dtype=np.dtype(order + dtypes[code]), offset=int(header.get("header offset", 0))
-    )
-    if raw.size != lines * samples * bands:
-        raise SpecadError(
-            f"ENVI data holds {raw.size} values, header says {lines}x{samples}x{bands}", image
-        )
+    dtype = np.dtype(order + _ENVI_TYPES[code])
     interleave = header.get("interleave", "bsq").lower()
     shapes = {
         "bsq": (bands, lines, samples),
@@ -276,12 +285,21 @@ def _read_envi(path: Path) -> Cube:
     to_hwc = {"bsq": (1, 2, 0), "bil": (0, 2, 1), "bip": (0, 1, 2)}
     if interleave not in shapes:
         raise SpecadError(f"unknown ENVI interleave '{interleave}'", path)
+    image = _envi_data_file(path)
+    offset, count = int(header.get("header offset", 0)), lines * samples * bands
+    if image.stat().st_size != offset + count * dtype.itemsize:
+        raise SpecadError(
+            f"ENVI data holds {image.stat().st_size:,} bytes, header says {lines}x{samples}x"
+            f"{bands} {dtype.name} after {offset} bytes ({offset + count * dtype.itemsize:,})",
+            image,
+        )
+    raw = np.fromfile(image, dtype=dtype, count=count, offset=offset)
     data = raw.reshape(shapes[interleave]).transpose(to_hwc[interleave])
     wavelengths = _envi_list(header.get("wavelength"))
     names = header.get("band names")
     rgb = _envi_list(header.get("default bands"))
     return Cube(
-        data.astype(np.float32),
+        data.astype(np.float32, order="C"),
         bands=[n.strip() for n in names.split(",")] if names else [],
         wavelengths=wavelengths if wavelengths and len(wavelengths) == bands else None,
         rgb=tuple(int(i) - 1 for i in rgb) if rgb and len(rgb) == 3 else None,  # type: ignore[arg-type]
@@ -343,3 +361,33 @@ def _read_cu3s(path: Path, index: int = 0) -> Cube:
     data = np.asarray(cube.array, dtype=np.float32) * scale
     wavelengths = [float(w) for w in cube.wavelength] if len(cube.wavelength) else None
     return Cube(data, wavelengths=wavelengths)
+
+
+def read_image(path: Path, convert: Callable[[Image], Image] | None = None) -> np.ndarray:
+    """The pixels of a plain image (PNG, JPEG, ...: a mask, a truth map, a photo to import),
+    as stored or after ``convert`` (e.g. ``lambda im: im.convert("RGB")``), its declared size
+    checked before it is decoded (`check_declared`); any failure is one line naming the file.
+
+    PIL refuses images over twice its own pixel limit as decompression bombs
+    (``DecompressionBombError``), which is said as such; below that it only warns, and
+    `MAX_CUBE_ELEMENTS` decides, so the warning is not shown.
+    """
+    from PIL import Image as PIL
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PIL.DecompressionBombWarning)
+        try:
+            with PIL.open(path) as im:
+                check_declared((im.height, im.width, len(im.getbands())), path, "the image")
+                im.load()
+                return np.asarray(convert(im) if convert else im)
+        except SpecadError:
+            raise
+        except PIL.DecompressionBombError as err:
+            raise SpecadError(
+                f"image over PIL's decompression-bomb limit of {2 * PIL.MAX_IMAGE_PIXELS:,} "
+                f"pixels ({err})",
+                path,
+            ) from err
+        except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
+            raise SpecadError(f"cannot read image ({type(err).__name__}: {err})", path) from err

@@ -205,6 +205,13 @@ class BaseDetector(ABC):
         return None
 
     @property
+    def fitted_units(self) -> Units | None:
+        """The per-channel standardisation the fitted maps' input had (`Units`; identity for
+        cube units), where the fitted state records it; None: not recorded. A model file whose
+        preprocessing standardises otherwise is refused at load (`specad.modelfile`)."""
+        return None
+
+    @property
     def calibrated(self) -> bool:
         """Whether ``threshold_`` is set, so that verdicts can be given."""
         return hasattr(self, "threshold_")

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from specad.bounds import ChannelCount, FiniteFloat, validate
+from specad.bounds import ChannelCount, FiniteFloat, Index, validate
 from specad.errors import SpecadError
 from specad.models.base import (
     BaseDetector,
@@ -103,6 +103,8 @@ class KNN(BaseDetector):
         "patch_scale_",
         "spectra_",
         "spectral_weight_",
+        "image_size_",
+        "units_",
     )
     input_size: ClassVar[int] = 256
     blocks: tuple[int, ...] = (4, 10, 12)
@@ -144,8 +146,9 @@ class KNN(BaseDetector):
         ).to(first.device, memory_format=torch.channels_last)
         self.wavelengths_ = None if wavelengths is None else [float(w) for w in wavelengths]
         per_image = math.ceil(self.max_patches / len(train))
-        kept = []
+        kept, sides = [], set()
         for batch in batches(train):
+            sides.update(batch.shape[-2:])
             for f in self._patches(batch):  # [h*w, D] per image
                 pick = torch.randperm(len(f), generator=gen)[:per_image].to(f.device)
                 kept.append(f[pick])
@@ -155,11 +158,18 @@ class KNN(BaseDetector):
         self.spectra_ = PixelSpectra.fit(train, units, self.seed) if weighted else None
         self.patch_scale_, self.spectra_scales_ = (0.0, 0.1), []  # identity until fitted
         if len(val):
-            raw = [self._raw_maps(x[None].to(first.device)) for x in val]  # sizes may differ
+            raw = []
+            for x in val:  # sizes may differ
+                sides.update(x.shape[-2:])
+                raw.append(self._raw_maps(x[None].to(first.device)))
             self.patch_scale_ = normal_quantiles(patch for patch, _ in raw)
             self.spectra_scales_ = [
                 normal_quantiles(spectra[i] for _, spectra in raw) for i in range(len(raw[0][1]))
             ]
+        self.image_size_ = sides.pop() if len(sides) == 1 else 0
+        c = first.shape[0]
+        scale, offset = ([1.0] * c, [0.0] * c) if units is None else units
+        self.units_ = ([float(k) for k in scale], [float(o) for o in offset])
         return self
 
     def _patches(self, x: Tensor) -> Tensor:
@@ -174,6 +184,20 @@ class KNN(BaseDetector):
         """Input channels the model was fitted on; fails clearly if it was never fitted."""
         self.check_fitted()
         return self.extractor_.stem.in_channels
+
+    @property
+    def fitted_size(self) -> int | None:
+        """Side of the S x S images the map scales were measured on; None where they varied
+        (cubes at their own sizes) or the file predates the record."""
+        self.check_fitted()
+        return self.image_size_ or None
+
+    @property
+    def fitted_units(self) -> Units | None:
+        """The standardisation the fitted input had (identity: cube units); None where the file
+        predates the record."""
+        self.check_fitted()
+        return self.units_
 
     def export_graph(self) -> PatchMap:
         """The normalised patch map as one module (`PatchMap`): what the ONNX exports compute
@@ -235,6 +259,8 @@ class KNN(BaseDetector):
             "spectra_scales": [list(s) for s in self.spectra_scales_],
             "spectra": None if self.spectra_ is None else self.spectra_.scalars(),
             "spectral_weight": self.spectral_weight_,
+            "image_size": self.image_size_,
+            "units": None if self.units_ is None else [list(u) for u in self.units_],
         }
 
     @classmethod
@@ -256,6 +282,12 @@ class KNN(BaseDetector):
             scalars["wavelengths"],
             None,
             "knn wavelengths",
+        )
+        # files written before these were recorded: any size and standardisation
+        self.image_size_ = validate(Index, scalars.get("image_size", 0), None, "knn image_size")
+        per_channel = Annotated[list[FiniteFloat], Field(min_length=channels, max_length=channels)]
+        self.units_ = validate(
+            tuple[per_channel, per_channel] | None, scalars.get("units"), None, "knn units"
         )
         self.extractor_ = EfficientNetLite0Teacher(
             channels, self.blocks, self.mapping, self.wavelengths_
@@ -294,13 +326,21 @@ class KNN(BaseDetector):
 
 
 def batches(images: Images) -> Iterator[Tensor]:
-    """[B, N, S, S] batches of `_BATCH` images of a [B, N, S, S] tensor or of a sequence of
-    [N, S, S] ones, indexed one batch at a time so that a lazy sequence streams."""
+    """[B, N, H, W] batches of up to `_BATCH` images of a [B, N, H, W] tensor or of a sequence
+    of [N, H, W] ones, indexed one at a time so that a lazy sequence streams; a batch ends
+    where the size changes (cubes at their own sizes)."""
     if isinstance(images, Tensor):
         yield from images.split(_BATCH)
         return
-    for start in range(0, len(images), _BATCH):
-        yield torch.stack([images[i] for i in range(start, min(start + _BATCH, len(images)))])
+    batch: list[Tensor] = []
+    for i in range(len(images)):
+        x = images[i]
+        if batch and (len(batch) == _BATCH or x.shape != batch[0].shape):
+            yield torch.stack(batch)
+            batch = []
+        batch.append(x)
+    if batch:
+        yield torch.stack(batch)
 
 
 SPECTRAL_WEIGHT = 0.5

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from specad.config import read_yaml_mapping, validate
+from specad.errors import SpecadError
 from specad.metrics import DEFAULT_FAR
 from specad.models.registry import ModelSpec
 
@@ -56,11 +57,35 @@ class ReportConfig(BaseModel):
     @field_validator("models")
     @classmethod
     def _names_are_file_names(cls, models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
-        # Model names become folder names under images/, so they must be safe as such.
+        # Model names become folder names under images/, so they must be safe as such, and
+        # distinct also where a file system ignores case.
+        seen: dict[str, str] = {}
         for name in models:
             if not _NAME.fullmatch(name):
                 raise ValueError(f"model name '{name}' must be letters, digits, '.', '_' or '-'")
+            if name.casefold() in seen:
+                raise ValueError(
+                    f"model names '{seen[name.casefold()]}' and '{name}' differ only in case "
+                    "(some file systems do not tell them apart)"
+                )
+            seen[name.casefold()] = name
         return models
+
+
+def named_models(flags: list[str]) -> dict[str, str]:
+    """``--model`` values (``NAME=PATH``, or a path or ``rx``/``knn`` named after its last part)
+    by name. Two with one name are refused: each name is one column, folder and entry of
+    ``metrics.json``, and a dictionary would silently keep only the last."""
+    models: dict[str, str] = {}
+    for flag in flags:
+        name, source = flag.split("=", 1) if "=" in flag else (Path(flag).stem, flag)
+        if name in models:
+            raise SpecadError(
+                f"--model {models[name]} and {source} are both named '{name}'; "
+                "name each with --model NAME=PATH"
+            )
+        models[name] = source
+    return models
 
 
 def load_report_config(path: str | Path | None, **overrides: Any) -> ReportConfig:

@@ -23,7 +23,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from specad import __version__
 from specad.infer import Detector
-from specad.io import atomic_dir
+from specad.io import atomic_dir, refuse_overlap
+from specad.io.files import escaped
 from specad.metrics import AUPRO_FPR_LIMIT
 from specad.report.config import ReportConfig
 from specad.report.figures import FigureOut, dataset_figures, model_colour
@@ -70,12 +71,19 @@ def _hue(value: float) -> str:
     return f"{120 * float(np.clip((value - 0.5) / 0.5, 0, 1)):.0f}"
 
 
+def _printable(value: Any) -> Any:
+    """What a template prints, file names that are not UTF-8 shown by their bytes (`escaped`):
+    a page with such a name can be written, and shows it as it is. (`Markup` is left alone.)"""
+    return escaped(value) if type(value) is str else value
+
+
 _ENV = Environment(
     loader=PackageLoader("specad.report", "templates"),
     autoescape=select_autoescape(("html.j2",)),
     undefined=StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
+    finalize=_printable,
 )
 _ENV.filters.update(num=_num, hue=_hue)
 _ENV.tests["missing"] = _missing
@@ -93,8 +101,11 @@ def write_report(cfg: ReportConfig, progress: bool = False) -> Path:
     """Run every model on every dataset and write the report folder; returns its index.html.
 
     The folder is built under a temporary name and swapped in at the end, so a failure leaves
-    any previous report untouched and nothing half-written.
+    any previous report untouched and nothing half-written. An output that is, holds or lies
+    in a dataset or model is refused first, ``force`` or not.
     """
+    models = [s.path for s in cfg.models.values() if s.path is not None]
+    refuse_overlap(cfg.out, [*cfg.datasets, *models])
     with atomic_dir(cfg.out, cfg.force) as tmp:
         loaded = {m: Detector.load(s.path) for m, s in cfg.models.items() if s.path is not None}
         names = dataset_names(cfg.datasets)
