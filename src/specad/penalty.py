@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from specad.errors import SpecadError
 from specad.io import IMAGE_SUFFIXES
+from specad.io.read import read_image
 from specad.spectral import rgb_copies
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SKIMAGE_NATURAL = (
     "astronaut.png",
@@ -80,18 +85,19 @@ class PenaltySet:
     def _rgb(self, i: int) -> np.ndarray:
         """The i-th image as (3, 2S, 2S) float32 in [0, 1]: resized to 2x and centre-cropped."""
         if i not in self._cache:
-            from PIL import Image
-
             side = 2 * self.image_size
-            with Image.open(self.files[i]) as im:
+
+            def crop(im: Image.Image) -> Image.Image:
                 im = im.convert("RGB")
                 scale = side / min(im.size)
                 im = im.resize(
                     (max(side, round(im.width * scale)), max(side, round(im.height * scale)))
                 )
                 left, top = (im.width - side) // 2, (im.height - side) // 2
-                im = im.crop((left, top, left + side, top + side))
-                self._cache[i] = np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255.0
+                return im.crop((left, top, left + side, top + side))
+
+            rgb = read_image(self.files[i], crop).astype(np.float32)
+            self._cache[i] = rgb.transpose(2, 0, 1) / 255.0
         return self._cache[i]
 
     def images(self) -> torch.Tensor:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,10 +26,14 @@ from torch import Tensor, nn
 
 from specad.checkpoint import load_state, save_state
 from specad.errors import SpecadError
+from specad.io.read import read_image
 from specad.models.efficientad import PDN, channel_stats
 from specad.models.teachers import EfficientNetLite0Teacher, save_teacher_file, teacher_metadata
 from specad.penalty import image_files, natural_images
 from specad.runtime import cpu_model
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 GREY_PHOTOS = ("camera.png", "coins.png", "moon.png", "page.png", "text.png")
 """scikit-image's grey photos, which the penalty set leaves out but distillation can use."""
@@ -93,15 +98,12 @@ class NaturalCrops:
 
 
 def _read_rgb(path: Path, max_side: int) -> Tensor:
-    from PIL import Image
+    def shrink(im: Image.Image) -> Image.Image:
+        im = im.convert("RGB")
+        im.thumbnail((max_side, max_side))
+        return im
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((max_side, max_side))
-            rgb = np.asarray(im, dtype=np.float32) / 255.0
-    except OSError as err:
-        raise SpecadError(f"cannot read image ({err})", path) from err
+    rgb = read_image(path, shrink).astype(np.float32) / 255.0
     return torch.from_numpy(rgb.transpose(2, 0, 1).copy())
 
 
