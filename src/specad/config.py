@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -14,12 +15,28 @@ from pydantic import (
     model_validator,
 )
 
-from specad.bounds import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ImageSize, check_image_size, validate
+from specad.bounds import (
+    MAX_BATCH_SIZE,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
+    FiniteFloat,
+    ImageSize,
+    Seed,
+    check_image_size,
+    text_value,
+    validate,
+)
 from specad.errors import SpecadError
 from specad.metrics import DEFAULT_FAR
+from specad.runtime import check_device_name
 
 Channels = Literal["all", "rgb", "swir"] | Annotated[list[int | float | str], Field(min_length=1)]
 """A channel selection (`specad.data.select_channels`)."""
+DeviceName = Annotated[str, AfterValidator(check_device_name)]
+"""auto, cpu, cuda or cuda:N (`specad.runtime.DEVICE_NAME`); whether it is here is checked when
+the run starts."""
+Rate = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+"""A false-alarm rate: a finite share strictly between 0 and 1."""
 
 
 class Strict(BaseModel):
@@ -27,8 +44,8 @@ class Strict(BaseModel):
 
 
 class Normalization(Strict):
-    mean: list[float]
-    std: list[float]
+    mean: list[FiniteFloat]
+    std: list[Annotated[FiniteFloat, Field(gt=0)]]
 
 
 class DataConfig(Strict):
@@ -49,7 +66,7 @@ class ModelConfig(Strict):
     padding: bool | None = None
     """Padded convolutions in the student (and a PDN teacher); None picks by teacher
     (`student_padding`)."""
-    ae_weight: float = Field(0.5, ge=0, le=1)
+    ae_weight: float = Field(0.5, ge=0, le=1, allow_inf_nan=False)
     """Share of the student-autoencoder map in the anomaly map; the student-teacher map has
     the rest."""
 
@@ -72,19 +89,19 @@ class PenaltyConfig(Strict):
 
 class TrainConfig(Strict):
     steps: int = Field(1000, ge=1)
-    batch_size: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
-    lr_decay_at: float = Field(0.95, gt=0, le=1)
-    seed: int = 0
-    device: str = "auto"
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH_SIZE)
+    lr: float = Field(1e-4, gt=0, le=1, allow_inf_nan=False)
+    weight_decay: float = Field(1e-5, ge=0, allow_inf_nan=False)
+    lr_decay_at: float = Field(0.95, gt=0, le=1, allow_inf_nan=False)
+    seed: Seed = 0
+    device: DeviceName = "auto"
     bf16: Literal["auto", "on", "off"] = "auto"
     cache_teacher: bool = True
     export: list[Literal["onnx", "int8"]] = ["onnx", "int8"]
     log_every: int = Field(25, ge=1)
     val_every: int = Field(0, ge=0)
     checkpoint_every: int = Field(100, ge=1)
-    threshold_far: float = Field(DEFAULT_FAR, gt=0, lt=1)
+    threshold_far: Rate = DEFAULT_FAR
 
 
 def min_image_size(model: ModelConfig) -> int:
@@ -165,7 +182,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, **b
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set ``key.sub=value`` in ``raw``, the value read as YAML; a bad one names the key."""
+    """Set ``key.sub=value`` in ``raw``, the value read as YAML, numbers also in exponent
+    notation (`specad.bounds.text_value`); a bad one names the key."""
     if "=" not in item:
         raise SpecadError(f"--set expects key=value, got '{item[:60]}'")
     key, value = item.split("=", 1)
@@ -177,11 +195,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise SpecadError(f"--set {key}: '{part}' is not a section")
-    try:
-        node[parts[-1]] = yaml.safe_load(value)
-    except (yaml.YAMLError, RecursionError) as err:
-        first = (str(err).splitlines() or [type(err).__name__])[0]
-        raise SpecadError(f"--set {key}: the value is not valid YAML ({first})") from err
+    node[parts[-1]] = text_value(value, f"--set {key[:60]}")
 
 
 def parse_sets(items: list[str] | None) -> dict[str, Any]:
@@ -199,8 +213,8 @@ class FitOptions(Strict):
     channels: Channels = "all"
     image_size: ImageSize | None = None
     """None: the detector's own input size."""
-    far: float = Field(DEFAULT_FAR, gt=0, lt=1)
-    device: str = "auto"
+    far: Rate = DEFAULT_FAR
+    device: DeviceName = "auto"
 
     @field_validator("image_size", mode="before")
     @classmethod

@@ -7,6 +7,8 @@ measured, and decide what is worth measuring.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -17,17 +19,79 @@ RUNTIMES = ("auto", "torch", "bf16", "onnx", "int8", "numpy")
 """How maps can be computed; each detector class lists those that apply to it."""
 
 
+DEVICE_NAME = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+"""What ``--device`` (and ``train.device``, ``--set device=``) may name: specad runs on CPUs and
+CUDA GPUs; torch's other device types (mps, meta, xla ...) are not ones its models support."""
+
+
+def check_device_name(name: str) -> str:
+    """``name`` if it is one `DEVICE_NAME` allows (whether that device is here is
+    `pick_device`'s to say), else a `ValueError` saying what is allowed."""
+    if not isinstance(name, str) or not DEVICE_NAME.fullmatch(name):
+        raise ValueError(
+            f"device {str(name)[:40]!r} is not one specad runs on: auto, cpu, cuda, cuda:N"
+        )
+    return name
+
+
 def pick_device(name: str = "auto") -> torch.device:
-    """CUDA when present, else CPU; ``name`` (e.g. ``cpu``, ``cuda:1``) overrides."""
+    """CUDA when present, else CPU; ``name`` (``cpu``, ``cuda``, ``cuda:1``) overrides. A device
+    this machine does not have is a one-line `SpecadError`."""
+    try:
+        check_device_name(name)
+    except ValueError as err:
+        raise SpecadError(str(err)) from err
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise SpecadError(f"unknown device '{name}'") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise SpecadError(f"device '{name}' requested but CUDA is not available")
-    return device
+    index, count = int(name.partition(":")[2] or 0), torch.cuda.device_count()
+    if index >= count:
+        raise SpecadError(
+            f"device '{name}' requested but this machine has {count} CUDA device(s) "
+            f"(cuda:0..cuda:{count - 1})"
+        )
+    return torch.device(name)
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, which containers and ``taskset``
+    narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def available_memory(device: torch.device | None = None) -> int:
+    """Bytes that can still be allocated on ``device`` (default: host memory): free GPU memory,
+    or the host's available memory, less where a cgroup (a container's limit) allows less."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    free = _meminfo_kib("MemAvailable") * 1024
+    if not free:  # no /proc/meminfo: the free pages the OS reports
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit == "max":
+            return free
+        return min(free, max(0, int(limit) - int((cgroup / "memory.current").read_text())))
+    except (OSError, ValueError):  # no cgroup v2 limit here
+        return free
+
+
+def _meminfo_kib(field: str) -> int:
+    """A field of /proc/meminfo in KiB (0 where there is none)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _cpuinfo(field: str) -> str:

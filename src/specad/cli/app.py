@@ -6,8 +6,10 @@ so users never see a traceback for bad input.
 
 from __future__ import annotations
 
+import math
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -39,7 +41,51 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-Device = Annotated[str, typer.Option(help="auto (CUDA, then CPU), cpu, cuda, cuda:1 ...")]
+def given(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A typer callback running ``check`` on an option's value, when one is given, as the command
+    line is parsed: a bad value is refused (one line) before any work starts."""
+    return lambda value: None if value is None else check(value)
+
+
+def finite(option: str) -> Callable[[Any], Any]:
+    """A typer callback refusing NaN and infinities for a float ``option`` (click lets them
+    through its number type and its ranges)."""
+
+    def check(value: float) -> float:
+        if not math.isfinite(value):
+            raise SpecadError(f"{option} must be a finite number, got {value}")
+        return value
+
+    return given(check)
+
+
+def _device(name: str) -> str:
+    """``name`` if it names a device this machine has (`specad.runtime.pick_device`)."""
+    from specad.runtime import pick_device
+
+    pick_device(name)
+    return name
+
+
+def _scheduler(address: str) -> str:
+    """``address`` where a Dask scheduler answers (`specad.distributed.probe_scheduler`)."""
+    from specad.distributed import probe_scheduler, scheduler_address
+
+    address = scheduler_address(address)
+    probe_scheduler(address)
+    return address
+
+
+def _workers(count: int) -> int:
+    from specad.distributed import check_workers
+
+    return check_workers(count)
+
+
+Device = Annotated[
+    str,
+    typer.Option(help="auto (CUDA, then CPU), cpu, cuda, cuda:1 ...", callback=given(_device)),
+]
 Variable = Annotated[
     str | None, typer.Option(help="Array to read from .mat/.npz files (default: largest 3-D).")
 ]
@@ -60,11 +106,18 @@ Runtime = Annotated[
 
 Scheduler = Annotated[
     str | None,
-    typer.Option(help="Score on this Dask scheduler (tcp://HOST:8786); needs the dask extra."),
+    typer.Option(
+        help="Score on this Dask scheduler (tcp://HOST:8786); needs the dask extra.",
+        callback=given(_scheduler),
+    ),
 ]
 Workers = Annotated[
     int | None,
-    typer.Option(min=1, help="Score on a local Dask cluster of N processes; needs the dask extra."),
+    typer.Option(
+        help="Score on a local Dask cluster of N processes (at most one per core); needs the "
+        "dask extra.",
+        callback=given(_workers),
+    ),
 ]
 
 
@@ -73,24 +126,42 @@ def _note(message, category, filename, lineno, file=None, line=None) -> None:  #
     err.print(f"note: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
+_ClickError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+"""Click's base error (from the click typer uses: recent typers carry their own copy)."""
+
+
 def main() -> None:
     """Entry point: run the app, mapping user errors to one line and exit code 2.
 
     An ``OSError`` that escapes (disk full, permissions) is the environment, not a bug: it is
-    one line naming the file as well.
+    one line naming the file as well. A command line click refuses (an unknown option, a value
+    of the wrong type) is one line too, and so is Ctrl-C: ``interrupted``, exit code 130.
     """
     import warnings
 
     warnings.showwarning = _note
     try:
-        app()
+        code = app(standalone_mode=False)
     except SpecadError as e:
-        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail_line(str(e), 2)
+    except _ClickError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # the help is the answer
+            sys.exit(2)
+        context = getattr(e, "ctx", None)
+        hint = f" (see {context.command_path} --help)" if context is not None else ""
+        _fail_line(f"{e.format_message()}{hint}", e.exit_code)
+    except typer.Abort:
+        _fail_line("aborted", 1)
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
-        err.print(f"error: {where}{e.strerror or e}", markup=False, highlight=False)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+        _fail_line(f"{where}{e.strerror or e}", 2)
+    except KeyboardInterrupt:  # before typer's handling starts, or after it ends
+        code = 130
+    if code == 130:  # typer's exit code for KeyboardInterrupt; no command uses it otherwise
+        err.print("interrupted", markup=False, highlight=False)
+    sys.exit(code or 0)
+
+
+def _fail_line(message: str, code: int) -> None:
+    err.print(f"error: {' '.join(message.split())}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)

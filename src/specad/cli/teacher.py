@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from specad.bounds import MAX_BATCH_SIZE, MAX_CHANNELS, MAX_IMAGE_SIZE
 from specad.cli.app import (
     Device,
     app,
     fail,
+    finite,
     out,
 )
+from specad.errors import SpecadError
 
 teacher_app = typer.Typer(no_args_is_help=True, help="Teacher networks: adapt, distill, info.")
 app.add_typer(teacher_app, name="teacher")
 
 
+def _wavelengths(text: str) -> list[float]:
+    """``--wavelengths`` as finite numbers of nanometres, or one line saying which is not."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise SpecadError(f"--wavelengths: {item.strip()[:20]!r} is not a wavelength in nm")
+        values.append(value)
+    return values
+
+
 @teacher_app.command("adapt")
 def teacher_adapt(
     source: Annotated[Path, typer.Argument(help="RGB teacher (.pth or .safetensors).")],
-    channels: Annotated[int, typer.Option(help="Number of input channels N.")],
+    channels: Annotated[
+        int, typer.Option(min=1, max=MAX_CHANNELS, help="Number of input channels N.")
+    ],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Output .safetensors.")],
     mapping: Annotated[str, typer.Option(help="repeat or wavelength.")] = "repeat",
     wavelengths: Annotated[
@@ -31,7 +51,7 @@ def teacher_adapt(
     """Widen an RGB teacher's first convolution to N channels (duplicate-and-scale)."""
     from specad.models.teachers import adapt_teacher_file
 
-    wl = [float(w) for w in wavelengths.split(",")] if wavelengths else None
+    wl = _wavelengths(wavelengths) if wavelengths else None
     if out_file.exists():
         fail(f"{out_file}: exists; choose another name")
     out.print(str(adapt_teacher_file(source, out_file, channels, mapping, wl)))
@@ -47,9 +67,14 @@ def teacher_distill(
     steps: Annotated[
         int, typer.Option(min=1, help="Total steps (the paper: 60,000 at batch 16).")
     ] = 1000,
-    batch_size: Annotated[int, typer.Option(min=1, help="Crops per step.")] = 8,
-    image_size: Annotated[int, typer.Option(min=16, help="Crop size in pixels.")] = 128,
-    lr: Annotated[float, typer.Option(min=0, help="Initial learning rate (cosine to 0).")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(min=1, max=MAX_BATCH_SIZE, help="Crops per step.")] = 8,
+    image_size: Annotated[
+        int, typer.Option(min=16, max=MAX_IMAGE_SIZE, help="Crop size in pixels.")
+    ] = 128,
+    lr: Annotated[
+        float,
+        typer.Option(min=0, callback=finite("--lr"), help="Initial learning rate (cosine to 0)."),
+    ] = 1e-3,
     resume: Annotated[bool, typer.Option(help="Continue from OUT's checkpoint.")] = False,
     device: Device = "auto",
 ) -> None:

@@ -26,7 +26,7 @@ from specad.errors import SpecadError
 from specad.models import ddp
 from specad.models.efficientad import EfficientAD
 from specad.penalty import PenaltySet
-from specad.runtime import cpu_has_amx, pick_device
+from specad.runtime import available_memory, cpu_has_amx, pick_device
 
 CHECKPOINT = "checkpoints/last.pt"
 
@@ -83,6 +83,29 @@ def use_bf16(setting: str, device: torch.device) -> bool:
 
 
 CACHE_LIMIT_BYTES = 4 << 30
+STEP_BYTES_PER_PIXEL = {"small": 6 << 10, "medium": 12 << 10}
+"""Memory a training step takes per image and input pixel, by student size: the activations
+the backward pass keeps and their gradients (an estimate rounded up from a CPU run; input
+channels add their own few bytes, `check_step_memory`)."""
+
+
+def check_step_memory(
+    student: str, image_size: tuple[int, int], batch: int, channels: int, ranks: ddp.Ranks
+) -> None:
+    """Refuse, in one line, a batch of ``channels``-channel images whose training step (student
+    size ``student``) would need more memory than ``ranks.device`` has available: it would
+    otherwise fail deep in the first step, or push the machine into swap. Cheap, so that
+    `specad.train` can ask before it loads the dataset."""
+    pixels = image_size[0] * image_size[1]
+    inputs = 3 * channels * 4  # float32 batch, its augmented copy and the penalty images
+    need = batch // ranks.world * pixels * (STEP_BYTES_PER_PIXEL[student] + inputs)
+    free = available_memory(ranks.device)
+    if need > free:
+        raise SpecadError(
+            f"train.batch_size {batch} at {image_size[0]} px needs about {need / 2**30:.1f} GiB "
+            f"a step, more than the {free / 2**30:.1f} GiB available on {ranks.device}: lower "
+            "train.batch_size or data.image_size"
+        )
 
 
 def _cache_teacher(how: Training, n_images: int, model: EfficientAD) -> bool:
@@ -144,6 +167,9 @@ def fit_network(
     opts = how.train
     ranks = run.ranks if run is not None else ddp.Ranks(device=pick_device(opts.device))
     device = ranks.device
+    check_step_memory(
+        model.student.size, model.image_size, opts.batch_size, train_x.shape[1], ranks
+    )
     model.to(device, memory_format=torch.channels_last)
     ckpt_path = run.out / CHECKPOINT if run is not None else None
     penalty = _penalty(how, train_x.shape[1:], wavelengths) if how.penalty.enabled else None

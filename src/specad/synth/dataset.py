@@ -12,6 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from specad import __version__
+from specad.bounds import Seed, validate
 from specad.data import GOOD
 from specad.io import Cube, atomic_dir, read_cube, write_cube
 from specad.spectral import SWIR_MIN_NM, VISIBLE_NM
@@ -83,8 +84,11 @@ def synthesize(
     """Write a synthetic tray dataset to ``out`` (refuses a non-empty folder unless ``force``).
 
     ``overrides`` replace fields of the preset's :class:`SynthConfig` (size, difficulty, counts,
-    anomaly_mix, ...). The same preset, settings and seed give byte-identical cubes and masks.
+    anomaly_mix, ...), each checked against its bounds (`SynthConfig.validate`), as is the seed
+    (`specad.bounds.Seed`), before anything is written. The same preset, settings and seed give
+    byte-identical cubes and masks.
     """
+    validate(Seed, seed, None, "synth seed")
     config = resolve(preset, overrides)
     ids = {c: i + 1 for i, c in enumerate(config.classes())}
     objects: dict[str, list[dict]] = {}

@@ -6,11 +6,14 @@ the scene settings, so ``tray6``, ``tray-rgb`` and ``tray-hsi`` show the same tr
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
+from specad.bounds import MAX_IMAGE_SIZE
 from specad.errors import SpecadError
 
 # Anomaly classes in mask-id order (ids are 1.. in this order among the classes a mix uses).
@@ -165,21 +168,63 @@ class SynthConfig:
         return dict(zip(names, counts.tolist(), strict=True))
 
     def validate(self) -> SynthConfig:
+        """This config, checked before anything is drawn: every number finite and of its type,
+        each setting within `SYNTH_BOUNDS`, so that no setting can make an all-NaN dataset or
+        allocate without bound."""
+        _finite(self, "")
+        for name, (low, high) in SYNTH_BOUNDS.items():
+            value = getattr(self, name)
+            kind = numbers.Integral if name == "size" or name.startswith("n_") else numbers.Real
+            if isinstance(value, bool) or not isinstance(value, kind):
+                what = "a whole number" if kind is numbers.Integral else "a number"
+                raise SpecadError(f"synth {name} must be {what}, got {value!r:.40}")
+            if not low <= value <= high:
+                raise SpecadError(f"synth {name} must be {low:g}..{high:g}, got {value:.6g}")
+        if not isinstance(self.anomaly_mix, dict):
+            raise SpecadError("synth anomaly_mix must map class names to weights")
         unknown = set(self.anomaly_mix) - set(CLASSES)
         if unknown:
             raise SpecadError(f"unknown anomaly classes {sorted(unknown)}; known: {list(CLASSES)}")
-        if not self.classes() and self.n_test_anomalous > 0:
-            raise SpecadError("anomaly_mix gives every class weight 0")
         if min(self.anomaly_mix.values(), default=0.0) < 0:
             raise SpecadError("anomaly_mix weights must be >= 0")
-        if self.size < 32:
-            raise SpecadError(f"size must be >= 32 px, got {self.size}")
-        if self.difficulty <= 0:
-            raise SpecadError(f"difficulty must be > 0, got {self.difficulty}")
-        counts = (self.n_train, self.n_val, self.n_test_good, self.n_test_anomalous)
-        if min(counts) < 0:
-            raise SpecadError("image counts must be >= 0")
+        if not self.classes() and self.n_test_anomalous > 0:
+            raise SpecadError("anomaly_mix gives every class weight 0")
+        if self.variation is not None and not isinstance(self.variation, Variation):
+            raise SpecadError("synth variation must be a Variation or None")
         return self
+
+
+MAX_SYNTH_IMAGES = 100_000
+"""Most images of one split or class a synthetic dataset may have."""
+SYNTH_BOUNDS: dict[str, tuple[float, float]] = {
+    "size": (32, MAX_IMAGE_SIZE),
+    "fov_mm": (50.0, 1000.0),
+    "difficulty": (0.1, 10.0),
+    **dict.fromkeys(("n_train", "n_val", "n_test_good", "n_test_anomalous"), (0, MAX_SYNTH_IMAGES)),
+}
+"""Each numeric setting's range. ``size`` as a model input may be (larger scenes only cost time
+and disk). ``difficulty`` scales object sizes by d**-0.5 and noise by d: far below a tenth objects
+outgrow the picture, above ten noise buries every class. ``fov_mm`` spans a close-up of the
+tray's centre to a view five times as wide as the tray."""
+
+
+def _finite(value: object, where: str) -> None:
+    """Refuse a NaN, an infinity or a non-number wherever a number belongs in ``value`` (a
+    config, a camera, a variation, their tuples and mappings), naming the field."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in fields(value):
+            _finite(getattr(value, f.name), f"{where}.{f.name}".lstrip("."))
+    elif isinstance(value, tuple | list):
+        for item in value:
+            _finite(item, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _finite(item, f"{where}.{key}")
+    elif isinstance(value, numbers.Number) and not isinstance(value, bool):
+        if not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise SpecadError(f"synth {where} must be a finite number, got {value!r:.40}")
+    elif not isinstance(value, str | None):
+        raise SpecadError(f"synth {where} must be a number, got {type(value).__name__}")
 
 
 PRESETS: dict[str, SynthConfig] = {
@@ -199,7 +244,7 @@ PRESETS: dict[str, SynthConfig] = {
 
 def resolve(preset: str, overrides: dict) -> SynthConfig:
     """The named preset with ``overrides`` applied and checked."""
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise SpecadError(f"unknown preset '{preset}'; choose from {', '.join(PRESETS)}")
     names = {f.name for f in fields(SynthConfig)}
     unknown = sorted(set(overrides) - names)
