@@ -7,7 +7,6 @@ The only allowed outcome is a result or specad's one-line error. Shared by
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -16,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from fuzz_runner import clear_peak, status_mb
 from fuzzing import _yaml_seeds
 from hypothesis import strategies as st
 
@@ -44,26 +44,17 @@ _START_MB = [0.0]
 """Resident memory at the last `reset_peak_rss`."""
 
 
-def _status_mb(field: str) -> float | None:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024  # kB
-    return None
-
-
 def reset_peak_rss() -> None:
-    """Reset this process's resident high-water mark (Linux ``clear_refs`` 5) and note the
-    memory held now, so that a measurement counts only what came after."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-    _START_MB[0] = _status_mb("VmRSS") or 0.0
+    """Reset this process's resident high-water mark and note the memory held now, so that a
+    measurement counts only what came after."""
+    clear_peak()
+    _START_MB[0] = status_mb("VmRSS") or 0.0
 
 
 def peak_rss_mb(*, growth: bool = True) -> float:
     """Peak resident memory since `reset_peak_rss` (``VmHWM``), as growth above the memory held
     at the reset or, with ``growth=False``, in all; the lifetime peak where /proc is not there."""
-    peak = _status_mb("VmHWM")
+    peak = status_mb("VmHWM")
     if peak is None:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     return peak - _START_MB[0] if growth else peak
