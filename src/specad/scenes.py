@@ -8,10 +8,13 @@ several band preparations, chosen by leave-one-scene-out (benchmarks/scene_defau
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +22,15 @@ from specad.errors import SpecadError
 from specad.io import Cube, read_cube
 from specad.metrics import pixel_auroc
 from specad.models.bands import BandPrep
-from specad.models.scene import AUTO, SCENE_DEFAULT, make_detector, rank_fuse
+from specad.models.scene import (
+    AUTO,
+    SCENE_DEFAULT,
+    Member,
+    SceneDetector,
+    make_detector,
+    rank_fuse,
+    refuse_memory,
+)
 
 
 @dataclass
@@ -44,13 +55,19 @@ def scene_scores(
     prep: BandPrep | None = None,
 ) -> tuple[list[SceneRun], dict]:
     """Score every pixel of one scene against its own background with each detector, after the
-    band preparation ``prep``; pixel AUROC when truth is given. Returns the runs and the record
-    of the band preparation.
+    band preparation ``prep``; pixel AUROC when truth is given (None where it is undefined: a
+    truth with one class only). Returns the runs and the record of the band preparation.
 
     ``truth`` is a mask image, or the name of a variable stored in the same ``.mat``/``.npz``;
-    ``params`` maps a detector name to its parameters (see :mod:`specad.models.scene`).
+    ``params`` maps a detector name to its parameters (see :mod:`specad.models.scene`): every
+    one is checked, and must belong to a detector of this run, before the cube is read. So is
+    the memory the run needs (`check_memory`), before anything large is allocated.
     """
     file = Path(file)
+    prep = prep or BandPrep()
+    made = make_detectors(detectors, params or {})
+    if AUTO in made and prep.reduce != "none":
+        raise SpecadError(f"'{AUTO}' reduces the bands itself: name detectors to use --reduce")
     cube = read_cube(file, variable=variable, layout=layout)
     mask = None if truth is None else read_truth(file, truth)
     if mask is not None and mask.shape != cube.shape[:2]:
@@ -59,19 +76,19 @@ def scene_scores(
             f"{cube.shape[0]}x{cube.shape[1]}",
             truth,
         )
-    prep = prep or BandPrep()
     runs = []
     try:  # the detectors' own errors do not know the file
+        check_memory(cube, prep, made)
         data, record = prep.apply(cube)
-        for name in detectors:
+        for name, det in made.items():
             start = time.perf_counter()
-            if name == AUTO:
+            if det is None:
                 score_map, used = auto_map(cube, prep)
             else:
-                det = make_detector(name, **(params or {}).get(name, {}))
                 score_map, used = det.score_cube(data), det.get_params()
             seconds = time.perf_counter() - start
             auroc = None if mask is None else float(pixel_auroc([score_map], [mask]))
+            auroc = auroc if auroc is not None and math.isfinite(auroc) else None
             runs.append(SceneRun(name, used, score_map, auroc, seconds))
     except SpecadError as err:
         if err.path is not None:
@@ -80,26 +97,117 @@ def scene_scores(
     return runs, record
 
 
+def make_detectors(
+    detectors: Sequence[str], params: dict[str, dict]
+) -> dict[str, SceneDetector | None]:
+    """Each detector of the run by name, built with its parameters (None for `AUTO`, whose
+    members are fixed). Parameters for a detector that does not run would be ignored without
+    a word, so they are refused, as are parameters for ``auto``; and so is a detector named
+    twice, whose maps would share one file."""
+    if len(set(detectors)) < len(detectors):
+        raise SpecadError(f"--detector {','.join(detectors)} names a detector twice")
+    for name, given in params.items():
+        first = f"{name}.{next(iter(given), '')}"
+        if name == AUTO:
+            raise SpecadError(
+                f"--param {first}: '{AUTO}' takes no parameters (its members are fixed); "
+                "name detectors (--detector rx,lrx) to set theirs"
+            )
+        if name not in detectors:
+            raise SpecadError(
+                f"--param {first}: '{name}' is not among the detectors of this run "
+                f"({', '.join(detectors)}); add it to --detector"
+            )
+    return {n: None if n == AUTO else make_detector(n, **params.get(n, {})) for n in detectors}
+
+
+PIXEL_BYTES = 64
+"""Bytes per pixel, per map, that a run holds beside its detectors' own working memory: the map
+itself and what pixel AUROC, rank fusion and the PNG briefly need."""
+
+
+def check_memory(cube: Cube, prep: BandPrep, made: dict[str, SceneDetector | None]) -> None:
+    """Refuse, before anything large is allocated, a run whose estimated memory is beyond
+    `specad.bounds.MAX_SCENE_BYTES`: the cube, its prepared bands, the maps and, detector by
+    detector, their working memory on the prepared bands, as the pixel count and bands imply."""
+    h, w, b = cube.shape
+    prep_bytes, bands = prep.working_bytes(cube)
+    held = cube.data.nbytes + prep_bytes + PIXEL_BYTES * h * w * (len(made) + 1)
+    for name, det in made.items():
+        if det is None:
+            need = max(member_bytes(cube, prep, m) for m in auto_members(bands)[0])
+            advice = "crop the scene or drop bands (--drop-bands)"
+        else:
+            need, advice = det.working_bytes((h, w, bands)), det.advice
+        refuse_memory(held + need, f"{name} on this {h}x{w}x{b} scene", advice)
+
+
+def member_bytes(cube: Cube, prep: BandPrep, member: Member) -> int:
+    """Estimated bytes of one `SCENE_DEFAULT` member: its band reduction, then its detector."""
+    extra, bands = member_prep(prep, member).working_bytes(cube)
+    return extra + make_detector(member.detector).working_bytes((*cube.shape[:2], bands))
+
+
+def member_prep(prep: BandPrep, member: Member) -> BandPrep:
+    """``prep``'s dropped bands, then ``member``'s own reduction."""
+    return replace(prep, reduce=member.reduce, components=member.components)
+
+
+def auto_members(bands: int) -> tuple[list[Member], str | None]:
+    """The members of `SCENE_DEFAULT` to run on ``bands`` bands, and a note of those left out.
+
+    A reduction to at least as many components as there are bands is an invertible linear
+    map, after which global RX (whose distance such a map does not change) gives the all-bands
+    map again: so on a scene of 20 bands or fewer (a 1-band cube above all, where PCA and MNF
+    have nothing to reduce), only global RX on all bands runs.
+    """
+    kept = [m for m in SCENE_DEFAULT if m.reduce == "none" or m.components < bands]
+    left = [str(m) for m in SCENE_DEFAULT if m not in kept]
+    if not left:
+        return kept, None
+    return kept, (
+        f"{', '.join(left)}: the scene has only {bands} band(s), and RX after reducing to all "
+        "of them is RX on all bands"
+    )
+
+
 def auto_map(cube: Cube, prep: BandPrep) -> tuple[np.ndarray, dict]:
     """`SCENE_DEFAULT`'s map: each member's detector after its own reduction (``prep``'s
-    dropped bands first), rank-fused; and the members, as the run's parameters."""
-    if prep.reduce != "none":
-        raise SpecadError(f"'{AUTO}' reduces the bands itself: name detectors to use --reduce")
-    maps, bands = [], len(prep.kept_bands(cube))
-    for member in SCENE_DEFAULT:  # fewer bands than components: all of them (RX is unchanged)
-        ask = replace(prep, reduce=member.reduce, components=min(member.components, bands))
-        data, _ = ask.apply(cube)
+    dropped bands first), rank-fused; and the members run and left out, as the run's
+    parameters."""
+    members, left = auto_members(len(prep.kept_bands(cube)))
+    maps = []
+    for member in members:
+        data, _ = member_prep(prep, member).apply(cube)
         maps.append(make_detector(member.detector).score_cube(data))
-    return rank_fuse(maps), {"members": [str(m) for m in SCENE_DEFAULT], "fusion": "mean rank"}
+    used: dict = {"members": [str(m) for m in members], "fusion": "mean rank"}
+    if left:
+        used["left out"] = left
+    return rank_fuse(maps), used
+
+
+def strict_json(value: Any, indent: int | None = None) -> str:
+    """``value`` as strict JSON, which has no NaN or infinity: those become ``null`` (an
+    undefined AUROC), NumPy scalars plain numbers."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, float | np.floating):
+            return float(v) if math.isfinite(v) else None
+        return v.item() if isinstance(v, np.generic) else v
+
+    return json.dumps(plain(value), indent=indent, allow_nan=False)
 
 
 def write_scene_outputs(
     runs: list[SceneRun], out: Path, mask: np.ndarray | None, summary: dict, force: bool = False
 ) -> None:
     """``out/<detector>.tif`` (the float32 map), ``out/<detector>.png`` (the map with the truth
-    outlined) and ``out/scene.json`` (``summary``), written as one folder that appears whole."""
-    import json
-
+    outlined) and ``out/scene.json`` (``summary``, strict JSON), written as one folder that
+    appears whole."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +229,7 @@ def write_scene_outputs(
             ax.set_axis_off()
             fig.savefig(tmp / f"{run.detector}.png", dpi=100, bbox_inches="tight")
             plt.close(fig)
-        (tmp / "scene.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (tmp / "scene.json").write_text(strict_json(summary, indent=2) + "\n")
 
 
 def read_truth(file: Path, truth: str) -> np.ndarray:

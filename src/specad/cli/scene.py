@@ -52,14 +52,14 @@ def scene(
     force: Force = False,
 ) -> None:
     """Score every pixel of one scene against its own background (single-scene mode)."""
-    import json
-
-    import yaml
-
+    from specad.bounds import text_value
+    from specad.io import refuse_overlap
     from specad.models.bands import BandPrep, parse_ranges
     from specad.models.scene import AUTO, SCENE_DETECTORS
-    from specad.scenes import read_truth, scene_scores, write_scene_outputs
+    from specad.scenes import read_truth, scene_scores, strict_json, write_scene_outputs
 
+    if out_dir is not None:  # replacing --out must never delete the cube or its truth
+        refuse_overlap(out_dir, [file, *([truth] if truth and Path(truth).exists() else [])])
     names = [d.strip() for d in detector.split(",") if d.strip()]
     known = [AUTO, *SCENE_DETECTORS]
     unknown = [d for d in names if d not in known]
@@ -71,7 +71,7 @@ def scene(
         name, dot, field = key.partition(".")
         if not (eq and dot and field):
             fail(f"--param '{item}': expected DETECTOR.NAME=VALUE")
-        params.setdefault(name, {})[field] = yaml.safe_load(value)
+        params.setdefault(name, {})[field] = text_value(value, f"--param {key}")
     prep = BandPrep(
         drop=parse_ranges(drop_bands or ""),
         drop_nm=parse_ranges(drop_nm or ""),
@@ -94,7 +94,7 @@ def scene(
         mask = None if truth is None else read_truth(file, truth)
         write_scene_outputs(runs, out_dir, mask, summary, force)
     if as_json:
-        out.print_json(json.dumps(summary))
+        out.print(strict_json(summary, indent=2), markup=False, highlight=False, soft_wrap=True)
         return
     out.print(f"{file}: {shape[0]}x{shape[1]} pixels scored, bands: {record}")
     table = Table("detector", "pixel AUROC", "seconds", "parameters")

@@ -7,7 +7,6 @@ classic baseline every learned spectral detector should beat.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar, Literal, Self
 
@@ -17,13 +16,12 @@ from pydantic import Field
 from sklearn.covariance import empirical_covariance, ledoit_wolf_shrinkage, shrunk_covariance
 from torch import Tensor
 
-from specad.bounds import ChannelCount, validate
+from specad.bounds import ChannelCount, Seed, validate
 from specad.errors import SpecadError
-from specad.models.base import CubeDetector, Images, Seed, check_shape, detector
+from specad.models.bands import CHUNK, blocks, covariance
+from specad.models.base import CubeDetector, Images, check_shape, detector
 
 Shrinkage = Literal["auto"] | Annotated[float, Field(strict=True, ge=0, le=1)]
-
-_CHUNK_PIXELS = 65_536  # bounds the float64 working memory of scoring large cubes
 
 
 def _pixels(cube: np.ndarray) -> np.ndarray:
@@ -88,10 +86,14 @@ class RX(CubeDetector):
             raise SpecadError("training cubes contain NaN or inf")
 
         alpha = ledoit_wolf_shrinkage(kept) if self.shrinkage == "auto" else self.shrinkage
-        cov = shrunk_covariance(empirical_covariance(kept), shrinkage=alpha)
+        return self._background(kept.mean(axis=0), empirical_covariance(kept), alpha)
+
+    def _background(self, mean: np.ndarray, cov: np.ndarray, alpha: float) -> Self:
+        """Keep ``mean`` and the whitening of ``cov`` shrunk by ``alpha``."""
+        cov = shrunk_covariance(cov, shrinkage=alpha)
         eigval, eigvec = np.linalg.eigh(cov)
         keep = eigval > eigval.max() * cov.shape[0] * np.finfo(np.float64).eps
-        self.mean_ = kept.mean(axis=0)
+        self.mean_ = mean
         self.whitening_ = eigvec[:, keep] / np.sqrt(eigval[keep])
         self.shrinkage_ = float(alpha)
         return self
@@ -108,9 +110,9 @@ class RX(CubeDetector):
         if px.shape[1] != self.fitted_channels:
             raise SpecadError(f"model expects {self.fitted_channels} channels, got {px.shape[1]}")
         out = np.empty(px.shape[0], dtype=np.float32)
-        for start in range(0, px.shape[0], _CHUNK_PIXELS):
-            chunk = px[start : start + _CHUNK_PIXELS].astype(np.float64) - self.mean_
-            out[start : start + _CHUNK_PIXELS] = np.square(chunk @ self.whitening_).sum(axis=1)
+        for start in range(0, px.shape[0], CHUNK):
+            chunk = px[start : start + CHUNK].astype(np.float64) - self.mean_
+            out[start : start + CHUNK] = np.square(chunk @ self.whitening_).sum(axis=1)
         return out.reshape(np.shape(cube)[:2])
 
     def _tensors(self) -> dict[str, Tensor]:
@@ -150,7 +152,25 @@ def rx_scene(cube: np.ndarray, shrinkage: Shrinkage = 0.0) -> np.ndarray:
     """Classic global RX of one scene against its own background (all of its pixels).
 
     This is the usual protocol for single hyperspectral scenes without a separate normal set;
-    anomalies are assumed rare enough not to distort the scene statistics.
+    anomalies are assumed rare enough not to distort the scene statistics. The statistics and
+    the scores are computed a block of pixels at a time, so a large scene costs its map and
+    not float64 copies of itself (``"auto"`` shrinkage excepted: Ledoit-Wolf needs all the
+    centred pixels at once).
     """
-    n_pixels = math.prod(np.shape(cube)[:2])
-    return RX(shrinkage=shrinkage, max_pixels=max(n_pixels, 2)).fit_cubes([cube]).score_cube(cube)
+    px = _pixels(cube)
+    if px.shape[0] < 2:
+        raise SpecadError("RX needs at least 2 pixels")
+    try:
+        mean, cov = covariance(blocks(px), ddof=0)
+    except ValueError as err:
+        raise SpecadError(str(err)) from None
+    if shrinkage == "auto":
+        shrinkage = ledoit_wolf_shrinkage(px - mean, assume_centered=True)
+    return RX(shrinkage=shrinkage)._background(mean, cov, shrinkage).score_cube(cube)
+
+
+def rx_scene_bytes(shape: tuple[int, int, int], shrinkage: Shrinkage = 0.0) -> int:
+    """Estimated peak bytes of `rx_scene` on an (H, W, B) cube beyond the cube itself."""
+    pixels, bands = shape[0] * shape[1], shape[2]
+    blocks_bytes = 8 * CHUNK * bands * 4 + 8 * bands * bands * 4
+    return 4 * pixels + blocks_bytes + (16 * pixels * bands if shrinkage == "auto" else 0)

@@ -14,11 +14,15 @@ need no fitting (``fit`` only sets a threshold), so they also run on datasets (`
 lrx``). ``SCENE_DETECTORS`` maps the ``specad scene`` names to the classes. All work is batched
 (torch matmuls, NumPy LAPACK solves): the local first and second moments come from running box
 sums (cost independent of the window size), the per-pixel solves from batched LAPACK calls one
-image row at a time.
+image row (with large windows, a block of it) at a time. Each detector estimates the memory a
+scene needs (``working_bytes``) and refuses, in one line, a run beyond
+`specad.bounds.MAX_SCENE_BYTES` before allocating it.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
@@ -28,21 +32,41 @@ import torch
 from pydantic import StrictInt
 from threadpoolctl import threadpool_limits
 
+from specad.bounds import MAX_SCENE_BYTES, Loading
 from specad.errors import SpecadError
-from specad.models.base import CubeDetector, NonNegative, detector
-from specad.models.rx import Shrinkage, rx_scene
+from specad.models.base import CubeDetector, detector
+from specad.models.rx import Shrinkage, rx_scene, rx_scene_bytes
 
 
-def _cube(cube: np.ndarray) -> np.ndarray:
-    """(H, W, B) float64, centred on the scene mean: the local statistics below are sums of
-    outer products, which lose digits when the mean is large against the spread."""
+def _checked(cube: np.ndarray) -> np.ndarray:
+    """``cube`` as an (H, W, B) array of finite numbers, else one clear error."""
     cube = np.asarray(cube)
     if cube.ndim != 3:
         raise SpecadError(f"expected an (H, W, B) cube, got shape {cube.shape}")
     if not np.isfinite(cube).all():
         raise SpecadError("the cube contains NaN or inf")
+    return cube
+
+
+def _centred(cube: np.ndarray) -> np.ndarray:
+    """(H, W, B) float64, centred on the scene mean: the local statistics below are sums of
+    outer products, which lose digits when the mean is large against the spread."""
     x = cube.astype(np.float64)
-    return x - x.reshape(-1, x.shape[2]).mean(axis=0)
+    x -= x.reshape(-1, x.shape[2]).mean(axis=0)
+    return x
+
+
+def _scale(x: np.ndarray) -> float:
+    """The mean square of the values of a scene (centred or not), or 1 for an all-zero one:
+    the unit of the tiny loadings that keep a flat background's systems solvable."""
+    return float(np.vdot(x, x)) / x.size or 1.0
+
+
+FLOOR = 1e-9
+"""Diagonal loading, relative to the scene's `_scale`, added to every local matrix: where a
+background is flat (a constant scene, a constant ring) its covariance is zero, and this keeps
+the system solvable (a pixel equal to its flat background scores 0, one that differs scores
+high but finite), far below any loading the parameters ask for."""
 
 
 def _check_windows(outer: int, inner: int, shape: tuple[int, ...] | None = None) -> None:
@@ -58,11 +82,12 @@ def _check_windows(outer: int, inner: int, shape: tuple[int, ...] | None = None)
         )
 
 
-def _ridge(cov: np.ndarray, ridge: float) -> np.ndarray:
-    """``cov + ridge * tr(cov)/B * I`` over a stack of (.., B, B) matrices: keeps a local
-    covariance from fewer than B pixels (or from correlated bands) invertible."""
+def _ridge(cov: np.ndarray, ridge: float, floor: float) -> np.ndarray:
+    """``cov + (ridge * tr(cov)/B + floor) * I`` over a stack of (.., B, B) matrices: keeps a
+    local covariance from fewer than B pixels (or from correlated bands) invertible, and a zero
+    one (a flat background) too."""
     b = cov.shape[-1]
-    load = ridge * np.trace(cov, axis1=-2, axis2=-1) / b
+    load = ridge * np.trace(cov, axis1=-2, axis2=-1) / b + floor
     out = cov.copy()
     out[..., np.arange(b), np.arange(b)] += load[..., None]
     return out
@@ -77,19 +102,20 @@ def _box_rows(xp: np.ndarray, top: int, size: int, width: int) -> Iterator[np.nd
     over W B^2 floats per row).
     """
     xt = torch.from_numpy(xp[:, top : top + width + size - 1])
+    b = xt.shape[2]
+    col = torch.zeros((xt.shape[1], b, b), dtype=xt.dtype)
 
-    def outer_row(r: int) -> torch.Tensor:
+    def add_row(r: int, sign: float) -> None:  # in place: no (W, B, B) temporary per row
         v = xt[top + r]
-        return v[:, :, None] * v[:, None, :]
+        col.baddbmm_(v[:, :, None], v[:, None, :], alpha=sign)
 
-    col = outer_row(0)
-    for r in range(1, size):
-        col += outer_row(r)
-    cum = torch.zeros((col.shape[0] + 1, *col.shape[1:]), dtype=col.dtype)
+    for r in range(size):
+        add_row(r, 1.0)
+    cum = torch.zeros((col.shape[0] + 1, b, b), dtype=col.dtype)
     for i in range(xp.shape[0] - 2 * top - size + 1):
         if i:
-            col += outer_row(i + size - 1)
-            col -= outer_row(i - 1)
+            add_row(i + size - 1, 1.0)
+            add_row(i - 1, -1.0)
         torch.cumsum(col, 0, out=cum[1:])
         yield (cum[size:] - cum[:-size]).numpy()
 
@@ -115,6 +141,34 @@ def annulus_moments(
         yield i, s1[i], s2_out - s2_in
 
 
+def _moments_bytes(shape: tuple[int, int, int], outer: int, inner: int) -> int:
+    """Estimated peak bytes of `annulus_moments` (with the centred cube it reads): the padded
+    cube and its box sums, then per row the running (W + outer, B, B) sums of both windows."""
+    h, w, b = shape
+    padded = (h + outer - 1) * (w + outer - 1)
+    return 8 * (b * (3 * h * w + 3 * padded) + b * b * 3 * (2 * w + outer + inner))
+
+
+BLOCK_BYTES = 1 << 26
+"""Working memory of one block of per-pixel systems (CRD's Gram matrices, the 2S-GLRT's test
+windows): with large windows a row is solved a few pixels at a time, not all at once."""
+
+
+def _block(pixel_bytes: int, width: int) -> int:
+    """How many pixels of a row to solve together: as many as `BLOCK_BYTES` holds, at least 1."""
+    return max(1, min(width, BLOCK_BYTES // pixel_bytes))
+
+
+def refuse_memory(needed: int, what: str, advice: str) -> None:
+    """Refuse, before anything is allocated, a run whose estimated working memory is beyond
+    `MAX_SCENE_BYTES`: one line with the estimate, the limit and what to change."""
+    if needed > MAX_SCENE_BYTES:
+        raise SpecadError(
+            f"{what} would need about {needed / 2**30:.1f} GiB of memory, more than the limit "
+            f"of {MAX_SCENE_BYTES / 2**30:.1f} GiB (specad.bounds.MAX_SCENE_BYTES): {advice}"
+        )
+
+
 class SceneDetector(CubeDetector):
     """Base of the single-scene detectors: every pixel against its own scene's background."""
 
@@ -126,10 +180,27 @@ class SceneDetector(CubeDetector):
             _check_windows(self.outer, self.inner)
 
     def score_cube(self, cube: np.ndarray) -> np.ndarray:
-        """The (H, W) float32 map of an (H, W, B) cube; larger = more anomalous."""
+        """The (H, W) float32 map of an (H, W, B) cube; larger = more anomalous. Windows the
+        scene cannot hold, and runs beyond `MAX_SCENE_BYTES`, are refused before any work."""
+        cube = _checked(cube)
+        if hasattr(self, "outer"):
+            _check_windows(self.outer, self.inner, cube.shape)
+        h, w, b = cube.shape
+        what = f"{self.scene_name} on {h}x{w}x{b}"
+        refuse_memory(self.working_bytes(cube.shape), what, self.advice)
         # Thousands of small LAPACK calls: threading inside each one only adds contention.
         with threadpool_limits(1, user_api="blas"):
             return self._score_map(cube)
+
+    def working_bytes(self, shape: tuple[int, int, int]) -> int:
+        """Estimated peak bytes of `score_cube` on an (H, W, B) cube beyond the cube itself."""
+        raise NotImplementedError
+
+    @property
+    def advice(self) -> str:
+        """What to change when a run would need more than `MAX_SCENE_BYTES`."""
+        windows = "use smaller windows (outer, inner), " if hasattr(self, "outer") else ""
+        return windows + "crop the scene or reduce its bands (--reduce pca)"
 
     def _score_map(self, cube: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -147,8 +218,11 @@ class GlobalRX(SceneDetector):
     scene_name: ClassVar[str] = "rx"
     shrinkage: Shrinkage = 0.0
 
+    def working_bytes(self, shape: tuple[int, int, int]) -> int:
+        return math.prod(shape) + rx_scene_bytes(shape, self.shrinkage)
+
     def _score_map(self, cube: np.ndarray) -> np.ndarray:
-        return rx_scene(_cube(cube), shrinkage=self.shrinkage)
+        return rx_scene(cube, shrinkage=self.shrinkage)
 
 
 @detector
@@ -167,18 +241,22 @@ class LocalRX(SceneDetector):
     scene_name: ClassVar[str] = "lrx"
     outer: StrictInt = 25
     inner: StrictInt = 5
-    ridge: NonNegative = 1e-3
+    ridge: Loading = 1e-3
+
+    def working_bytes(self, shape: tuple[int, int, int]) -> int:
+        h, w, b = shape
+        return math.prod(shape) + _moments_bytes(shape, self.outer, self.inner) + 8 * 8 * w * b * b
 
     def _score_map(self, cube: np.ndarray) -> np.ndarray:
-        x = _cube(cube)
-        _check_windows(self.outer, self.inner, x.shape)
+        x = _centred(cube)
         k = self.outer**2 - self.inner**2
+        floor = FLOOR * _scale(x)
         out = np.empty(x.shape[:2], dtype=np.float32)
         for i, s1, s2 in annulus_moments(x, self.outer, self.inner):
             mu = s1 / k
             cov = s2 / k - mu[:, :, None] * mu[:, None, :]
             d = (x[i] - mu)[:, :, None]
-            z = np.linalg.solve(_ridge(cov, self.ridge), d)
+            z = np.linalg.solve(_ridge(cov, self.ridge, floor), d)
             out[i] = (d * z).sum(axis=(1, 2))
         return out
 
@@ -204,18 +282,33 @@ class TwoStepGLRT(SceneDetector):
     scene_name: ClassVar[str] = "2s-glrt"
     outer: StrictInt = 21
     inner: StrictInt = 5
-    ridge: NonNegative = 1e-6
+    ridge: Loading = 1e-6
+
+    def _pixel_bytes(self, bands: int) -> int:
+        """Bytes of one pixel's systems: its loaded (B, B) matrix, (B, L) tests, (L, L) product."""
+        tests = self.inner**2
+        return 8 * (2 * bands * bands + 4 * bands * tests + 5 * tests * tests)
+
+    def working_bytes(self, shape: tuple[int, int, int]) -> int:
+        h, w, b = shape
+        block = _block(self._pixel_bytes(b), w) * self._pixel_bytes(b)
+        scaled = 8 * b * (3 * h * w + (h + self.inner) * (w + self.inner))
+        return scaled + _moments_bytes(shape, self.outer, self.inner) + block
 
     def _score_map(self, cube: np.ndarray) -> np.ndarray:
-        x = minmax_bands(np.asarray(cube, dtype=np.float64))
-        _check_windows(self.outer, self.inner, x.shape)
+        x = minmax_bands(cube.astype(np.float64))
         tests = _windows(x, self.inner)
+        floor = FLOOR * (self.outer**2 - self.inner**2) * _scale(x)
+        step = _block(self._pixel_bytes(x.shape[2]), x.shape[1])
         out = np.empty(x.shape[:2], dtype=np.float32)
         for i, _, s in annulus_moments(x, self.outer, self.inner):
-            xt = tests[i].reshape(*tests.shape[1:3], -1)  # (W, B, L)
-            z = np.linalg.solve(_ridge(s, self.ridge), xt)
-            m = np.matmul(xt.transpose(0, 2, 1), z)  # (W, L, L)
-            out[i] = np.linalg.eigvalsh((m + m.transpose(0, 2, 1)) / 2)[:, -1]
+            for j in range(0, x.shape[1], step):
+                part = slice(j, j + step)
+                window = tests[i, part]
+                xt = window.reshape(*window.shape[:2], -1)  # (w, B, L)
+                z = np.linalg.solve(_ridge(s[part], self.ridge, floor), xt)
+                m = np.matmul(xt.transpose(0, 2, 1), z)  # (w, L, L)
+                out[i, part] = np.linalg.eigvalsh((m + m.transpose(0, 2, 1)) / 2)[:, -1]
         return out
 
 
@@ -237,28 +330,45 @@ class CRD(SceneDetector):
     scene_name: ClassVar[str] = "crd"
     outer: StrictInt = 11
     inner: StrictInt = 5
-    lam: NonNegative = 1e-6
+    lam: Loading = 1e-6
+
+    def _pixel_bytes(self, bands: int) -> int:
+        """Bytes of one pixel's system: its window, its (B, K) ring and (K, K) Gram matrix."""
+        k = self.outer**2 - self.inner**2
+        return 8 * (bands * self.outer**2 + 3 * bands * k + 4 * k * k)
+
+    def working_bytes(self, shape: tuple[int, int, int]) -> int:
+        h, w, b = shape
+        padded = (h + self.outer - 1) * (w + self.outer - 1)
+        block = _block(self._pixel_bytes(b), w) * self._pixel_bytes(b)
+        return 8 * (h * w * b + padded * b) + block
 
     def _score_map(self, cube: np.ndarray) -> np.ndarray:
-        x = _cube(cube)
-        _check_windows(self.outer, self.inner, x.shape)
+        x = _centred(cube)
+        flat = FLOOR * x.shape[2] * _scale(x)
         t, ti = self.outer // 2, self.inner // 2
         ring = np.ones((self.outer, self.outer), dtype=bool)
         ring[t - ti : t + ti + 1, t - ti : t + ti + 1] = False
         windows = _windows(x, self.outer)
+        step = _block(self._pixel_bytes(x.shape[2]), x.shape[1])
         out = np.empty(x.shape[:2], dtype=np.float32)
-        for i, row in enumerate(windows):
-            xs = torch.from_numpy(row.reshape(*row.shape[:2], -1)[:, :, ring.ravel()])  # (W, B, K)
-            y = torch.from_numpy(x[i, :, :, None])  # (W, B, 1)
-            gram = (xs.mT @ xs).numpy()  # (W, K, K)
-            k = gram.shape[1]
-            dist2 = torch.square(xs - y).sum(dim=1).numpy()  # (W, K)
-            # the tiny floor keeps the system solvable where mirrored borders repeat y itself
-            floor = 1e-12 * np.trace(gram, axis1=1, axis2=2)[:, None] / k
-            gram[:, np.arange(k), np.arange(k)] += self.lam * dist2 + floor
-            alpha = torch.from_numpy(np.linalg.solve(gram, (xs.mT @ y).numpy()))  # (W, K, 1)
-            out[i] = torch.linalg.vector_norm(y - xs @ alpha, dim=(1, 2)).numpy()
+        for i, j in itertools.product(range(x.shape[0]), range(0, x.shape[1], step)):
+            part, y = windows[i, j : j + step], x[i, j : j + step, :, None]
+            xs = part.reshape(*part.shape[:2], -1)[:, :, ring.ravel()]  # (w, B, K)
+            out[i, j : j + step] = self._residuals(torch.from_numpy(xs), torch.from_numpy(y), flat)
         return out
+
+    def _residuals(self, xs: torch.Tensor, y: torch.Tensor, flat: float) -> np.ndarray:
+        """CRD residuals of the pixels ``y`` (w, B, 1) against their rings ``xs`` (w, B, K)."""
+        gram = (xs.mT @ xs).numpy()  # (w, K, K)
+        k = gram.shape[1]
+        dist2 = torch.square(xs - y).sum(dim=1).numpy()  # (w, K)
+        # the tiny floor keeps the system solvable where mirrored borders repeat y itself,
+        # and where the background is flat
+        floor = 1e-12 * np.trace(gram, axis1=1, axis2=2)[:, None] / k + flat
+        gram[:, np.arange(k), np.arange(k)] += self.lam * dist2 + floor
+        alpha = torch.from_numpy(np.linalg.solve(gram, (xs.mT @ y).numpy()))  # (w, K, 1)
+        return torch.linalg.vector_norm(y - xs @ alpha, dim=(1, 2)).numpy()
 
 
 def _windows(x: np.ndarray, size: int) -> np.ndarray:
@@ -326,5 +436,7 @@ def rank_fuse(maps: list[np.ndarray]) -> np.ndarray:
     detector's scale dominates (RX distances and CRD residuals live on unrelated scales)."""
     from scipy.stats import rankdata
 
-    ranks = [rankdata(m.ravel()).reshape(m.shape) / m.size for m in maps]
-    return np.mean(ranks, axis=0)
+    fused = np.zeros(maps[0].shape)
+    for m in maps:  # one map's ranks at a time
+        fused += rankdata(m.ravel()).reshape(m.shape)
+    return fused / (len(maps) * fused.size)
