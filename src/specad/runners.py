@@ -1,8 +1,8 @@
 """The runtimes a saved model runs on besides torch: its ONNX exports (`specad.export`) through
 onnxruntime, and the choice ``auto`` makes among them.
 
-Exports sit beside ``model.safetensors`` and carry the SHA-256 of the weights they came from, so a
-retrained model never runs through a stale export.
+Exports sit beside ``model.safetensors`` and carry the SHA-256 of the weights they came from
+(`weights_digest`), so a retrained model never runs through a stale export.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from specad.errors import SpecadError
-from specad.io import file_sha256
 from specad.modelfile import model_file
-from specad.models.base import BaseDetector
+from specad.models.base import BaseDetector, Exportable
 from specad.runtime import cpu_has_amx, cpu_has_vnni, cpu_model
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
@@ -43,12 +42,6 @@ def weights_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _digests(path: Path) -> set[str]:
-    """Stamps an export of these weights may carry: exports made before stamps covered the
-    tensors only carry the SHA-256 of the whole file."""
-    return {weights_digest(path), file_sha256(path)}
-
-
 def onnx_modules() -> tuple[ModuleType, ModuleType]:
     try:
         import onnx
@@ -61,9 +54,7 @@ def onnx_modules() -> tuple[ModuleType, ModuleType]:
 class OnnxRunner:
     """An onnxruntime session on an exported model: [B, C, H, W] tensors in, maps out."""
 
-    def __init__(
-        self, path: Path, digests: set[str] | None = None, threads: int | None = None
-    ) -> None:
+    def __init__(self, path: Path, digest: str | None = None, threads: int | None = None) -> None:
         _, ort = onnx_modules()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -75,7 +66,7 @@ class OnnxRunner:
             reason = str(err).splitlines()[0]
             raise SpecadError(f"not a loadable ONNX model ({reason})", path) from err
         stamped = self.session.get_modelmeta().custom_metadata_map.get(DIGEST_KEY)
-        if digests is not None and stamped not in digests:
+        if digest is not None and stamped != digest:
             raise SpecadError(
                 "export does not match the model weights (re-run `specad export`)", path
             )
@@ -87,17 +78,17 @@ class OnnxRunner:
 
 
 def open_runner(
-    runtime: str, model_path: str | Path | None, digests: set[str] | None = None
+    runtime: str, model_path: str | Path | None, digest: str | None = None
 ) -> OnnxRunner:
     """The onnxruntime session of the ``onnx`` or ``int8`` export beside a saved model, refused
-    unless stamped with one of ``digests`` (default: those of the saved weights)."""
+    unless stamped with ``digest`` (default: the saved weights', `weights_digest`)."""
     if model_path is None:
         raise SpecadError(f"runtime '{runtime}' needs the saved model's path")
     path = model_file(model_path)
     onnx = path.with_name(INT8_FILE if runtime == "int8" else ONNX_FILE)
     if not onnx.is_file():
         raise SpecadError(f"no {runtime} export; run `specad export {path.parent}`", onnx)
-    return OnnxRunner(onnx, _digests(path) if digests is None else digests)
+    return OnnxRunner(onnx, weights_digest(path) if digest is None else digest)
 
 
 def choose_runtime(
@@ -106,38 +97,39 @@ def choose_runtime(
     """``auto``: on a CPU, what `measure_runtimes` found fastest among the accurate runtimes for
     these very weights on this CPU model; where nothing was measured here, the first export
     made from these weights (int8 only on CPUs with VNNI and with its own threshold), then onnx,
-    else torch (bf16 on CPUs with AMX). On a GPU, torch. Detectors without exports run their
-    only runtime. Returns the runtime and, for an export, its opened runner."""
-    if "onnx" not in model.runtimes:
+    else torch (bf16 on CPUs with AMX). On a GPU, torch. Detectors that are not `Exportable`
+    run their first runtime. Returns the runtime and, for an export, its opened runner."""
+    if not isinstance(model, Exportable):
         return model.runtimes[0], None
     if device.type != "cpu":
         return "torch", None
     if model_path is None:
         return "bf16" if cpu_has_amx() else "torch", None
-    digests = _digests(model_file(model_path))
-    measured = recorded_choice(model_path, digests)
-    if measured == "int8" and not model.has_threshold_for("int8"):
+    digest = weights_digest(model_file(model_path))
+    measured = recorded_choice(model_path, digest)
+    int8_threshold = "int8" in model.calibration_.runtime_thresholds
+    if measured == "int8" and not int8_threshold:
         measured = None  # an int8 export without its own threshold is never chosen by itself
     candidates = [measured] if measured else ["onnx"]
-    if not measured and cpu_has_vnni() and model.has_threshold_for("int8"):
+    if not measured and cpu_has_vnni() and int8_threshold:
         candidates.insert(0, "int8")
     for runtime in candidates:
         if runtime not in ("onnx", "int8"):
             return runtime, None
         try:
-            return runtime, open_runner(runtime, model_path, digests)
+            return runtime, open_runner(runtime, model_path, digest)
         except SpecadError:  # no export, or a stale one: try the next
             continue
     return "bf16" if cpu_has_amx() else "torch", None
 
 
-def recorded_choice(model_path: str | Path, digests: set[str]) -> str | None:
-    """The runtime measured fastest for these weights (one of ``digests``) on this CPU model,
-    if it was measured."""
+def recorded_choice(model_path: str | Path, digest: str) -> str | None:
+    """The runtime measured fastest for these weights (their ``digest``) on this CPU model, if
+    it was measured."""
     path = model_file(model_path)
     try:
         record = json.loads(path.with_name(CHOICE_FILE).read_text())
-        same = record["cpu"] == cpu_model() and record["weights"] in digests
+        same = record["cpu"] == cpu_model() and record["weights"] == digest
         return str(record["choice"]) if same else None
     except (OSError, ValueError, KeyError, TypeError):
         return None

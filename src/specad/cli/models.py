@@ -214,24 +214,25 @@ def export_cmd(
     takes the fastest accurate one here (runtime.json).
     """
     from specad.data import load_dataset
-    from specad.export import export_detector, measure_runtimes
+    from specad.export import export_detector, exportable, measure_runtimes
     from specad.infer import Detector
+    from specad.modelfile import load_model, model_file
+    from specad.models.base import Trained
     from specad.train import calibration_images, load_inputs
 
     if fmt != "onnx":
         fail(f"unknown export format '{fmt}' (only 'onnx')")
-    det = Detector.load(model, device="cpu", runtime="torch")
-    if "onnx" not in det.model.runtimes:
-        fail(f"{model}: ONNX export is for EfficientAD and knn models, this one is '{det.kind}'")
+    det = Detector(*load_model(model), device="cpu")  # its first runtime: torch, if exportable
+    exportable(det.model, model_file(model))  # one line before any data is read
     images = validation = None
     if int8 or data is not None:
-        root = data or det.model.training_data
+        root = data or (det.model.training_data if isinstance(det.model, Trained) else None)
         if root is None or not str(root) or not root.is_dir():
             fail(f"{root or 'a dataset'}: calibration dataset not found; pass --data DIR")
         ds = load_dataset(root)
         images = load_inputs(det.meta.preprocess, calibration_images(ds.require("train"))).x
         validation = load_inputs(det.meta.preprocess, ds.require("val")).x
-    far = det.model.far_  # the rate its own threshold was set at
+    far = det.model.calibration_.far  # the rate its own threshold was set at
     diffs = export_detector(det, model, images, int8=int8, validation=validation, far=far)
     rank = diffs.pop("int8_rank", None)
     for name, diff in diffs.items():

@@ -23,6 +23,8 @@ from specad.errors import SpecadError
 from specad.infer import Detector
 from specad.io import Cube, to_reflectance
 from specad.modelfile import ModelMeta, load_model
+from specad.models.base import FORMAT, Trained
+from specad.models.registry import check_format
 
 Channels = list[int | float | str]
 """Band indices, wavelengths in nm (nearest band within 10 nm) or band names."""
@@ -53,8 +55,8 @@ class DetectorNode(Node):
     tiles at native resolution, as ``specad predict --tiled``).
 
     The model file gives the architecture; the pipeline's weights file carries the state
-    (network weights, threshold, normalisation statistics), so a saved pipeline reproduces
-    itself even if the model file is later retrained in place.
+    (network weights, calibration, normalisation statistics) with its format version, so a
+    saved pipeline reproduces itself even if the model file is later retrained in place.
     """
 
     KIND: ClassVar[str]
@@ -99,9 +101,10 @@ class DetectorNode(Node):
                 Path(model_path),
             )
         self.detector = detector
+        self.model_path = Path(model_path)
         self.channels = channels
         self.tiled = tiled
-        self.model = model.trained_network
+        self.model = model.trained_network if isinstance(model, Trained) else None
         # a trained network is a submodule: its weights land in state_dict() and move with the
         # pipeline; a fitted detector's tensors (knn's bank and frozen extractor) travel whole
         # in the extra state
@@ -119,16 +122,19 @@ class DetectorNode(Node):
         return self
 
     def get_extra_state(self) -> dict[str, Any]:
-        """Threshold, preprocessing and fitted tensors travel in the pipeline's weights file
+        """Calibration, preprocessing and fitted tensors travel in the pipeline's weights file
         (a network's weights are the node's own parameters already)."""
         tensors, values = self.detector.model.state()
         return {
+            "format": FORMAT,
             "meta": self.detector.meta.to_json(),
             "values": json.dumps(values),
             "tensors": {} if self.model is not None else tensors,
         }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
+        """The state `get_extra_state` saved, refused in one line if another specad's format."""
+        check_format(state.get("format"), self.model_path)
         self.detector.meta = ModelMeta.from_json(state["meta"])
         self.detector.model.restore(state["tensors"], json.loads(state["values"]))
 

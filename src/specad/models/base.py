@@ -1,17 +1,21 @@
 """The one contract every specad detector follows, after scikit-learn and PyOD estimators.
 
 >>> det = KNN(coreset_size=1024)    # __init__ stores parameters only, validated by their types
->>> det.fit(train, val)             # -> det: maps fitted on train, threshold_ on val (normal)
+>>> det.fit(train, val)             # -> det: maps fitted on train, calibration_ on val (normal)
 >>> maps = det.score_maps(x)        # [B, C, H, W] -> [B, 1, H, W], larger = more anomalous
 >>> det.score(maps[0])              # an image's score: its map's maximum, for every detector
->>> det.predict(x)                  # score >= threshold_, the one comparison (specad.metrics)
+>>> det.predict(x)                  # score >= threshold, the one comparison (specad.metrics)
 >>> det.save("model.safetensors"); load_detector("model.safetensors")
 
 Images are float tensors [B, C, H, W], or sequences of [C, H, W] tensors whose sizes may differ,
 already preprocessed (`specad.data.Preprocess`; the `Detector` of `specad.infer` does that for
 cubes). Parameters are the fields of a pydantic dataclass (`detector` below), so a bad value is
 refused in ``__init__`` with one line, the same way for every detector. Fitted state ends in
-``_``; asking an unfitted detector for maps or verdicts raises one clear error.
+``_``; asking an unfitted detector for maps or verdicts raises one clear error. What is learned
+on normal validation images (thresholds, map quantiles) is one value, `Calibration`.
+
+What only some detectors have is a mixin that callers test with ``isinstance``: `Exportable`
+(an ONNX graph of the maps) and `Trained` (a network made by a training run).
 
 Adding a detector: subclass `BaseDetector` under ``@detector``, implement ``_score_maps`` (and
 ``fit_maps`` if it learns from normal images, ``_tensors``/``_restore`` if it keeps tensors),
@@ -30,7 +34,7 @@ from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 import numpy as np
 import torch
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import Tensor
 
@@ -44,11 +48,13 @@ Units = tuple[Sequence[float], Sequence[float]]
 """Per-channel ``(scale, offset)`` with ``stored = image * scale + offset``: how preprocessed
 images map back to the cube's own units (`specad.data.Preprocess.units`)."""
 
-FORMAT = "specad.detector/2"
+FORMAT_VERSION = 3
+"""The model file format. Raised whenever saved state changes meaning: a file of another version
+is refused in one line (`specad.models.registry.check_format`), never half read."""
+FORMAT = f"specad.detector/{FORMAT_VERSION}"
 T = TypeVar("T", bound=type)
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
 NonNegative = Annotated[float, Field(strict=True, ge=0)]
-Seed = Annotated[int, Field(strict=True)]
 
 
 def nest(part: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -62,9 +68,73 @@ def unnest(part: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+def per_channel(channels: int) -> Any:
+    """The type of a saved list of one finite number per channel (`validate` checks it)."""
+    return Annotated[list[FiniteFloat], Field(min_length=channels, max_length=channels)]
+
+
+def _ascending(scale: tuple[float, float]) -> tuple[float, float]:
+    if not scale[0] < scale[1]:
+        raise ValueError(f"{scale[0]:g} is not below {scale[1]:g}")  # a division by zero
+    return scale
+
+
+Quantiles = Annotated[tuple[FiniteFloat, FiniteFloat], AfterValidator(_ascending)]
+"""A map's (low, high) normal quantiles, which `specad.models.maps.normalise` sends to 0, 0.1."""
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class Calibration:
+    """What a detector learns from normal validation images, held and saved as one value.
+
+    - The threshold rule: `specad.metrics.threshold_at_far` at the false-alarm rate ``far`` on
+      the normal image scores ``val_scores``.
+    - ``threshold``: every runtime's image threshold (None until calibrated), unless
+      ``runtime_thresholds`` gives a runtime its own: an int8 export's maps differ from fp32
+      ones (`specad.export.export_detector`).
+    - ``quantiles``: map name -> the normal quantiles that normalise that map before maps are
+      added (knn's patch and spectral maps); empty for detectors whose maps need none here.
+    """
+
+    far: Annotated[float, Field(strict=True, gt=0, lt=1)] = DEFAULT_FAR
+    val_scores: tuple[FiniteFloat, ...] = ()
+    threshold: FiniteFloat | None = None
+    runtime_thresholds: dict[str, FiniteFloat] = dataclasses.field(default_factory=dict)
+    quantiles: dict[str, Quantiles] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def checked(cls, kind: str, fields: Any) -> Calibration:
+        """``fields`` (a saved calibration, or a new one's) validated: one line naming the
+        detector and the field, where a value is not finite or a quantile pair not ascending."""
+        return validate(cls, fields, None, f"{kind} calibration ")
+
+    def changed(self, kind: str, **fields: Any) -> Calibration:
+        """This calibration with ``fields`` replaced, validated (`checked`)."""
+        return self.checked(kind, dataclasses.asdict(self) | fields)
+
+    def threshold_for(self, runtime: str) -> float | None:
+        """The image threshold for maps computed by ``runtime``: its own where calibrated,
+        else ``threshold``."""
+        return self.runtime_thresholds.get(runtime, self.threshold)
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedInput:
+    """What the fitted maps need of their input; None: anything. A model file whose
+    preprocessing gives other input is refused at load (`specad.modelfile.check_detector`)."""
+
+    channels: int | None = None
+    size: int | None = None
+    """Side in pixels that the input is resized to."""
+    units: Units | None = None
+    """The per-channel standardisation the fitted input had (`Units`; identity for cube units)."""
+
+
 def detector(cls: T) -> T:
     """Class decorator: the class's fields become its validated parameters (pydantic), and a
     refused value is a `SpecadError` naming the detector and the parameter."""
+    if {"onnx", "int8"} & set(cls.runtimes) and not issubclass(cls, Exportable):
+        raise TypeError(f"{cls.__name__}: only Exportable detectors run on onnx and int8")
     cls = pydantic_dataclass(cls, config=ConfigDict(extra="forbid", arbitrary_types_allowed=True))
     init = cls.__init__
 
@@ -92,14 +162,13 @@ class BaseDetector(ABC):
     fitted: ClassVar[tuple[str, ...]] = ()
     """Attributes `fit_maps` sets; empty for detectors whose maps need no training data."""
     runtimes: ClassVar[tuple[str, ...]] = ("torch",)
-    """How maps can be computed (`specad.infer.Detector.use_runtime`); the first is the default."""
-    int8_scope: ClassVar[str] = ""
-    """The int8 export quantises the ONNX nodes whose names start with this ("": all)."""
+    """How maps can be computed (`specad.infer.Detector.use_runtime`); the first is the default.
+    ``onnx`` and ``int8`` are for `Exportable` detectors."""
     input_size: ClassVar[int] = 0
     """Side in pixels that cubes are resized to when fitted on a dataset; 0 keeps their size."""
     needs_training: ClassVar[bool] = False
-    """Whether fitting is a training run (`specad train -c CONFIG`) rather than a fit on a
-    dataset in seconds (`specad fit NAME DATASET`)."""
+    """Whether fitting is a training run (`specad train -c CONFIG`, a `Trained` detector) rather
+    than a fit on a dataset in seconds (`specad fit NAME DATASET`)."""
 
     # ------------------------------------------------------------------ fitting
 
@@ -112,7 +181,7 @@ class BaseDetector(ABC):
         wavelengths: Sequence[float] | None = None,
         units: Units | None = None,
     ) -> Self:
-        """Fit the maps on normal ``train`` images, then ``threshold_`` on normal ``val`` ones.
+        """Fit the maps on normal ``train`` images, then the threshold on normal ``val`` ones.
         ``units`` (None: the images are in the cube's units) serve detectors that need
         physical values, such as knn's spectral shape."""
         self.fit_maps(train, val, wavelengths=wavelengths, units=units)
@@ -126,35 +195,47 @@ class BaseDetector(ABC):
         wavelengths: Sequence[float] | None = None,
         units: Units | None = None,
     ) -> Self:
-        """Learn what the maps need from normal images (``val`` only for map normalisation);
+        """Learn what the maps need from normal images (``val`` only for map quantiles);
         nothing here for detectors that score each image against itself."""
         return self
 
     def calibrate(
         self,
-        val_scores: Sequence[float] | np.ndarray,
+        val_scores: Sequence[float] | np.ndarray | None,
         far: float = DEFAULT_FAR,
         runtime: str | None = None,
     ) -> Self:
-        """``threshold_``: the rule of `specad.metrics.threshold_at_far` on normal scores.
-        With ``runtime``, that runtime's own threshold instead (``runtime_thresholds_``): its
-        maps differ from fp32 torch ones (an int8 export's do); a new ``threshold_`` drops them.
-        ``val_scores`` None forgets the runtime's threshold (`threshold_for` falls back)."""
+        """Set the image threshold in ``calibration_`` by the rule of
+        `specad.metrics.threshold_at_far` on normal scores; map quantiles are kept, and a new
+        threshold drops the runtimes' own. With ``runtime``, that runtime's own threshold
+        instead, for maps that differ from fp32 torch ones (an int8 export's); ``val_scores``
+        None then forgets it (`Calibration.threshold_for` falls back)."""
         if runtime is not None:
-            self.check_fitted(threshold=True)
-            self.runtime_thresholds_.pop(runtime, None)
+            self.check_fitted(calibrated=True)
+            if runtime not in self.runtimes:
+                runs = ", ".join(self.runtimes)
+                raise SpecadError(f"{self.kind} has no runtime '{runtime}' (it runs on {runs})")
+            own = dict(self.calibration_.runtime_thresholds)
+            own.pop(runtime, None)
             if val_scores is not None:
-                self.runtime_thresholds_[runtime] = threshold_at_far(val_scores, far)
+                own[runtime] = threshold_at_far(val_scores, far)
+            self.calibration_ = self.calibration_.changed(self.kind, runtime_thresholds=own)
             return self
-        scores = np.asarray(val_scores, dtype=np.float64)
-        self.threshold_ = threshold_at_far(scores, far)
-        self.val_scores_ = scores
-        self.far_ = float(far)
-        self.runtime_thresholds_: dict[str, float] = {}
+        scores = np.asarray(val_scores, dtype=np.float64).ravel()
+        self.calibration_ = getattr(self, "calibration_", Calibration()).changed(
+            self.kind,
+            far=float(far),
+            val_scores=scores.tolist(),
+            threshold=threshold_at_far(scores, far),
+            runtime_thresholds={},
+        )
         return self
 
-    def check_fitted(self, threshold: bool = False) -> None:
-        missing = [a for a in self.fitted + ("threshold_",) * threshold if not hasattr(self, a)]
+    def check_fitted(self, calibrated: bool = False) -> None:
+        """One clear error where fitted state (with ``calibrated``, the threshold) is missing."""
+        missing = [a for a in self.fitted if not hasattr(self, a)]
+        if calibrated and getattr(self, "calibration_", Calibration()).threshold is None:
+            missing.append("threshold")
         if missing:
             raise SpecadError(
                 f"{self.kind} detector is not fitted ({', '.join(missing)} missing); "
@@ -188,66 +269,16 @@ class BaseDetector(ABC):
         return np.array([self.score(m) for b in batches for m in self.score_maps(b)], np.float64)
 
     def predict(self, images: Images) -> np.ndarray:
-        """Each image's verdict: ``score >= threshold_``."""
-        self.check_fitted(threshold=True)
-        return np.array([is_anomalous(s, self.threshold_) for s in self.scores(images)])
+        """Each image's verdict: ``score >= threshold``."""
+        self.check_fitted(calibrated=True)
+        threshold = self.calibration_.threshold
+        return np.array([is_anomalous(s, threshold) for s in self.scores(images)])
 
     @property
-    def fitted_size(self) -> int | None:
-        """Side in pixels that the fitted maps need their input resized to; None: any size.
-        A model file that resizes otherwise is refused at load (`specad.modelfile`)."""
-        return None
-
-    @property
-    def fitted_channels(self) -> int | None:
-        """Input channels the fitted maps need; None: any. A model file whose preprocessing
-        selects another number is refused at load (`specad.modelfile`)."""
-        return None
-
-    @property
-    def fitted_units(self) -> Units | None:
-        """The per-channel standardisation the fitted maps' input had (`Units`; identity for
-        cube units), where the fitted state records it; None: not recorded. A model file whose
-        preprocessing standardises otherwise is refused at load (`specad.modelfile`)."""
-        return None
-
-    @property
-    def calibrated(self) -> bool:
-        """Whether ``threshold_`` is set, so that verdicts can be given."""
-        return hasattr(self, "threshold_")
-
-    @property
-    def trained_network(self) -> torch.nn.Module | None:
-        """The network a training run made (`needs_training`): a cuvis.ai pipeline holds it as
-        a submodule, so its weights move and save with the pipeline. None for fitted state."""
-        return None
-
-    @property
-    def training_data(self) -> Path | None:
-        """The dataset the detector was fitted on, where it knows it: `specad export`
-        calibrates its int8 runtime there unless told otherwise."""
-        return None
-
-    def export_graph(self) -> torch.nn.Module:
-        """The module whose ONNX export computes the maps (`export_maps` finishes them);
-        only detectors with ``onnx`` in `runtimes` have one."""
-        raise SpecadError(f"{self.kind} models have no ONNX export")
-
-    def has_threshold_for(self, runtime: str) -> bool:
-        """Whether ``runtime`` has its own calibrated threshold (`calibrate`)."""
-        self.check_fitted(threshold=True)
-        return runtime in self.runtime_thresholds_
-
-    def threshold_for(self, runtime: str) -> float:
-        """The image threshold for maps computed by ``runtime``: its own where calibrated
-        (int8 maps differ from fp32 ones; `specad.export.export_detector`), else ``threshold_``."""
-        self.check_fitted(threshold=True)
-        return self.runtime_thresholds_.get(runtime, self.threshold_)
-
-    def export_maps(self, x: Tensor, maps: Tensor) -> Tensor:  # noqa: ARG002 - used by knn
-        """The anomaly maps of input ``x`` [B, C, H, W] given ``maps``, what its ONNX export
-        computed: those, unless part of the maps stays in torch (knn's spectral maps)."""
-        return maps
+    def fitted_input(self) -> FittedInput:
+        """What the fitted maps need of their input (`FittedInput`): anything, unless the
+        detector's fitted state records it."""
+        return FittedInput()
 
     def to(self, device: str | torch.device) -> Self:  # noqa: ARG002 - nothing to move here
         """Move the fitted state to ``device``; maps are computed where it is."""
@@ -265,22 +296,18 @@ class BaseDetector(ABC):
         return {}
 
     def _scalars(self) -> dict[str, Any]:
-        """Fitted JSON values to save, beside the threshold."""
+        """Fitted JSON values to save, beside the calibration."""
         return {}
 
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:  # noqa: B027
-        """Set the fitted state from what `_tensors` and `_scalars` saved (nothing by default)."""
+        """Set the fitted state from what `_tensors` and `_scalars` saved (nothing by default);
+        ``calibration_`` is already restored."""
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """The fitted state: tensors (on the CPU) and JSON values, the threshold among them."""
-        self.check_fitted(threshold=True)
-        values = self._scalars() | {
-            "threshold": self.threshold_,
-            "val_scores": self.val_scores_.tolist(),
-            "far": self.far_,
-        }
-        if "int8" in self.runtimes:
-            values["int8_threshold"] = self.runtime_thresholds_.get("int8")
+        """The fitted state: tensors (on the CPU) and JSON values, the whole calibration
+        (every runtime's threshold) among them."""
+        self.check_fitted(calibrated=True)
+        values = self._scalars() | {"calibration": dataclasses.asdict(self.calibration_)}
         tensors = {k: v.detach().cpu().contiguous() for k, v in self._tensors().items()}
         return tensors, values
 
@@ -288,39 +315,15 @@ class BaseDetector(ABC):
         """Set the fitted state from what `state` returned, after the checks every detector's
         saved state must pass (`_restore` checks its own shapes)."""
         check_state(self.kind, tensors, values)
+        self.calibration_ = Calibration.checked(self.kind, values.get("calibration"))
         self._restore(tensors, values)
-        self.threshold_ = float(values["threshold"])  # as saved, whatever rule made it
-        self.val_scores_ = np.asarray(values.get("val_scores", []), dtype=np.float64)
-        self.far_ = float(values.get("far", DEFAULT_FAR))
-        self.runtime_thresholds_ = {}
-        if "int8" in self.runtimes:
-            int8 = values.get("int8_threshold")
-            if validate(FiniteFloat | None, int8, None, "int8_threshold") is not None:
-                self.runtime_thresholds_["int8"] = float(int8)
-        self.check_fitted(threshold=True)
+        self.check_fitted(calibrated=True)
         return self
 
-    @classmethod
-    def saved_state(
-        cls, params: dict[str, Any], values: dict[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Parameters and fitted values as a saved file holds them, in today's names: a file
-        outlives a rename of its detector's parameters (identity unless a detector renamed
-        some). Either may be anything a file holds: validation comes after."""
-        return params, values
-
-    @classmethod
-    def legacy_state(
-        cls, raw: dict[str, Any], metadata: dict[str, str], input_size: tuple[int, int]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Parameters and fitted values (beside the threshold) of a file saved before this
-        contract: ``raw`` is its ``model.json``, ``metadata`` its tensor file's, ``input_size``
-        the (channels, side) its preprocessing gives. Only kinds that existed then have one."""
-        raise SpecadError(f"{cls.kind} models have no file format before the detector contract")
-
     def save(self, path: str | Path) -> None:
-        """One safetensors file: fitted tensors, with parameters and fitted values as JSON in
-        its metadata (no pickle, so loading a file from anyone is safe)."""
+        """One safetensors file: fitted tensors, with the format version, parameters and
+        fitted values as JSON in its metadata (no pickle, so loading a file from anyone is
+        safe)."""
         from safetensors.torch import save_file
 
         tensors, values = self.state()
@@ -335,6 +338,42 @@ class BaseDetector(ABC):
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
         return f"{type(self).__name__}({fields})"
+
+
+class Exportable(ABC):
+    """Mixin of a detector whose maps an ONNX graph computes (`specad.export`), so that it runs
+    on the ``onnx`` and ``int8`` runtimes; callers test ``isinstance(det, Exportable)``."""
+
+    int8_scope: ClassVar[str] = ""
+    """The int8 export quantises the ONNX nodes whose names start with this ("": all)."""
+
+    @abstractmethod
+    def export_graph(self) -> torch.nn.Module:
+        """The module whose ONNX export computes the maps (`export_maps` finishes them)."""
+
+    def export_maps(self, x: Tensor, maps: Tensor) -> Tensor:  # noqa: ARG002 - used by knn
+        """The anomaly maps of input ``x`` [B, C, H, W] given ``maps``, what its ONNX export
+        computed: those, unless part of the maps stays in torch (knn's spectral maps)."""
+        return maps
+
+
+class Trained(ABC):
+    """Mixin of a detector that a training run makes (`specad train -c CONFIG`) around a
+    network; callers test ``isinstance(det, Trained)``."""
+
+    needs_training: ClassVar[bool] = True
+
+    @property
+    @abstractmethod
+    def trained_network(self) -> torch.nn.Module:
+        """The network the run made: a cuvis.ai pipeline holds it as a submodule, so that its
+        weights move and save with the pipeline."""
+
+    @property
+    @abstractmethod
+    def training_data(self) -> Path | None:
+        """The dataset it was trained on, where known: `specad export` calibrates its int8
+        runtime there unless told otherwise."""
 
 
 def check_state(kind: str, tensors: dict[str, Tensor], values: Any) -> None:

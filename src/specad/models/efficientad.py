@@ -282,16 +282,6 @@ class EfficientAD(nn.Module):
         self.register_buffer("ae_p90", torch.tensor(0.0))
         self.register_buffer("ae_p995", torch.tensor(0.1))
 
-    OLD_BUFFER_NAMES = {"q_st_a": "st_p90", "q_st_b": "st_p995", "q_ae_a": "ae_p90",
-                        "q_ae_b": "ae_p995"}  # fmt: skip
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
-        """Models saved before the quantile buffers were renamed load unchanged."""
-        for old, new in self.OLD_BUFFER_NAMES.items():
-            if prefix + old in state_dict:
-                state_dict[prefix + new] = state_dict.pop(prefix + old)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def train(self, mode: bool = True) -> EfficientAD:
         """Switch student/autoencoder mode; the frozen teacher stays in eval (e.g. BatchNorm)."""
         super().train(mode)

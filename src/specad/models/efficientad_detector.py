@@ -12,18 +12,25 @@ from typing import Any, ClassVar, Self
 import torch
 from torch import Tensor
 
-from specad.bounds import ChannelCount, ImageSize, validate
+from specad.bounds import ChannelCount, ImageSize, Index, validate
 from specad.config import ModelConfig, Training
 from specad.errors import SpecadError
-from specad.metrics import DEFAULT_FAR
-from specad.models.base import BaseDetector, Images, detector
+from specad.models.base import (
+    BaseDetector,
+    Exportable,
+    FittedInput,
+    Images,
+    Trained,
+    detector,
+    per_channel,
+)
 from specad.models.build import build_efficientad
 from specad.models.efficientad import EfficientAD
 from specad.models.efficientad_train import fit_network
 
 
 @detector
-class EfficientADDetector(BaseDetector):
+class EfficientADDetector(Trained, Exportable, BaseDetector):
     """EfficientAD (Batzner et al. 2023) widened to N input channels.
 
     Parameters: ``model`` (a config's model section) builds the network, ``training`` (its
@@ -39,7 +46,6 @@ class EfficientADDetector(BaseDetector):
     kind: ClassVar[str] = "efficientad"
     fitted: ClassVar[tuple[str, ...]] = ("network_",)
     runtimes: ClassVar[tuple[str, ...]] = ("torch", "bf16", "onnx", "int8")
-    needs_training: ClassVar[bool] = True
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     training: Training = dataclasses.field(default_factory=Training)
 
@@ -93,14 +99,11 @@ class EfficientADDetector(BaseDetector):
         )
 
     @property
-    def fitted_size(self) -> int:
+    def fitted_input(self) -> FittedInput:
+        """The channels and the side the network was built for (its input standardisation is
+        the run's, in ``model.json``)."""
         self.check_fitted()
-        return self.image_size_
-
-    @property
-    def fitted_channels(self) -> int:
-        self.check_fitted()
-        return self.in_channels_
+        return FittedInput(self.in_channels_, self.image_size_)
 
     @property
     def trained_network(self) -> EfficientAD:
@@ -135,46 +138,14 @@ class EfficientADDetector(BaseDetector):
             "training_data": None if self.training_data_ is None else str(self.training_data_),
         }
 
-    @classmethod
-    def saved_state(
-        cls, params: dict[str, Any], values: dict[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Files written before the parameters were the model and training sections kept the
-        whole config as ``config``: its dataset becomes the fitted ``training_data``."""
-        config = params.get("config") if isinstance(params, dict) else None
-        if not isinstance(config, dict) or set(params) != {"config"}:
-            return params, values  # anything else is refused by the parameters' validation
-        data = config.get("data")
-        data = data if isinstance(data, dict) else {}
-        training = {key: config[key] for key in ("train", "penalty") if key in config}
-        training |= {key: data[key] for key in ("flips", "rot90") if key in data}
-        if isinstance(values, dict) and "training_data" not in values:
-            values = values | {"training_data": data.get("root")}
-        return {"model": config.get("model", {}), "training": training}, values
-
-    @classmethod
-    def legacy_state(
-        cls, raw: dict[str, Any], metadata: dict[str, str], input_size: tuple[int, int]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Before the contract, model.json held the whole config and the fitted values."""
-        extra = raw.get("extra") or {}
-        values = {
-            "in_channels": input_size[0],
-            "image_size": input_size[1],
-            "wavelengths": raw.get("wavelengths"),
-            "steps": extra.get("steps"),
-            "int8_threshold": extra.get("int8_threshold"),
-            "far": raw["config"].get("train", {}).get("threshold_far", DEFAULT_FAR),
-            "training_data": raw["config"].get("data", {}).get("root"),
-        }
-        return {"config": raw["config"]}, values
-
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
-        self.in_channels_ = validate(ChannelCount, scalars["in_channels"], None, "in_channels")
+        channels = validate(ChannelCount, scalars["in_channels"], None, "in_channels")
+        self.in_channels_ = channels
         self.image_size_ = validate(ImageSize, scalars["image_size"], None, "image_size")
-        self.wavelengths_ = scalars["wavelengths"]
-        self.steps_ = scalars.get("steps")
-        data = validate(str | None, scalars.get("training_data"), None, "training_data")
+        wavelengths = scalars["wavelengths"]
+        self.wavelengths_ = validate(per_channel(channels) | None, wavelengths, None, "wavelengths")
+        self.steps_ = validate(Index | None, scalars["steps"], None, "steps")
+        data = validate(str | None, scalars["training_data"], None, "training_data")
         self.training_data_ = None if data is None else Path(data)
         if not tensors and hasattr(self, "network_"):
             return  # values only: the weights arrive on their own (a cuvis.ai pipeline's)

@@ -19,31 +19,32 @@ Memory, stated for the defaults (blocks 4 + 10 + 12: D = 344 features per patch,
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Any, ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from specad.bounds import ChannelCount, FiniteFloat, Index, validate
+from specad.bounds import ChannelCount, Index, Seed, validate
 from specad.errors import SpecadError
 from specad.models.base import (
     BaseDetector,
+    Calibration,
+    Exportable,
+    FittedInput,
     Images,
     NonNegative,
     PositiveInt,
-    Seed,
     Units,
     check_shape,
     detector,
     nest,
+    per_channel,
     unnest,
 )
 from specad.models.knn_graph import PatchMap
-from specad.models.maps import checked_scale, gaussian_blur, normal_quantiles, normalise
+from specad.models.maps import gaussian_blur, normal_quantiles, normalise
 from specad.models.pixel_spectra import PixelSpectra
 from specad.models.teachers import EfficientNetLite0Teacher
 from specad.spectral import Mapping
@@ -54,7 +55,7 @@ _BATCH = 4
 
 
 @detector
-class KNN(BaseDetector):
+class KNN(Exportable, BaseDetector):
     """Nearest-neighbour anomaly maps against a coreset of normal patch features, plus
     per-pixel spectral maps.
 
@@ -76,8 +77,8 @@ class KNN(BaseDetector):
 
     The map is ``normalise(patch) + w * sum(normalise(spectral maps))``, each normalised
     by its own 0.9 / 0.995 quantiles on the normal ``val`` images
-    (`specad.models.maps.normalise`), so ``w`` weighs them in units of normal variation
-    (0: the patch map alone).
+    (`specad.models.maps.normalise`; they are part of ``calibration_``), so ``w`` weighs them
+    in units of normal variation (0: the patch map alone).
 
     Where the spectral maps are used (``spectral=None``, the default; the weight used is the
     fitted ``spectral_weight_``): only where the stem must fold more than one band into one of
@@ -100,7 +101,7 @@ class KNN(BaseDetector):
     fitted: ClassVar[tuple[str, ...]] = (
         "bank_",
         "extractor_",
-        "patch_scale_",
+        "calibration_",
         "spectra_",
         "spectral_weight_",
         "image_size_",
@@ -156,16 +157,16 @@ class KNN(BaseDetector):
         self.bank_ = patches[greedy_coreset(patches, self.coreset_size, self.projection, gen)]
         weighted = self.spectral_weight_ > 0
         self.spectra_ = PixelSpectra.fit(train, units, self.seed) if weighted else None
-        self.patch_scale_, self.spectra_scales_ = (0.0, 0.1), []  # identity until fitted
+        quantiles = {}  # none without val: the raw patch map
         if len(val):
             raw = []
             for x in val:  # sizes may differ
                 sides.update(x.shape[-2:])
                 raw.append(self._raw_maps(x[None].to(first.device)))
-            self.patch_scale_ = normal_quantiles(patch for patch, _ in raw)
-            self.spectra_scales_ = [
-                normal_quantiles(spectra[i] for _, spectra in raw) for i in range(len(raw[0][1]))
-            ]
+            quantiles["patch"] = normal_quantiles(patch for patch, _ in raw)
+            for i, name in enumerate(self._spectral_names()):
+                quantiles[name] = normal_quantiles(spectra[i] for _, spectra in raw)
+        self.calibration_ = Calibration.checked(self.kind, {"quantiles": quantiles})
         self.image_size_ = sides.pop() if len(sides) == 1 else 0
         c = first.shape[0]
         scale, offset = ([1.0] * c, [0.0] * c) if units is None else units
@@ -180,35 +181,28 @@ class KNN(BaseDetector):
     # ------------------------------------------------------------------ scoring
 
     @property
-    def fitted_channels(self) -> int:
-        """Input channels the model was fitted on; fails clearly if it was never fitted."""
+    def fitted_input(self) -> FittedInput:
+        """The channels it was fitted on, the side of the S x S images its map quantiles were
+        measured on (None where sizes varied: cubes at their own sizes) and their
+        standardisation; fails clearly if it was never fitted."""
         self.check_fitted()
-        return self.extractor_.stem.in_channels
-
-    @property
-    def fitted_size(self) -> int | None:
-        """Side of the S x S images the map scales were measured on; None where they varied
-        (cubes at their own sizes) or the file predates the record."""
-        self.check_fitted()
-        return self.image_size_ or None
-
-    @property
-    def fitted_units(self) -> Units | None:
-        """The standardisation the fitted input had (identity: cube units); None where the file
-        predates the record."""
-        self.check_fitted()
-        return self.units_
+        return FittedInput(self.extractor_.stem.in_channels, self.image_size_ or None, self.units_)
 
     def export_graph(self) -> PatchMap:
         """The normalised patch map as one module (`PatchMap`): what the ONNX exports compute
         (`specad.export`); the spectral maps are added after it (`export_maps`)."""
         self.check_fitted()
-        return PatchMap(self.extractor_, self.bank_, self.sigma, self.patch_scale_)
+        scale = self.calibration_.quantiles.get("patch")
+        return PatchMap(self.extractor_, self.bank_, self.sigma, scale)
 
     def _raw_maps(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """The patch map and the spectral maps, [B, 1, S, S] each, unscaled."""
         graph = PatchMap(self.extractor_, self.bank_, self.sigma)
         return torch.cat([graph(b) for b in x.split(_BATCH)]), self._spectral_maps(x)
+
+    def _spectral_names(self) -> tuple[str, ...]:
+        """The spectral maps' names, in `_spectral_maps`' order: their quantiles' keys."""
+        return () if self.spectra_ is None else self.spectra_.names
 
     def _spectral_maps(self, x: Tensor) -> list[Tensor]:
         if self.spectra_ is None:
@@ -219,10 +213,9 @@ class KNN(BaseDetector):
     @torch.inference_mode()
     def _score_maps(self, x: Tensor) -> Tensor:
         """[B, 1, S, S] anomaly maps for input [B, N, S, S]."""
-        if x.shape[1] != self.fitted_channels:
-            raise SpecadError(
-                f"knn expects [B, {self.fitted_channels}, S, S], got {tuple(x.shape)}"
-            )
+        channels = self.extractor_.stem.in_channels
+        if x.shape[1] != channels:
+            raise SpecadError(f"knn expects [B, {channels}, S, S], got {tuple(x.shape)}")
         x = x.to(self.bank_.device)
         graph = self.export_graph()
         return self.export_maps(x, torch.cat([graph(b) for b in x.split(_BATCH)]))
@@ -232,7 +225,8 @@ class KNN(BaseDetector):
         """The anomaly maps of input ``x`` [B, N, S, S] from its normalised patch map ``patch``
         [B, 1, S, S] (torch's or an export's): the weighted spectral maps added, in torch."""
         maps = patch
-        for m, scale in zip(self._spectral_maps(x), self.spectra_scales_, strict=True):
+        for name, m in zip(self._spectral_names(), self._spectral_maps(x), strict=True):
+            scale = self.calibration_.quantiles[name]
             maps = maps + self.spectral_weight_ * normalise(m.to(patch.device), *scale)
         return maps
 
@@ -253,42 +247,21 @@ class KNN(BaseDetector):
 
     def _scalars(self) -> dict[str, Any]:
         return {
-            "channels": self.fitted_channels,
+            "channels": self.extractor_.stem.in_channels,
             "wavelengths": self.wavelengths_,
-            "patch_scale": list(self.patch_scale_),
-            "spectra_scales": [list(s) for s in self.spectra_scales_],
             "spectra": None if self.spectra_ is None else self.spectra_.scalars(),
             "spectral_weight": self.spectral_weight_,
             "image_size": self.image_size_,
-            "units": None if self.units_ is None else [list(u) for u in self.units_],
+            "units": [list(u) for u in self.units_],
         }
-
-    @classmethod
-    def legacy_state(
-        cls, raw: dict[str, Any], metadata: dict[str, str], input_size: tuple[int, int]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Before the contract, the tensor file's metadata held the settings."""
-        values = {
-            "channels": int(metadata["channels"]),
-            "wavelengths": json.loads(metadata["wavelengths"]),
-        }
-        return json.loads(metadata["params"]), values
 
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
         # every saved value is checked before it sizes an allocation or divides a map
         channels = validate(ChannelCount, scalars["channels"], None, "knn channels")
-        self.wavelengths_ = validate(
-            Annotated[list[FiniteFloat], Field(min_length=channels, max_length=channels)] | None,
-            scalars["wavelengths"],
-            None,
-            "knn wavelengths",
-        )
-        # files written before these were recorded: any size and standardisation
-        self.image_size_ = validate(Index, scalars.get("image_size", 0), None, "knn image_size")
-        per_channel = Annotated[list[FiniteFloat], Field(min_length=channels, max_length=channels)]
-        self.units_ = validate(
-            tuple[per_channel, per_channel] | None, scalars.get("units"), None, "knn units"
-        )
+        values = per_channel(channels)
+        self.wavelengths_ = validate(values | None, scalars["wavelengths"], None, "knn wavelengths")
+        self.image_size_ = validate(Index, scalars["image_size"], None, "knn image_size")
+        self.units_ = validate(tuple[values, values], scalars["units"], None, "knn units")
         self.extractor_ = EfficientNetLite0Teacher(
             channels, self.blocks, self.mapping, self.wavelengths_
         )
@@ -302,27 +275,17 @@ class KNN(BaseDetector):
         check_shape("knn", "bank", self.bank_, None, self.extractor_.out_channels)
         if self.bank_.dtype != torch.float32:
             raise SpecadError(f"knn tensor 'bank' is {self.bank_.dtype}, expected float32")
-        # files written before the spectral maps: the patch map alone, unscaled
-        self.patch_scale_ = checked_scale(scalars.get("patch_scale", (0.0, 0.1)), "knn patch_scale")
-        self.spectra_scales_ = [
-            checked_scale(s, "knn spectra_scales")
-            for s in validate(
-                list[Any], scalars.get("spectra_scales", []), None, "knn spectra_scales"
-            )
-        ]
-        self.spectra_ = None
-        # files written before the rule kept the weight in the ``spectral`` parameter
-        weight = scalars.get("spectral_weight", self.spectral or 0.0)
+        weight = scalars["spectral_weight"]
         self.spectral_weight_ = validate(NonNegative, weight, None, "knn spectral_weight")
-        if scalars.get("spectra") is None:
-            self.spectral_weight_ = 0.0
-            if self.spectra_scales_:
-                raise SpecadError("knn has spectral map scales but no spectral maps")
-        else:
+        self.spectra_ = None
+        if scalars["spectra"] is not None:
             spectra = unnest("spectra", tensors)
             self.spectra_ = PixelSpectra.restore(spectra, scalars["spectra"], self.seed)
-            if len(self.spectra_scales_) != 1 + (self.spectra_.shape is not None):
-                raise SpecadError("knn spectral map scales do not match its spectral maps")
+        if (self.spectra_ is None) != (self.spectral_weight_ == 0):
+            raise SpecadError("knn spectral_weight does not match its spectral maps")
+        names, quantiles = set(self._spectral_names()), set(self.calibration_.quantiles)
+        if quantiles - {"patch"} != names or (names and "patch" not in quantiles):
+            raise SpecadError("knn calibration quantiles do not match its maps")
 
 
 def batches(images: Images) -> Iterator[Tensor]:

@@ -7,14 +7,10 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from specad.bounds import FiniteFloat, validate
-from specad.errors import SpecadError
 
 LOW, HIGH = 0.9, 0.995
 """Normal-image quantiles that `normalise` sends to 0 and 0.1 (EfficientAD's rule)."""
@@ -103,12 +99,3 @@ def upsample_blur(maps: Tensor, size: tuple[int, int], sigma: float) -> Tensor:
     rows = _resampling(h, height, float(sigma), side).to(maps)  # [H, h]
     cols = _resampling(w, width, float(sigma), side).to(maps)  # [W, w]
     return rows @ maps @ cols.T  # [B, 1, H, W]
-
-
-def checked_scale(value: Any, what: str) -> tuple[float, float]:
-    """A saved `normalise` scale ``(low, high)``: two finite numbers with ``low < high``, else
-    a `SpecadError` naming ``what`` (a file's division by zero, caught at load)."""
-    low, high = validate(tuple[FiniteFloat, FiniteFloat], value, None, what)
-    if not low < high:
-        raise SpecadError(f"{what}: {low:g} is not below {high:g}")
-    return low, high

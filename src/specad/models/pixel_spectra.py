@@ -93,6 +93,11 @@ class PixelSpectra:
         """One (H, W, C) NumPy cube per transformed image, for `RX.fit_cubes`."""
         return (transform(x[None].cpu())[0].permute(1, 2, 0).numpy() for x in images)
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The maps' names, in the order `maps` returns them."""
+        return ("level",) if self.shape is None else ("level", "shape")
+
     def maps(self, x: Tensor) -> list[Tensor]:
         """Distance maps [B, 1, H, W] of input [B, C, H, W]: level, then shape if any."""
         x = x.cpu()
@@ -136,10 +141,10 @@ class PixelSpectra:
         if level is None:
             raise SpecadError("knn spectral maps are missing their level model")
         shape = rx("shape")
-        c = level.fitted_channels
-        if shape is not None and shape.fitted_channels != c:
+        c = level.fitted_input.channels
+        if shape is not None and shape.fitted_input.channels != c:
             raise SpecadError(
-                f"knn spectral shape model has {shape.fitted_channels} channels, not {c}"
+                f"knn spectral shape model has {shape.fitted_input.channels} channels, not {c}"
             )
         for name in ("scale", "offset", "floor"):
             check_shape("knn", f"spectra.{name}", tensors[name], c)

@@ -6,6 +6,7 @@ Adding a detector: write its class on the contract of `specad.models.base`, add 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from specad.errors import SpecadError
-from specad.models.base import FORMAT, BaseDetector
+from specad.models.base import FORMAT, FORMAT_VERSION, BaseDetector
 from specad.models.efficientad_detector import EfficientADDetector
 from specad.models.knn import KNN
 from specad.models.rx import RX
@@ -75,29 +76,40 @@ def load_detector(path: Path) -> BaseDetector:
 
 def from_file(metadata: dict[str, str], tensors: dict[str, Tensor], path: Path) -> BaseDetector:
     """The detector in a file already read by `read_file`."""
-    if metadata.get("format") != FORMAT:
-        raise SpecadError("not a specad detector file", path)
+    check_format(metadata.get("format"), path)
     try:
         params: dict[str, Any] = json.loads(metadata["params"])
         values: dict[str, Any] = json.loads(metadata["fitted"])
     except (KeyError, ValueError) as err:
         raise SpecadError(f"corrupt detector metadata ({err})", path) from err
-    return restore(metadata.get("kind", ""), params, tensors, values, path)
-
-
-def restore(
-    kind: str,
-    params: dict[str, Any],
-    tensors: dict[str, Tensor],
-    values: dict[str, Any],
-    path: Path,
-) -> BaseDetector:
-    """A fitted detector of ``kind`` from its parameters and state; errors name ``path``."""
+    kind = metadata.get("kind", "")
     cls = detector_class(kind, path)
     try:
-        params, values = cls.saved_state(params, values)
         return cls(**params).restore(tensors, values)
     except SpecadError as err:
         raise SpecadError(str(err), path) from err
     except (KeyError, TypeError, ValueError) as err:
         raise SpecadError(f"corrupt {kind} model ({type(err).__name__}: {err})", path) from err
+
+
+def check_format(written: str | None, path: Path) -> None:
+    """Refuse, in one line naming ``path``, saved state of another format version than this
+    specad writes (`specad.models.base.FORMAT`); none at all counts as version 0. An older
+    file is refitted rather than converted: no code reads yesterday's layouts."""
+    if written == FORMAT:
+        return
+    found = re.fullmatch(r"specad\.detector/(\d{1,6})", written or "specad.detector/0", re.ASCII)
+    if found is None:
+        raise SpecadError("not a specad detector file", path)
+    version = int(found[1])
+    if version < FORMAT_VERSION:
+        raise SpecadError(
+            f"written by an older specad (format {version}, this one reads "
+            f"{FORMAT_VERSION}); refit it with `specad fit` or `specad train`",
+            path,
+        )
+    raise SpecadError(
+        f"written by a newer specad (format {version}, this one reads {FORMAT_VERSION}); "
+        "upgrade specad to load it",
+        path,
+    )

@@ -6,7 +6,6 @@ classic baseline every learned spectral detector should beat.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar, Literal, Self
 
@@ -19,7 +18,7 @@ from torch import Tensor
 from specad.bounds import ChannelCount, Seed, validate
 from specad.errors import SpecadError
 from specad.models.bands import CHUNK, blocks, covariance
-from specad.models.base import CubeDetector, Images, check_shape, detector
+from specad.models.base import CubeDetector, FittedInput, Images, check_shape, detector
 
 Shrinkage = Literal["auto"] | Annotated[float, Field(strict=True, ge=0, le=1)]
 
@@ -99,16 +98,17 @@ class RX(CubeDetector):
         return self
 
     @property
-    def fitted_channels(self) -> int:
-        """Channel count the model was fitted on; fails clearly if it was never fitted."""
+    def fitted_input(self) -> FittedInput:
+        """Any image size, of the channel count it was fitted on; fails clearly if it was never
+        fitted."""
         self.check_fitted()
-        return self.mean_.shape[0]
+        return FittedInput(channels=self.mean_.shape[0])
 
     def score_cube(self, cube: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of every pixel to the background, as (H, W) float32."""
-        px = _pixels(cube)
-        if px.shape[1] != self.fitted_channels:
-            raise SpecadError(f"model expects {self.fitted_channels} channels, got {px.shape[1]}")
+        px, channels = _pixels(cube), self.fitted_input.channels
+        if px.shape[1] != channels:
+            raise SpecadError(f"model expects {channels} channels, got {px.shape[1]}")
         out = np.empty(px.shape[0], dtype=np.float32)
         for start in range(0, px.shape[0], CHUNK):
             chunk = px[start : start + CHUNK].astype(np.float64) - self.mean_
@@ -123,18 +123,6 @@ class RX(CubeDetector):
 
     def _scalars(self) -> dict[str, Any]:
         return {"shrinkage": self.shrinkage_}
-
-    @classmethod
-    def legacy_state(
-        cls, raw: dict[str, Any], metadata: dict[str, str], input_size: tuple[int, int]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Before the contract, the tensor file's metadata held the settings."""
-        params = {
-            "shrinkage": json.loads(metadata["shrinkage"]),
-            "max_pixels": int(metadata["max_pixels"]),
-            "seed": int(metadata["seed"]),
-        }
-        return params, {"shrinkage": float(metadata["shrinkage_fitted"])}
 
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
         mean, whitening = tensors["mean"], tensors["whitening"]
