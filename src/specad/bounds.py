@@ -1,15 +1,17 @@
 """The bounds every way a parameter arrives is checked against: configs, ``--set``,
 ``model.json`` and a detector's saved tensors. One home, so that a config that trains is a model
-file that loads, and no file can make specad allocate without bound."""
+file that loads, and no file can make specad allocate without bound. The readers of those ways
+are here too: a YAML config file (`read_yaml_mapping`) and ``--set key=value`` (`parse_sets`),
+each refusing a bad value in one line that names it."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from specad.errors import SpecadError
 
@@ -28,6 +30,16 @@ ImageSize = Annotated[int, Field(strict=True, ge=0, le=MAX_IMAGE_SIZE)]
 ChannelCount = Annotated[int, Field(strict=True, ge=1, le=MAX_CHANNELS)]
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Index = Annotated[int, Field(strict=True, ge=0)]
+Channels = Literal["all", "rgb", "swir"] | Annotated[list[int | float | str], Field(min_length=1)]
+"""A channel selection (`specad.data.select_channels`)."""
+Rate = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+"""A false-alarm rate: a finite share strictly between 0 and 1."""
+
+
+class Strict(BaseModel):
+    """A settings section: an unknown key is refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def check_image_size(size: int) -> int:
@@ -99,6 +111,49 @@ def text_value(text: str, what: str) -> Any:
         raise SpecadError(f"{what}: the value is not valid YAML ({first})") from err
 
 
+def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file's top-level mapping; any problem is one line naming the file."""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise SpecadError(f"{what} not found", path) from err
+    except UnicodeDecodeError as err:
+        raise SpecadError(f"not UTF-8 text ({err.reason} at byte {err.start})", path) from err
+    except (yaml.YAMLError, RecursionError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise SpecadError(f"invalid YAML ({first})", path) from err
+    except OSError as err:
+        raise SpecadError(f"cannot read {what} ({err.strerror or err})", path) from err
+    if not isinstance(loaded, dict):
+        raise SpecadError(f"{what} must be a YAML mapping", path)
+    return loaded
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``key.sub=value`` in ``raw``, the value read as YAML, numbers also in exponent
+    notation (`text_value`); a bad one names the key."""
+    if "=" not in item:
+        raise SpecadError(f"--set expects key=value, got '{item[:60]}'")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise SpecadError(f"--set '{key[:60]}': empty key")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecadError(f"--set {key}: '{part}' is not a section")
+    node[parts[-1]] = text_value(value, f"--set {key[:60]}")
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` items as a nested mapping."""
+    raw: dict[str, Any] = {}
+    for item in items or []:
+        apply_override(raw, item)
+    return raw
+
+
 MAX_CUBE_ELEMENTS = 1 << 28
 """Most values (pixels x bands) a cube file may declare, checked against its header before any
 of it is read, whatever the format: 1 GiB as float32. Large airborne scenes fit under it (1024 x
@@ -123,4 +178,4 @@ Seed = Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)]
 MAX_BATCH_SIZE = 1024
 """Most images a training batch may hold: far beyond what any schedule here uses, and refused
 from the config alone, before any data is read; what a batch below it needs in memory is checked
-against the device before training starts (`specad.models.efficientad_train`)."""
+against the device before training starts (`specad.models.efficientad.train_loop`)."""

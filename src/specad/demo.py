@@ -2,8 +2,8 @@
 beside RX.
 
 knn is the default because it won on tray6 by the measures the demo shows (image 0.99 / pixel
-0.99 AUROC in about a minute on 2 cores, benchmarks/tray6_results.md), where the CPU preset of
-EfficientAD needs 800 steps (30-60 minutes on 2 cores) and scored less.
+0.99 AUROC in about a minute on 2 cores, benchmarks/accuracy/tray6_results.md), where the CPU
+preset of EfficientAD needs 800 steps (30-60 minutes on 2 cores) and scored less.
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from specad.config import load_config
 from specad.errors import SpecadError
 from specad.io import atomic_dir, refuse_nonempty, reserve_output
-
-CPU_PRESET = Path(__file__).parent / "cpu.yaml"
+from specad.models.efficientad.config import CPU_PRESET, load_config
 
 
 def run_demo(
@@ -33,10 +31,9 @@ def run_demo(
     follows it).
     """
     from specad.data import load_dataset
-    from specad.evaluate import fit_on_dataset
+    from specad.fit import fit_on_dataset, train
     from specad.report import ReportConfig, write_report
     from specad.synth import synthesize
-    from specad.train import train
 
     if overrides and not train_efficientad:
         raise SpecadError("--set sets EfficientAD training keys; add --train to train it")

@@ -29,10 +29,9 @@ import numpy as np
 
 from specad.data import Sample, read_mask
 from specad.errors import SpecadError
-from specad.infer import Detector
+from specad.inference import Detector, SplitResults, score_file
 from specad.models.registry import ModelSpec
 from specad.runtime import available_memory, usable_cores
-from specad.scoring import SplitResults, score_file
 
 try:
     import dask.config
@@ -164,7 +163,7 @@ class Cluster:
     def run_split(
         self, samples: Sequence[Sample], *, tiled: bool = False, batch_size: int = 8
     ) -> SplitResults:
-        """``specad.scoring.run_split`` with its batches on the workers: the same batches, so
+        """``specad.inference.run_split`` with its batches on the workers: the same batches, so
         the same maps."""
         futures = [
             self.client.submit(

@@ -1,8 +1,9 @@
 """ONNX export of a detector's map graph, and the measurement that picks its fastest runtime.
 
-On the 2-core AVX-512 machine of ``benchmarks/results-intel-avx512-vnni.md``, onnxruntime runs the
-exported fp32 graph 1.4x (batch 1) to 1.6x (batch 8) as fast as torch eager fp32, and the int8
-graph (VNNI) 3.6x to 4.1x. The files are opened and chosen among by `specad.runners`.
+On the 2-core AVX-512 machine of ``benchmarks/speed/results-intel-avx512-vnni.md``, onnxruntime
+runs the exported fp32 graph 1.4x (batch 1) to 1.6x (batch 8) as fast as torch eager fp32, and the
+int8 graph (VNNI) 3.6x to 4.1x. The files are opened and chosen among by
+`specad.inference.runners`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,8 @@ import numpy as np
 import torch
 
 from specad.errors import SpecadError
-from specad.infer import Detector, save_weights
-from specad.io import atomic_file
-from specad.metrics import DEFAULT_FAR
-from specad.modelfile import model_file
-from specad.models.base import BaseDetector, Exportable
-from specad.runners import (
+from specad.inference.detector import Detector, save_weights
+from specad.inference.runners import (
     CHOICE_FILE,
     DIGEST_KEY,
     INPUT,
@@ -35,6 +32,10 @@ from specad.runners import (
     onnx_modules,
     weights_digest,
 )
+from specad.io import atomic_file
+from specad.metrics import DEFAULT_FAR
+from specad.models.base import BaseDetector, Exportable
+from specad.models.modelfile import model_file
 from specad.runtime import cpu_has_native_bf16, cpu_model, cpu_speed_flags
 
 AGREEMENT = 0.995
@@ -49,6 +50,12 @@ against fp32's 0.769) and on tray6 0.955 (0.809 against 0.862)."""
 RANK_MIN_IMAGES = 20
 """Fewer validation images cannot measure that correlation (with 10, one swap of two neighbours
 already costs 0.012): below this the int8 export keeps its threshold on pixel agreement alone."""
+
+
+def calibration_images(x: Sequence, count: int = 32) -> Sequence:
+    """Evenly spaced training images (or samples) that calibrate int8: int8 held AUROC on tray6
+    with 32, not 16."""
+    return x[:: max(1, len(x) // count)][:count]
 
 
 def _stamp(path: Path, digest: str) -> None:

@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from specad.errors import SpecadError
-from specad.infer import Detector
+from specad.inference import Detector, score_file
 from specad.io import CUBE_SUFFIXES, atomic_dir, refuse_overlap
 from specad.io.files import escaped
 from specad.metrics import is_anomalous
-from specad.scoring import score_file
 
 if TYPE_CHECKING:
     from specad.distributed import Cluster

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Annotated
 
 import torch
+from pydantic import AfterValidator
 
 from specad.errors import SpecadError
 
@@ -32,6 +34,11 @@ def check_device_name(name: str) -> str:
             f"device {str(name)[:40]!r} is not one specad runs on: auto, cpu, cuda, cuda:N"
         )
     return name
+
+
+DeviceName = Annotated[str, AfterValidator(check_device_name)]
+"""auto, cpu, cuda or cuda:N (`DEVICE_NAME`), in a config or ``--set``; whether it is here is
+checked when the run starts."""
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -111,8 +118,8 @@ def _cpu_flags() -> set[str]:
 
 def cpu_has_amx() -> bool:
     """AMX tiles make bf16 convolutions several times faster than fp32; AVX-512 bf16 alone
-    measured slower than fp32 (benchmarks/results-intel-avx512-vnni.md), so only AMX earns bf16
-    by default."""
+    measured slower than fp32 (benchmarks/speed/results-intel-avx512-vnni.md), so only AMX earns
+    bf16 by default."""
     return "amx_bf16" in _cpu_flags()
 
 

@@ -3,7 +3,8 @@
 ``specad scene`` and the scene benchmarks run here: read the cube (and its truth), prepare the
 bands, run the detectors of :mod:`specad.models.scene`, score pixel AUROC, write the maps.
 ``auto`` (the default) is `specad.models.scene.SCENE_DEFAULT`: a rank fusion of global RX on
-several band preparations, chosen by leave-one-scene-out (benchmarks/scene_default_results.md).
+several band preparations, chosen by leave-one-scene-out
+(benchmarks/accuracy/scene_default_results.md).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def dataset_import(
 ) -> None:
     """Convert a foreign dataset layout into specad's (images become cubes, masks class ids)."""
     from specad.data import load_dataset
-    from specad.importing import import_dataset
+    from specad.data.importing import import_dataset
 
     path = import_dataset(source, out_dir, layout, val_fraction=val_fraction, force=force)
     out.print(f"wrote {path} ({len(load_dataset(path).samples)} images)", soft_wrap=True)
@@ -61,7 +61,7 @@ def dataset_check(
     root: Annotated[Path, typer.Argument(help="Dataset folder.")], layout: Layout = None
 ) -> None:
     """Validate a dataset and print a summary; exit 2 if any problem is found."""
-    from specad.datacheck import check_dataset
+    from specad.data.check import check_dataset
 
     report = check_dataset(root, layout)
     table = Table(title=f"{report.root} ({report.layout} layout)")

@@ -39,8 +39,8 @@ def train_cmd(
     force: Force = False,
 ) -> None:
     """Train EfficientAD on a dataset's normal cubes; prints the model path last."""
-    from specad.config import load_config
-    from specad.train import train
+    from specad.fit import train
+    from specad.models.efficientad.config import load_config
 
     sets = list(overrides or []) + ([f"train.device={device}"] if device else [])
     cfg = load_config(config, sets)
@@ -58,8 +58,8 @@ def _load_detector(
 ):
     """A saved model, or ``rx``/``knn``/...: that detector fitted on the dataset's train/good
     with the ``--set`` values ``sets``."""
-    from specad.evaluate import fit_on_dataset
-    from specad.infer import Detector
+    from specad.fit import fit_on_dataset
+    from specad.inference import Detector
     from specad.models.registry import FIT_ON_DATASET, ModelSpec
 
     spec = ModelSpec.parse(model)
@@ -77,9 +77,10 @@ def _load_detector(
 
 def fit_settings(model: str | ModelSpec, sets: list[str] | None, **given: Any) -> dict[str, Any]:
     """``--set`` values (over ``given``) for fitting ``model`` on a dataset, all validated before
-    any data is read: the fit options (`specad.config.FitOptions`) and the detector's own
+    any data is read: the fit options (`specad.fit.FitOptions`) and the detector's own
     parameters (its class refuses a bad one), each error one line naming the key."""
-    from specad.config import FitOptions, parse_sets
+    from specad.bounds import parse_sets
+    from specad.fit import FitOptions
     from specad.models.registry import ModelSpec, detector_class
 
     options, params = FitOptions.split(given | parse_sets(sets))
@@ -159,9 +160,9 @@ def evaluate(
     import json
 
     from specad.bounds import validate
-    from specad.config import FitOptions
     from specad.data import load_dataset
     from specad.evaluate import evaluate_detector
+    from specad.fit import FitOptions
     from specad.predict import cluster
 
     if far is not None:
@@ -213,12 +214,16 @@ def export_cmd(
     runtime is then timed on this CPU and checked against fp32 on validation images; `auto`
     takes the fastest accurate one here (runtime.json).
     """
-    from specad.data import load_dataset
-    from specad.export import export_detector, exportable, measure_runtimes
-    from specad.infer import Detector
-    from specad.modelfile import load_model, model_file
+    from specad.data import load_dataset, load_inputs
+    from specad.export import (
+        calibration_images,
+        export_detector,
+        exportable,
+        measure_runtimes,
+    )
+    from specad.inference import Detector
     from specad.models.base import Trained
-    from specad.train import calibration_images, load_inputs
+    from specad.models.modelfile import load_model, model_file
 
     if fmt != "onnx":
         fail(f"unknown export format '{fmt}' (only 'onnx')")
@@ -282,9 +287,9 @@ def _fit_and_save(
     """Fit ``model`` on ``dataset`` into the folder ``out_dir``, built as every output is
     (`specad.io.atomic_dir`): one writer at a time, and no empty or partial folder on failure."""
     from specad.data import load_dataset
-    from specad.evaluate import fit_on_dataset
+    from specad.fit import fit_on_dataset
     from specad.io import atomic_dir, refuse_overlap
-    from specad.modelfile import MODEL_FILE
+    from specad.models.modelfile import MODEL_FILE
 
     refuse_overlap(out_dir, [dataset])
     with atomic_dir(out_dir, force) as tmp:

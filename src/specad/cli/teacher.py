@@ -49,7 +49,7 @@ def teacher_adapt(
     ] = None,
 ) -> None:
     """Widen an RGB teacher's first convolution to N channels (duplicate-and-scale)."""
-    from specad.models.teachers import adapt_teacher_file
+    from specad.models.efficientad.teachers import adapt_teacher_file
 
     wl = _wavelengths(wavelengths) if wavelengths else None
     if out_file.exists():
@@ -85,7 +85,7 @@ def teacher_distill(
     """
     import sys
 
-    from specad.models.distill import distill_lite0_teacher
+    from specad.models.efficientad.distill import distill_lite0_teacher
     from specad.runtime import pick_device
 
     if out_file.exists() and not resume:
@@ -113,7 +113,7 @@ def teacher_info_cmd(
     ] = None,
 ) -> None:
     """Each teacher source with its provenance (package, data, schedule, sha256, licence)."""
-    from specad.models.teachers import distilled_info, teacher_info
+    from specad.models.efficientad.teachers import distilled_info, teacher_info
 
     for row in teacher_info() if teacher_file is None else [distilled_info(teacher_file)]:
         out.print(f"[bold]{row['name']}[/bold]")

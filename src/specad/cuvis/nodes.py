@@ -1,6 +1,6 @@
 """cuvis.ai nodes that run trained specad models inside a ``CuvisPipeline``.
 
-The detector nodes hand each batch to :class:`specad.infer.Detector` instead of re-implementing
+The detector nodes hand each batch to :class:`specad.inference.Detector` instead of re-implementing
 its preprocessing, resizing and thresholding, so a node's map, score and mask are exactly those
 of ``specad predict`` on the same cube.
 """
@@ -20,10 +20,10 @@ from cuvis_ai_schemas.pipeline import PortSpec
 
 from specad.data import select_channels
 from specad.errors import SpecadError
-from specad.infer import Detector
+from specad.inference import Detector
 from specad.io import Cube, to_reflectance
-from specad.modelfile import ModelMeta, load_model
 from specad.models.base import FORMAT, Trained
+from specad.models.modelfile import ModelMeta, load_model
 from specad.models.registry import check_format
 
 Channels = list[int | float | str]

@@ -8,7 +8,7 @@
 >>> det.save("model.safetensors"); load_detector("model.safetensors")
 
 Images are float tensors [B, C, H, W], or sequences of [C, H, W] tensors whose sizes may differ,
-already preprocessed (`specad.data.Preprocess`; the `Detector` of `specad.infer` does that for
+already preprocessed (`specad.data.Preprocess`; the `Detector` of `specad.inference` does that for
 cubes). Parameters are the fields of a pydantic dataclass (`detector` below), so a bad value is
 refused in ``__init__`` with one line, the same way for every detector. Fitted state ends in
 ``_``; asking an unfitted detector for maps or verdicts raises one clear error. What is learned
@@ -121,7 +121,8 @@ class Calibration:
 @dataclasses.dataclass(frozen=True)
 class FittedInput:
     """What the fitted maps need of their input; None: anything. A model file whose
-    preprocessing gives other input is refused at load (`specad.modelfile.check_detector`)."""
+    preprocessing gives other input is refused at load
+    (`specad.models.modelfile.check_detector`)."""
 
     channels: int | None = None
     size: int | None = None
@@ -162,7 +163,7 @@ class BaseDetector(ABC):
     fitted: ClassVar[tuple[str, ...]] = ()
     """Attributes `fit_maps` sets; empty for detectors whose maps need no training data."""
     runtimes: ClassVar[tuple[str, ...]] = ("torch",)
-    """How maps can be computed (`specad.infer.Detector.use_runtime`); the first is the default.
+    """How maps can be computed (`specad.inference.Detector.use_runtime`); the first is the default.
     ``onnx`` and ``int8`` are for `Exportable` detectors."""
     input_size: ClassVar[int] = 0
     """Side in pixels that cubes are resized to when fitted on a dataset; 0 keeps their size."""

@@ -11,7 +11,7 @@ Memory, stated for the defaults (blocks 4 + 10 + 12: D = 344 features per patch,
 - fitting: at most ``max_patches`` x D float32 patch features (50,000 x 344 = 69 MB) and their
   random projection (``max_patches`` x ``projection`` = 13 MB), the spectral models' pixel
   sample (200,000 x N float64 each, 9.6 MB at N = 6), and one batch of images: a sequence of
-  images is read `_BATCH` at a time, so a lazy one (`specad.evaluate.fit_on_dataset`'s) keeps
+  images is read `_BATCH` at a time, so a lazy one (`specad.fit.fit_on_dataset`'s) keeps
   no more of the dataset in memory than that;
 - scoring: patch-to-bank distances in chunks of at most ``SEARCH_ELEMENTS`` floats (64 MB), and
   two float64 copies of each batch for the spectral maps.
@@ -28,6 +28,7 @@ from torch import Tensor
 
 from specad.bounds import ChannelCount, Index, Seed, validate
 from specad.errors import SpecadError
+from specad.models.backbones import EfficientNetLite0Teacher
 from specad.models.base import (
     BaseDetector,
     Calibration,
@@ -46,7 +47,6 @@ from specad.models.base import (
 from specad.models.knn_graph import PatchMap
 from specad.models.maps import gaussian_blur, normal_quantiles, normalise
 from specad.models.pixel_spectra import PixelSpectra
-from specad.models.teachers import EfficientNetLite0Teacher
 from specad.spectral import Mapping
 
 _BATCH = 4
@@ -61,8 +61,8 @@ class KNN(Exportable, BaseDetector):
 
     Patch map: the outputs of EfficientNet-Lite0 ``blocks``, upsampled to the first one's grid,
     concatenated and 3x3 average-pooled (`EfficientNetLite0Teacher`, stem adapted to N channels).
-    The defaults were measured on MTD (benchmarks/real_results.md): adding block 12 to 4 + 10
-    raised pixel AUROC from 0.71 to 0.75 and image AUROC from 0.87 to 0.90.
+    The defaults were measured on MTD (benchmarks/accuracy/real_results.md): adding block 12 to
+    4 + 10 raised pixel AUROC from 0.71 to 0.75 and image AUROC from 0.87 to 0.90.
     ``fit`` keeps up to ``max_patches`` random patches of the normal images and reduces them to
     ``coreset_size`` by greedy k-centre selection, distances measured after a Gaussian random
     projection to ``projection`` dimensions as PatchCore does. A patch's score is the Euclidean
@@ -73,7 +73,7 @@ class KNN(Exportable, BaseDetector):
     its image's median, Mahalanobis-scored and blurred with ``spectral_sigma``. ImageNet
     features mix the bands the stem adapts, so a material that differs only in SWIR (water,
     foil) can look normal to them; on tray6 these maps lifted image AUROC from 0.89 to 1.00,
-    on tray6-hard from 0.83 to 0.95 (benchmarks/tray6_results.md).
+    on tray6-hard from 0.83 to 0.95 (benchmarks/accuracy/tray6_results.md).
 
     The map is ``normalise(patch) + w * sum(normalise(spectral maps))``, each normalised
     by its own 0.9 / 0.995 quantiles on the normal ``val`` images
@@ -86,7 +86,7 @@ class KNN(Exportable, BaseDetector):
     to three channels every band reaches the features through its own ImageNet filters, so
     nothing is hidden from the patch map, and the spectral maps only add the normal colour
     variation of the product: on real photographs they cost image AUROC (MVTec transistor
-    0.954 against 0.992 without, MTD 0.010; benchmarks/real_results.md). The rule reads the
+    0.954 against 0.992 without, MTD 0.010; benchmarks/accuracy/real_results.md). The rule reads the
     channel count alone, never a label. A number sets the weight by hand (0: off).
     Shapes: images [B, N, S, S], standardised per channel (specad's `Preprocess`) -> maps
     [B, 1, S, S].
@@ -308,7 +308,8 @@ def batches(images: Images) -> Iterator[Tensor]:
 
 SPECTRAL_WEIGHT = 0.5
 """Weight of the spectral maps where the rule turns them on: measured on tray6 and tray6-hard
-(benchmarks/tray6_results.md), where 0.5 lifted image AUROC from 0.89 to 1.00 and 0.83 to 0.95."""
+(benchmarks/accuracy/tray6_results.md), where 0.5 lifted image AUROC from 0.89 to 1.00 and 0.83
+to 0.95."""
 STEM_FILTERS = 3
 """Input filters of the pretrained stem (R, G, B): more channels than this share filters."""
 

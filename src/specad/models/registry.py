@@ -15,7 +15,7 @@ from torch import Tensor
 
 from specad.errors import SpecadError
 from specad.models.base import FORMAT, FORMAT_VERSION, BaseDetector
-from specad.models.efficientad_detector import EfficientADDetector
+from specad.models.efficientad.detector import EfficientADDetector
 from specad.models.knn import KNN
 from specad.models.rx import RX
 from specad.models.scene import CRD, GlobalRX, LocalRX, TwoStepGLRT

@@ -422,8 +422,8 @@ AUTO = "auto"
 SCENE_DEFAULT = (Member("rx"), Member("rx", "pca"), Member("rx", "mnf"))
 """Global RX on all bands, after PCA to 20 components and after MNF to 20, rank-fused.
 
-Chosen on the three shared HAD scenes (benchmarks/scene_default_results.md): among global RX
-on each band preparation and their rank fusions, the candidate with the best mean pixel AUROC,
+Chosen on the three shared HAD scenes (benchmarks/accuracy/scene_default_results.md): among global
+RX on each band preparation and their rank fusions, the candidate with the best mean pixel AUROC,
 a family whose choice held on the scene left out (leave-one-scene-out mean 0.982 against
 0.975 for global RX on all bands), while choosing among the local detectors too overfitted the
 two scenes it saw (0.974). It beats global RX on all bands on each shared scene and costs about

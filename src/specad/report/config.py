@@ -15,7 +15,7 @@ from pydantic import (
     field_validator,
 )
 
-from specad.config import read_yaml_mapping, validate
+from specad.bounds import read_yaml_mapping, validate
 from specad.errors import SpecadError
 from specad.metrics import DEFAULT_FAR
 from specad.models.registry import ModelSpec

@@ -22,7 +22,7 @@ import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from specad import __version__
-from specad.infer import Detector
+from specad.inference import Detector
 from specad.io import atomic_dir, refuse_overlap
 from specad.io.files import escaped
 from specad.metrics import AUPRO_FPR_LIMIT

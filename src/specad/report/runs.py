@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from specad.data import Dataset, load_dataset
-from specad.evaluate import evaluate_split, fit_on_dataset
-from specad.infer import Detector
+from specad.evaluate import evaluate_split
+from specad.fit import fit_on_dataset
+from specad.inference import Detector, SplitResults, run_split
 from specad.metrics import curves
 from specad.predict import cluster
 from specad.report.config import ReportConfig
-from specad.scoring import SplitResults, run_split
 
 CURVE_PIXELS = 250_000
 """Pixel curves are drawn from a seeded subsample of this size: identical at plot resolution and

@@ -3,7 +3,7 @@ of an anomalous image also occurs in normal ones.
 
 Such defects are what EfficientAD's autoencoder is for (Batzner et al. 2023, MVTec LOCO): it
 reconstructs the teacher's features through a bottleneck that sees the whole image, while
-patch statistics only know what parts look like (`benchmarks/logical.py` measures both).
+patch statistics only know what parts look like (`benchmarks/accuracy/logical.py` measures both).
 """
 
 from __future__ import annotations

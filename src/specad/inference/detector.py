@@ -1,8 +1,9 @@
 """Running a fitted detector on cubes: the :class:`Detector` that users load.
 
 It joins a detector (`specad.models.base`) to what its cubes need: the preprocessing and band
-description of ``model.json`` (`specad.modelfile`), a device and a runtime (torch, bf16, or an
-ONNX export run by onnxruntime, `specad.runners`), and resizing or tiling back to cube size.
+description of ``model.json`` (`specad.models.modelfile`), a device and a runtime (torch, bf16,
+or an ONNX export run by onnxruntime, `specad.inference.runners`), and resizing or tiling back
+to cube size.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import torch
 
 from specad.data import resize
 from specad.errors import SpecadError
+from specad.inference.runners import choose_runtime, open_runner
+from specad.inference.tiling import tiled_map
 from specad.io import Cube, atomic_file
 from specad.metrics import is_anomalous
-from specad.modelfile import META_FILE, ModelMeta, load_model, model_file
 from specad.models.base import BaseDetector
-from specad.runners import choose_runtime, open_runner
+from specad.models.modelfile import META_FILE, ModelMeta, load_model, model_file
 from specad.runtime import RUNTIMES, pick_device
-from specad.tiling import tiled_map
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Detector:
         return self.model.calibration_.threshold_for(self.runtime)  # type: ignore[return-value]
 
     def use_runtime(self, runtime: str, model_path: str | Path | None = None) -> Detector:
-        """How maps are computed; ``auto`` is `specad.runners.choose_runtime`'s choice."""
+        """How maps are computed; ``auto`` is `specad.inference.runners.choose_runtime`'s choice."""
         if runtime not in RUNTIMES:
             raise SpecadError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}")
         if runtime == "auto":

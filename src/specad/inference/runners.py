@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from specad.errors import SpecadError
-from specad.modelfile import model_file
 from specad.models.base import BaseDetector, Exportable
+from specad.models.modelfile import model_file
 from specad.runtime import cpu_has_amx, cpu_has_vnni, cpu_model
 
 ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"

@@ -1,4 +1,6 @@
-"""Validated YAML configs for training. Unknown keys and wrong types fail with one clear line."""
+"""EfficientAD's training config (`specad train -c CONFIG`): its data, model, penalty and train
+sections, validated so that unknown keys and wrong types fail with one clear line. The CPU
+preset, ``cpu.yaml`` beside this file, is one (``examples/cpu.yaml`` links to it)."""
 
 from __future__ import annotations
 
@@ -6,41 +8,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, model_validator
 
 from specad.bounds import (
     MAX_BATCH_SIZE,
     MAX_IMAGE_SIZE,
     MIN_IMAGE_SIZE,
+    Channels,
     FiniteFloat,
-    ImageSize,
+    Rate,
     Seed,
-    check_image_size,
-    text_value,
+    Strict,
+    apply_override,
+    read_yaml_mapping,
     validate,
 )
-from specad.errors import SpecadError
 from specad.metrics import DEFAULT_FAR
-from specad.runtime import check_device_name
+from specad.runtime import DeviceName
 
-Channels = Literal["all", "rgb", "swir"] | Annotated[list[int | float | str], Field(min_length=1)]
-"""A channel selection (`specad.data.select_channels`)."""
-DeviceName = Annotated[str, AfterValidator(check_device_name)]
-"""auto, cpu, cuda or cuda:N (`specad.runtime.DEVICE_NAME`); whether it is here is checked when
-the run starts."""
-Rate = Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
-"""A false-alarm rate: a finite share strictly between 0 and 1."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+CPU_PRESET = Path(__file__).parent / "cpu.yaml"
+"""The CPU-sized preset (``examples/cpu.yaml``), which ``specad demo --train`` trains with."""
 
 
 class Normalization(Strict):
@@ -121,7 +108,7 @@ class Training(Strict):
     rot90: bool = False
 
 
-class Config(Strict):
+class EfficientADConfig(Strict):
     data: DataConfig
     model: ModelConfig = ModelConfig()
     penalty: PenaltyConfig = PenaltyConfig()
@@ -134,7 +121,7 @@ class Config(Strict):
         )
 
     @model_validator(mode="after")
-    def _image_fits_model(self) -> Config:
+    def _image_fits_model(self) -> EfficientADConfig:
         least = min_image_size(self.model)
         if self.data.image_size < least:
             raise ValueError(
@@ -144,25 +131,9 @@ class Config(Strict):
         return self
 
 
-def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
-    """A YAML file's top-level mapping; any problem is one line naming the file."""
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise SpecadError(f"{what} not found", path) from err
-    except UnicodeDecodeError as err:
-        raise SpecadError(f"not UTF-8 text ({err.reason} at byte {err.start})", path) from err
-    except (yaml.YAMLError, RecursionError) as err:
-        first = (str(err).splitlines() or [type(err).__name__])[0]
-        raise SpecadError(f"invalid YAML ({first})", path) from err
-    except OSError as err:
-        raise SpecadError(f"cannot read {what} ({err.strerror or err})", path) from err
-    if not isinstance(loaded, dict):
-        raise SpecadError(f"{what} must be a YAML mapping", path)
-    return loaded
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None = None, **base: Any) -> Config:
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, **base: Any
+) -> EfficientADConfig:
     """Read a YAML config over the sections in ``base``, apply ``key.sub=value`` overrides,
     validate. A section in both is merged key by key, the file's keys winning."""
     raw: dict[str, Any] = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
@@ -178,60 +149,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, **b
             raw["data"]["root"] = str(path.parent / root)  # relative to the config's folder
     for item in overrides or []:
         apply_override(raw, item)
-    return validate(Config, raw, path)
+    return validate(EfficientADConfig, raw, path)
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set ``key.sub=value`` in ``raw``, the value read as YAML, numbers also in exponent
-    notation (`specad.bounds.text_value`); a bad one names the key."""
-    if "=" not in item:
-        raise SpecadError(f"--set expects key=value, got '{item[:60]}'")
-    key, value = item.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise SpecadError(f"--set '{key[:60]}': empty key")
-    node = raw
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise SpecadError(f"--set {key}: '{part}' is not a section")
-    node[parts[-1]] = text_value(value, f"--set {key[:60]}")
-
-
-def parse_sets(items: list[str] | None) -> dict[str, Any]:
-    """``--set key=value`` items as a nested mapping."""
-    raw: dict[str, Any] = {}
-    for item in items or []:
-        apply_override(raw, item)
-    return raw
-
-
-class FitOptions(Strict):
-    """What ``specad fit`` and ``specad evaluate NAME`` take besides the detector's own
-    parameters (`specad.evaluate.fit_on_dataset`)."""
-
-    channels: Channels = "all"
-    image_size: ImageSize | None = None
-    """None: the detector's own input size."""
-    far: Rate = DEFAULT_FAR
-    device: DeviceName = "auto"
-
-    @field_validator("image_size", mode="before")
-    @classmethod
-    def _given(cls, size: Any) -> Any:
-        if size is None:  # `--set image_size=`: leaving it out is how to get the default
-            raise ValueError("needs a value (0: the cube's own size)")
-        return size
-
-    _size = field_validator("image_size")(check_image_size)
-
-    @classmethod
-    def split(cls, raw: dict[str, Any]) -> tuple[FitOptions, dict[str, Any]]:
-        """The options among ``--set`` values, validated, and the rest (the detector's)."""
-        options = {k: v for k, v in raw.items() if k in cls.model_fields}
-        rest = {k: v for k, v in raw.items() if k not in cls.model_fields}
-        return validate(cls, options, None, "--set "), rest
-
-
-def dump_config(config: Config) -> str:
+def dump_config(config: EfficientADConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from specad.errors import SpecadError
-from specad.models.efficientad import HARD_QUANTILE, EfficientAD
+from specad.models.efficientad.network import HARD_QUANTILE, EfficientAD
 from specad.models.maps import quantile
 from specad.runtime import pick_device
 

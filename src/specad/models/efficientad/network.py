@@ -1,8 +1,8 @@
 """EfficientAD (Batzner et al. 2023, arXiv 2303.14535) for inputs with any number of channels N.
 
 Follows anomalib's torch model (layer names, losses, map normalisation), so anomalib's teacher
-weights load unchanged once their first conv is widened (see ``teachers.py``). Departures from
-anomalib are noted where they happen: exact quantiles instead of random subsampling, an
+weights load unchanged once their first conv is widened (`specad.models.backbones`). Departures
+from anomalib are noted where they happen: exact quantiles instead of random subsampling, an
 autoencoder whose upsampling ladder follows the teacher grid, and a teacher of any architecture.
 """
 
@@ -18,30 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from specad.errors import SpecadError
+from specad.models.backbones import ImageNetNorm
 from specad.models.maps import normal_quantiles, normalise, quantile
-from specad.spectral import IMAGENET_MEAN, IMAGENET_STD, Mapping, rgb_sources
+from specad.spectral import Mapping, rgb_sources
 
 ModelSize = Literal["small", "medium"]
 
 DROPOUT = 0.2  # the autoencoder's decoder
 HARD_QUANTILE = 0.999  # hard-feature mining in the student-teacher loss
-
-
-class ImageNetNorm(nn.Module):
-    """ImageNet mean/std normalisation; each channel uses the mean statistics of its RGB sources.
-
-    The buffers are not persistent so the wrapping network keeps anomalib's state-dict keys.
-    """
-
-    def __init__(self, sources: Sequence[Sequence[int]]) -> None:
-        super().__init__()
-        mean = [sum(IMAGENET_MEAN[i] for i in src) / len(src) for src in sources]
-        std = [sum(IMAGENET_STD[i] for i in src) / len(src) for src in sources]
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std
 
 
 class PDN(nn.Module):
@@ -336,7 +320,8 @@ class EfficientAD(nn.Module):
         output, so each image computes only that half. ``teacher_x`` is the normalised teacher
         output on x when the caller has it cached. Losses are computed in float32, so that
         bf16 autocast only touches the convolutions. ``dropout`` (one generator per image) and
-        ``hard`` let data-parallel training (``specad.models.ddp``) reproduce a one-process step.
+        ``hard`` let data-parallel training (`specad.models.efficientad.ddp`) reproduce a
+        one-process step.
         """
         c, b = self.teacher_channels, x.shape[0]
         if teacher_x is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specad.data import GOOD, discover_dataset, read_mask
+from specad.data.dataset import GOOD, discover_dataset, read_mask
 from specad.errors import SpecadError
 
 

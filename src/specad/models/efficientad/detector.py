@@ -1,6 +1,6 @@
-"""EfficientAD on specad's detector contract: the network of `specad.models.efficientad`,
-trained by the loop of `specad.models.efficientad_train`, scored, thresholded and saved like every
-other detector."""
+"""EfficientAD on specad's detector contract: the network of `specad.models.efficientad.network`,
+trained by the loop of `specad.models.efficientad.train_loop`, scored, thresholded and saved like
+every other detector."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 from specad.bounds import ChannelCount, ImageSize, Index, validate
-from specad.config import ModelConfig, Training
 from specad.errors import SpecadError
 from specad.models.base import (
     BaseDetector,
@@ -24,9 +23,10 @@ from specad.models.base import (
     detector,
     per_channel,
 )
-from specad.models.build import build_efficientad
-from specad.models.efficientad import EfficientAD
-from specad.models.efficientad_train import fit_network
+from specad.models.efficientad.build import build_efficientad
+from specad.models.efficientad.config import ModelConfig, Training
+from specad.models.efficientad.network import EfficientAD
+from specad.models.efficientad.train_loop import fit_network
 
 
 @detector
@@ -34,7 +34,7 @@ class EfficientADDetector(Trained, Exportable, BaseDetector):
     """EfficientAD (Batzner et al. 2023) widened to N input channels.
 
     Parameters: ``model`` (a config's model section) builds the network, ``training`` (its
-    train and penalty sections and augmentation, `specad.config.Training`) drives
+    train and penalty sections and augmentation, `specad.models.efficientad.config.Training`) drives
     `fit_network`; where the data are and how cubes become inputs is the caller's business.
     Fitted state: the network ``network_`` (teacher statistics and map quantiles included), the
     input it was built for (``in_channels_``, ``image_size_``, ``wavelengths_``), the steps

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from specad.config import ModelConfig, student_padding
 from specad.errors import SpecadError
-from specad.models.efficientad import EfficientAD
-from specad.models.teachers import DISTILLED, EfficientNetLite0Teacher, pdn_teacher
+from specad.models.backbones import EfficientNetLite0Teacher
+from specad.models.efficientad.config import ModelConfig, student_padding
+from specad.models.efficientad.network import EfficientAD
+from specad.models.efficientad.teachers import DISTILLED, pdn_teacher
 
 
 def build_teacher(

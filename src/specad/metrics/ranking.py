@@ -4,7 +4,7 @@
 AUROC, the best F1, ROC and PR curves and the PRO curve follow exactly, ties included;
 `Pixels` pools a set of anomaly maps with their truth, a group per image (so one anomaly class
 with the normal images is a choice of groups, not a new sort) and the per-region weights AUPRO
-needs. `specad.metrics` turns these into the reported figures.
+needs. `specad.metrics.measures` turns these into the reported figures.
 """
 
 from __future__ import annotations

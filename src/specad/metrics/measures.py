@@ -23,7 +23,7 @@ from scipy.integrate import trapezoid
 
 from specad.data import GOOD
 from specad.errors import SpecadError
-from specad.ranking import MAX_PIXELS, Flags, Maps, Pixels, flags_of, pooled
+from specad.metrics.ranking import MAX_PIXELS, Flags, Maps, Pixels, flags_of, pooled
 
 DEFAULT_FAR = 0.01
 """False-alarm rate on normal validation images that sets thresholds unless told otherwise."""

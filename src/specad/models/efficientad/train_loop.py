@@ -1,10 +1,11 @@
 """EfficientAD's training loop: one seeded loop, with checkpoints and resume when it runs for
-`specad train` (`Run`), shared by `EfficientADDetector.fit` and `specad.train`.
+`specad train` (`Run`), shared by `EfficientADDetector.fit` and `specad train`
+(`specad.models.efficientad.run`).
 
 Everything random (batch order, augmentation, penalty images, dropout) draws from one
 ``torch.Generator`` whose state is checkpointed, so ``--resume`` ends with the same weights as an
 uninterrupted run. Under ``torchrun`` each process trains on a shard of every batch
-(:mod:`specad.models.ddp`) and rank 0 alone writes the run folder.
+(:mod:`specad.models.efficientad.ddp`) and rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -19,25 +20,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from specad.checkpoint import load_state, save_state
-from specad.config import Training
-from specad.data import GOOD, resize
+from specad.data import GOOD, Inputs, resize
 from specad.errors import SpecadError
-from specad.models import ddp
-from specad.models.efficientad import EfficientAD
-from specad.penalty import PenaltySet
+from specad.models.efficientad import ddp
+from specad.models.efficientad.checkpoint import load_state, save_state
+from specad.models.efficientad.config import Training
+from specad.models.efficientad.network import EfficientAD
+from specad.models.efficientad.penalty import PenaltySet
 from specad.runtime import available_memory, cpu_has_amx, pick_device
 
 CHECKPOINT = "checkpoints/last.pt"
-
-
-@dataclass
-class Inputs:
-    """A split loaded as model input, with what is needed to score it."""
-
-    x: torch.Tensor
-    labels: list[str]
-    masks: list[np.ndarray]
 
 
 def train_step(
@@ -74,7 +66,8 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 
 def use_bf16(setting: str, device: torch.device) -> bool:
     """bf16 autocast for ``auto``: on GPUs that support it and on CPUs with AMX. Without AMX the
-    CPU's bf16 convolutions measured slower than fp32 (benchmarks/results-intel-avx512-vnni.md)."""
+    CPU's bf16 convolutions measured slower than fp32
+    (benchmarks/speed/results-intel-avx512-vnni.md)."""
     if setting != "auto":
         return setting == "on"
     if device.type == "cuda":
@@ -95,7 +88,7 @@ def check_step_memory(
     """Refuse, in one line, a batch of ``channels``-channel images whose training step (student
     size ``student``) would need more memory than ``ranks.device`` has available: it would
     otherwise fail deep in the first step, or push the machine into swap. Cheap, so that
-    `specad.train` can ask before it loads the dataset."""
+    `specad train` can ask before it loads the dataset."""
     pixels = image_size[0] * image_size[1]
     inputs = 3 * channels * 4  # float32 batch, its augmented copy and the penalty images
     need = batch // ranks.world * pixels * (STEP_BYTES_PER_PIXEL[student] + inputs)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from specad.data import GOOD
+from specad.data.dataset import GOOD
 from specad.errors import SpecadError
 from specad.io import IMAGE_SUFFIXES, Cube, atomic_dir, refuse_overlap, write_cube
 from specad.io.cube import check_declared

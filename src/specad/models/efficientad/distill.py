@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from specad.checkpoint import load_state, save_state
 from specad.errors import SpecadError
 from specad.io.read import read_image
-from specad.models.efficientad import PDN, channel_stats
-from specad.models.teachers import EfficientNetLite0Teacher, save_teacher_file, teacher_metadata
-from specad.penalty import image_files, natural_images
+from specad.models.backbones import EfficientNetLite0Teacher
+from specad.models.efficientad.checkpoint import load_state, save_state
+from specad.models.efficientad.network import PDN, channel_stats
+from specad.models.efficientad.penalty import image_files, natural_images
+from specad.models.efficientad.teachers import save_teacher_file, teacher_metadata
 from specad.runtime import cpu_model
 
 if TYPE_CHECKING:

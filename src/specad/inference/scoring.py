@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from specad.data import Sample, read_mask
-from specad.infer import Detector
+from specad.inference.detector import Detector
 from specad.io import read_cube
 
 
