@@ -1,19 +1,29 @@
-"""Shared fixtures: a tiny dataset in specad's layout, built in a few milliseconds."""
+"""Shared fixtures and helpers: a tiny dataset in specad's layout, built in a few milliseconds;
+the tiny models trained on it once per session; the one helper that runs the CLI."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from specad.io import Cube, write_cube
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "robustness"))
+# The fuzzer's library and the tiny dataset live with the fuzzer (benchmarks import nothing from
+# tests/); the fuzz tests import its modules by name through this one path entry.
+from fuzz_data import BANDS as BANDS  # noqa: E402
+from fuzz_data import WAVELENGTHS as WAVELENGTHS  # noqa: E402
+from fuzz_data import checksums, make_dataset  # noqa: E402
+
+if TYPE_CHECKING:
+    from _pytest.mark.structures import ParameterSet
+
+    from specad.models.efficientad.config import EfficientADConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 """The real datasets beside the project (read-only, never copied into it)."""
@@ -31,11 +41,16 @@ def shared_data(name: str) -> Path:
 
 
 def run_specad(
-    *args: str, timeout: float = 300, cwd: Path | None = None, env: dict | None = None
+    *args: str,
+    timeout: float = 300,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    check: bool = False,
 ) -> subprocess.CompletedProcess:
     """The ``specad`` command in a child process, bounded in time: the one CLI helper of the
-    tests."""
-    return subprocess.run(
+    tests. ``check`` asserts it succeeded (exit 0), showing its stderr where it did not; a
+    command expected to fail goes to `one_line_failure`."""
+    done = subprocess.run(
         [sys.executable, "-m", "specad", *args],
         capture_output=True,
         text=True,
@@ -43,6 +58,9 @@ def run_specad(
         cwd=cwd,
         env=None if env is None else os.environ | env,
     )
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
 
 
 def one_line_failure(done: subprocess.CompletedProcess, *needles: str) -> str:
@@ -57,52 +75,55 @@ def one_line_failure(done: subprocess.CompletedProcess, *needles: str) -> str:
     return errors[0]
 
 
-def checksums(*roots: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``roots`` (or of each root that is a file), by path: compared
-    before and after a failing command to prove nothing of the user's changed."""
-    sums = {}
-    for root in roots:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for f in files:
-            sums[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return sums
-
-
-BANDS = ["R", "G", "B", "SWIR1050", "SWIR1200", "SWIR1450"]
-WAVELENGTHS = [630.0, 532.0, 465.0, 1050.0, 1200.0, 1450.0]
-
-
-def make_dataset(
-    root: Path, size: int = 64, channels: int = 6, counts=(6, 4, 3), defects=2, seed: int = 0
-) -> Path:
-    """Smooth random 'sawdust' cubes; defects are bright squares in the SWIR bands only."""
-    rng = np.random.default_rng(seed)
-    bands, wl = BANDS[:channels], WAVELENGTHS[:channels]
-
-    def cube() -> np.ndarray:
-        base = 0.4 + 0.05 * rng.standard_normal((size, size, channels))
-        return base.astype(np.float32)
-
-    for split, n in zip(("train", "val", "test"), counts, strict=True):
-        for i in range(n):
-            write_cube(root / split / "good" / f"{split}{i:03d}.tif", Cube(cube(), bands, wl))
-    names = {1: "square", 2: "stripe"}
-    for cid in range(1, defects + 1):
-        name = names[cid]
-        for i in range(2):
-            data, mask = cube(), np.zeros((size, size), np.uint8)
-            y, x = rng.integers(4, size - 16, 2)
-            sl = (slice(y, y + 10), slice(x, x + (10 if cid == 1 else 3)))
-            data[sl][..., 3:] += 0.5
-            mask[sl] = cid
-            write_cube(root / "test" / name / f"{name}{i:03d}.tif", Cube(data, bands, wl))
-            (root / "ground_truth" / name).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask).save(root / "ground_truth" / name / f"{name}{i:03d}.png")
-    classes = {"0": "background"} | {str(c): names[c] for c in range(1, defects + 1)}
-    (root / "classes.json").write_text(json.dumps(classes))
-    return root
+def slow_case(*values: object) -> ParameterSet:
+    """A parametrized case run only by the full suite (marked ``slow``): a further case of a
+    kind the quick run (``pytest -m "not slow"``) already checks, each costing a process start
+    or a fit."""
+    return pytest.param(*values, marks=pytest.mark.slow)
 
 
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "ds")
+
+
+TINY_TRAIN = ("data.image_size=64", "model.teacher=pdn-random", "train.log_every=1")
+"""A tiny EfficientAD: the random PDN teacher (nothing to download or distil) at 64 px."""
+
+
+def tiny_config(root: Path, *sets: str) -> EfficientADConfig:
+    """The config of a tiny EfficientAD trained on ``root``, with ``sets`` overrides."""
+    from specad.models.efficientad.config import load_config
+
+    return load_config(None, [*TINY_TRAIN, *sets], data={"root": str(root)})
+
+
+@contextmanager
+def unchanged(*roots: Path) -> Iterator[None]:
+    """Lend ``roots`` to many tests, then prove that none of them changed a byte: sharing must
+    not leak state from one test into another, so a test that changes a shared folder works on
+    its own copy (``shutil.copytree`` into its ``tmp_path``)."""
+    before = checksums(*roots)
+    yield
+    assert checksums(*roots) == before, f"a test changed the shared {roots}; copy it first"
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`make_dataset`'s default dataset, built once for the session; read-only."""
+    root = make_dataset(tmp_path_factory.mktemp("shared") / "ds")
+    with unchanged(root):
+        yield root
+
+
+@pytest.fixture(scope="session")
+def tiny_efficientad(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The run folder of a tiny EfficientAD trained 20 steps on `tiny_root`, as `specad train`
+    writes it: the model, its onnx and int8 exports and the runtimes measured on this CPU.
+    Trained once for the session; read-only."""
+    from specad.fit import train
+
+    run = tmp_path_factory.mktemp("shared") / "run"
+    train(tiny_config(tiny_root, "train.steps=20"), run, progress=False)
+    with unchanged(run):
+        yield run

@@ -16,15 +16,16 @@ from conftest import checksums, make_dataset, one_line_failure, run_specad
 from safetensors.torch import load_file, save_file
 
 import specad
-from specad.config import ModelConfig, Training
 from specad.data import load_dataset
 from specad.errors import SpecadError
-from specad.evaluate import evaluate_detector, fit_on_dataset
+from specad.evaluate import evaluate_detector
 from specad.export import export_detector
-from specad.infer import Detector
+from specad.fit import fit_on_dataset
+from specad.inference import Detector
 from specad.metrics import ThresholdWarning
 from specad.models import registry
 from specad.models.base import FORMAT_VERSION, BaseDetector, Exportable, NonNegative, detector
+from specad.models.efficientad.config import ModelConfig, Training
 from specad.models.registry import DETECTORS, load_detector, read_file
 from specad.report import ReportConfig, write_report
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset
+from conftest import make_dataset, one_line_failure, run_specad
 from PIL import Image
 
 from specad.data import (
@@ -20,16 +18,10 @@ from specad.data import (
     read_mask,
     select_channels,
 )
-from specad.datacheck import check_dataset
+from specad.data.check import check_dataset
 from specad.errors import SpecadError
 from specad.io import Cube, read_cube, write_cube
-from specad.penalty import PenaltySet
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "specad", *args], capture_output=True, text=True, timeout=120
-    )
+from specad.models.efficientad.penalty import PenaltySet
 
 
 def test_layout_is_discovered(tiny_dataset: Path) -> None:
@@ -96,21 +88,18 @@ def test_check_reports_empty_split(tiny_dataset: Path) -> None:
 
 
 def test_cli_check_exit_codes(tiny_dataset: Path) -> None:
-    ok = run_cli("dataset", "check", str(tiny_dataset))
-    assert ok.returncode == 0, ok.stderr
+    ok = run_specad("dataset", "check", str(tiny_dataset), check=True)
     assert "1050, 1200, 1450" in ok.stdout
     shutil.rmtree(tiny_dataset / "train")
-    bad = run_cli("dataset", "check", str(tiny_dataset))
-    assert bad.returncode == 2
-    assert "Traceback" not in bad.stderr
+    bad = run_specad("dataset", "check", str(tiny_dataset))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "'train' split is empty" in bad.stderr
 
 
 def test_cli_bad_cube_is_one_line(tmp_path: Path) -> None:
-    missing = run_cli("dataset", "check", str(tmp_path / "nope"))
-    assert missing.returncode == 2
+    missing = run_specad("dataset", "check", str(tmp_path / "nope"))
+    one_line_failure(missing, "nope: dataset folder not found")
     assert missing.stderr.strip().count("\n") == 0
-    assert "nope: dataset folder not found" in missing.stderr
 
 
 def test_select_channels() -> None:

@@ -4,21 +4,21 @@ EfficientNet-Lite0 teacher), report."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from specad.infer import Detector
+import pytest
+from conftest import one_line_failure, run_specad
+
+from specad.inference import Detector
 
 
+@pytest.mark.slow
 def test_demo_writes_a_report_with_every_class_and_every_model(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    done = subprocess.run(
-        [sys.executable, "-m", "specad", "demo", "--out", str(out), "--size", "64", "--train",
-         "--set", "train.steps=3", "--set", "train.val_every=0"],
-        capture_output=True, text=True, timeout=600,
+    done = run_specad(
+        "demo", "--out", str(out), "--size", "64", "--train",
+        "--set", "train.steps=3", "--set", "train.val_every=0", timeout=600, check=True,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
     index = Path(done.stdout.strip().splitlines()[-1].removeprefix("report: "))
     assert index == out / "report" / "index.html" and index.is_file()
     metrics = json.loads((out / "report" / "metrics.json").read_text())
@@ -42,12 +42,8 @@ def test_demo_writes_a_report_with_every_class_and_every_model(tmp_path: Path) -
 
 
 def test_demo_training_keys_need_train(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "specad", "demo", "--out", str(tmp_path / "d"),
-         "--set", "train.steps=3"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 2
+    done = run_specad("demo", "--out", str(tmp_path / "d"), "--set", "train.steps=3")
+    one_line_failure(done)
     assert done.stderr.strip() == (
         "error: --set sets EfficientAD training keys; add --train to train it"
     )

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from specad.errors import SpecadError
-from specad.models.distill import NaturalCrops, distill, offline_photos
-from specad.models.efficientad import PDN
-from specad.models.teachers import distilled_info, pdn_teacher, teacher_metadata
+from specad.models.efficientad.distill import NaturalCrops, distill, offline_photos
+from specad.models.efficientad.network import PDN
+from specad.models.efficientad.teachers import distilled_info, pdn_teacher, teacher_metadata
 
 
 @pytest.fixture

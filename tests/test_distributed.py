@@ -16,14 +16,14 @@ import torch
 from conftest import make_dataset
 from safetensors.torch import load_file
 
-from specad.config import load_config
 from specad.data import load_dataset
 from specad.distributed import ModelSource, open_cluster  # needs the dask extra; never skipped
 from specad.errors import SpecadError
-from specad.evaluate import evaluate_detector, fit_on_dataset
-from specad.infer import Detector
+from specad.evaluate import evaluate_detector
+from specad.fit import fit_on_dataset, train
+from specad.inference import Detector
+from specad.models.efficientad.config import load_config
 from specad.predict import expand_inputs, predict_files
-from specad.train import train
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,7 @@ def _same_outputs(a: Path, b: Path) -> None:
             assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_dask_scoring_equals_a_local_run(scene, tmp_path: Path) -> None:
     root, model, files = scene
     det = Detector.load(model)
@@ -66,6 +67,7 @@ def test_dask_scoring_equals_a_local_run(scene, tmp_path: Path) -> None:
     assert json.dumps(metrics, sort_keys=True) == json.dumps(here, sort_keys=True)
 
 
+@pytest.mark.slow
 def test_report_scoring_on_dask_equals_a_local_report(scene, tmp_path: Path) -> None:
     from specad.report import load_report_config, write_report
 
@@ -80,6 +82,7 @@ def test_report_scoring_on_dask_equals_a_local_report(scene, tmp_path: Path) -> 
     assert reports["here"] == reports["there"]
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_changes_nothing(scene, tmp_path: Path) -> None:
     """The first worker to finish a scoring task dies (SIGKILL) before reporting it; Dask reruns
     its tasks elsewhere and the published folder is complete and equal to a local run."""
@@ -124,6 +127,7 @@ def test_detector_fitted_here_travels_pickled(scene) -> None:
     assert source.load().meta.to_json() == det.meta.to_json()
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_equal_one_with_the_same_global_batch(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "ds")
     config = tmp_path / "cfg.yaml"
@@ -155,7 +159,7 @@ def test_two_ddp_processes_equal_one_with_the_same_global_batch(tmp_path: Path) 
 
 def build_start(config: Path) -> dict[str, torch.Tensor]:
     """The weights training starts from (the seeded initialisation)."""
-    from specad.models.build import build_efficientad
+    from specad.models.efficientad.build import build_efficientad
 
     cfg = load_config(config)
     return build_efficientad(cfg.model, 6, 64, None, cfg.train.seed).state_dict()

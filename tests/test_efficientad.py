@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from specad.config import ModelConfig, student_padding
 from specad.errors import SpecadError
-from specad.models.build import build_efficientad
-from specad.models.efficientad import PDN, EfficientAD, normalised_stack
-from specad.models.efficientad_train import ae_augment
+from specad.models.efficientad.build import build_efficientad
+from specad.models.efficientad.config import ModelConfig, student_padding
+from specad.models.efficientad.network import PDN, EfficientAD, normalised_stack
+from specad.models.efficientad.train_loop import ae_augment
 from specad.models.maps import normalise, quantile
 from specad.spectral import rgb_sources
 
@@ -175,22 +175,6 @@ def test_rgb_sources() -> None:
         rgb_sources(3, "wavelength")
 
 
-def test_model_saved_before_the_rewrite_gives_the_same_map() -> None:
-    """tests/data/efficientad_v0: saved by the table-driven PDN with q_st_a.. buffer names."""
-    import numpy as np
-
-    from specad.infer import Detector
-    from specad.io import Cube
-
-    folder = Path(__file__).parent / "data" / "efficientad_v0"
-    det = Detector.load(folder, device="cpu", runtime="torch")
-    got = det.predict(Cube(np.load(folder / "cube.npy"))).anomaly_map
-    expected = np.load(folder / "expected_map.npy")
-    assert expected.std() > 0.01  # a map with structure, not a constant
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
-    assert float(det.model.network_.st_p90) > 1.0  # the old q_st_a value, loaded under its new name
-
-
 def test_normalised_stack_frees_each_batch_once_copied() -> None:
     """The teacher cache is built without holding the raw features and the result at once."""
     batches = [torch.rand(2, 3, 4, 4), torch.rand(1, 3, 4, 4)]
@@ -237,8 +221,8 @@ def test_the_autoencoder_finds_a_missing_part_that_patches_cannot() -> None:
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from specad.config import PenaltyConfig, TrainConfig, Training
-    from specad.models.efficientad_detector import EfficientADDetector
+    from specad.models.efficientad.config import PenaltyConfig, TrainConfig, Training
+    from specad.models.efficientad.detector import EfficientADDetector
     from specad.synth.logical import two_part_tray
 
     rng = np.random.default_rng(0)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_failure, run_specad
 from PIL import Image
-from test_cli import specad
 
 from specad.data import load_dataset, read_mask
+from specad.data.importing import import_dataset
 from specad.errors import SpecadError
-from specad.importing import import_dataset
 
 
 def _image(path: Path, shape: tuple[int, ...], value: int = 100) -> None:
@@ -74,14 +74,12 @@ def test_import_errors_leave_nothing_behind(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
     with pytest.raises(SpecadError, match="unknown dataset layout"):
         import_dataset(src / "MT_Free", tmp_path / "o2")
-    done = specad(
-        "dataset", "import", str(src / "MT_Free"), "--out", str(tmp_path / "o3"), ok=False
-    )
-    assert "unknown dataset layout" in done.stderr
+    done = run_specad("dataset", "import", str(src / "MT_Free"), "--out", str(tmp_path / "o3"))
+    one_line_failure(done, "unknown dataset layout")
 
 
 def test_cli_import(tmp_path: Path) -> None:
     src = _mtd(tmp_path / "mtd")
-    done = specad("dataset", "import", str(src), "--out", str(tmp_path / "out"))
+    done = run_specad("dataset", "import", str(src), "--out", str(tmp_path / "out"), check=True)
     assert "12 images" in done.stdout
-    specad("dataset", "check", str(tmp_path / "out"))
+    run_specad("dataset", "check", str(tmp_path / "out"), check=True)

@@ -1,4 +1,4 @@
-"""`specad.infer.Detector`: maps at each cube's size, tiling that keeps small defects, the one
+"""`specad.inference.Detector`: maps at each cube's size, tiling that keeps small defects, the one
 threshold and comparison, and the runtime choice."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from conftest import BANDS, WAVELENGTHS, make_dataset
 
 from specad.data import load_dataset
 from specad.errors import SpecadError
-from specad.evaluate import fit_on_dataset
-from specad.infer import Detector
+from specad.fit import fit_on_dataset
+from specad.inference import Detector
 from specad.io import Cube
 
 

@@ -25,11 +25,10 @@ from fuzz_models import peak_rss_mb, reset_peak_rss
 
 from specad.data import load_dataset, read_mask
 from specad.errors import SpecadError
-from specad.infer import Detector
+from specad.inference import Detector
 from specad.io import Cube, read_cube, write_cube
 from specad.io.cube import check_declared
 from specad.io.read import read_image
-from specad.models.registry import read_file
 
 TOO_MANY = "specad.bounds.MAX_CUBE_ELEMENTS"
 """Every refusal of a declared size names the bound."""
@@ -345,21 +344,6 @@ def test_a_knn_model_json_from_another_fit_is_refused(
         Detector.load(model)
 
 
-def test_knn_files_saved_before_the_record_still_load(
-    knn_models: dict[str, Path], tmp_path: Path
-) -> None:
-    from safetensors.torch import save_file
-
-    model = _copy(knn_models["a"], tmp_path)
-    metadata, tensors = read_file(model / "model.safetensors")
-    fitted = json.loads(metadata["fitted"])
-    for key in ("image_size", "units"):
-        del fitted[key]
-    save_file(tensors, str(model / "model.safetensors"), metadata | {"fitted": json.dumps(fitted)})
-    det = Detector.load(model)
-    assert det.model.fitted_size is None and det.model.fitted_units is None
-
-
 def test_knn_records_its_input_size_and_none_where_sizes_varied() -> None:
     """Cubes at their own sizes fit too, in batches of one size, and bind no size at load."""
     from specad.models.knn import KNN
@@ -373,6 +357,6 @@ def test_knn_records_its_input_size_and_none_where_sizes_varied() -> None:
         warnings.simplefilter("ignore")  # two validation scores: the threshold warns
         same = KNN(coreset_size=16).fit([image(32) for _ in range(3)], [image(32), image(32)])
         varied = KNN(coreset_size=16).fit([image(32), image(40), image(40)], [image(48)] * 2)
-    assert same.fitted_size == 32
-    assert varied.fitted_size is None
+    assert same.fitted_input.size == 32
+    assert varied.fitted_input.size is None
     assert varied.score_maps(image(40)[None]).shape == (1, 1, 40, 40)

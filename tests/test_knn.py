@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset
-from test_cli import specad
+from conftest import one_line_failure, run_specad
 
 from specad.data import Preprocess, load_dataset
 from specad.errors import SpecadError
-from specad.evaluate import fit_on_dataset, run_split
-from specad.infer import Detector
+from specad.evaluate import evaluate_detector
+from specad.fit import fit_on_dataset
+from specad.inference import Detector, run_split
 from specad.models.knn import KNN, SPECTRAL_WEIGHT, greedy_coreset, spectral_weight
 from specad.models.knn_graph import nearest_distance
 from specad.models.maps import gaussian_blur, normalise
@@ -27,8 +27,8 @@ SMALL = {"image_size": 64, "coreset_size": 128}
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("d") / "ds")
+def root(tiny_root: Path) -> Path:
+    return tiny_root
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,10 @@ def test_init_stores_params_and_fit_returns_fitted_self() -> None:
     assert knn.get_params()["coreset_size"] == 32
     x = torch.rand(3, 2, 64, 64, generator=torch.Generator().manual_seed(0))
     assert knn.fit(x, x) is knn
-    assert knn.threshold_ > knn.val_scores_.max()  # too few images for 1 %: above the largest
+    calibration = knn.calibration_  # too few images for 1 %: above the largest
+    assert calibration.threshold > max(calibration.val_scores)
     assert knn.bank_.shape == (32, 344)  # blocks 4, 10, 12: 40 + 112 + 192 features per patch
-    assert knn.fitted_channels == 2
+    assert knn.fitted_input.channels == 2
     assert knn.score_maps(x).shape == (3, 1, 64, 64)
 
 
@@ -100,7 +101,7 @@ def test_fit_streams_a_lazy_sequence_to_the_same_bank() -> None:
     eager = KNN(**params).fit_maps(images, images[:2])
     lazy = KNN(**params).fit_maps(Lazy(), images[:2])
     torch.testing.assert_close(lazy.bank_, eager.bank_, atol=0, rtol=0)
-    assert lazy.patch_scale_ == eager.patch_scale_
+    assert lazy.calibration_.quantiles == eager.calibration_.quantiles
     assert read == [0, *range(9)]  # the first image for its shape, then each once
 
 
@@ -156,7 +157,8 @@ def test_spectral_maps_stay_off_where_every_band_has_its_own_stem_filter(channel
     assert knn.spectral_weight_ == 0 and knn.spectra_ is None
     raw, spectra = knn._raw_maps(images)
     assert spectra == []
-    torch.testing.assert_close(knn.score_maps(images), normalise(raw, *knn.patch_scale_))
+    scale = knn.calibration_.quantiles["patch"]
+    torch.testing.assert_close(knn.score_maps(images), normalise(raw, *scale))
 
 
 @pytest.mark.parametrize("channels", [4, 6])
@@ -190,18 +192,6 @@ def test_spectral_shape_is_blind_to_a_lamp_gain_and_the_level_is_relative() -> N
     assert len(PixelSpectra.fit(images[:, :1], None, seed=0).maps(images[:1, :1])) == 1
 
 
-def test_files_without_a_spectral_map_load_as_the_patch_map_alone(tmp_path: Path) -> None:
-    images = _six_band_images(4, 0)
-    knn = KNN(coreset_size=64, sigma=2.0).fit(images, images)
-    tensors, values = knn.state()
-    old_tensors = {k: v for k, v in tensors.items() if not k.startswith("spectra.")}
-    old_values = {k: v for k, v in values.items() if "scale" not in k and k != "spectra"}
-    old = KNN(**knn.get_params()).restore(old_tensors, old_values)
-    assert old.spectral_weight_ == 0 and old.spectra_ is None
-    raw, _ = knn._raw_maps(images)
-    torch.testing.assert_close(old.score_maps(images), raw)
-
-
 def test_planted_defects_score_above_every_normal_cube(root: Path, detector: Detector) -> None:
     res = run_split(detector, load_dataset(root).require("test"))
     assert res.scores[res.labels == 1].min() > res.scores[res.labels == 0].max()
@@ -228,21 +218,24 @@ def test_save_load_round_trip_gives_identical_maps(
         Detector.load(path, runtime="int8")
 
 
-def test_cli_evaluate_and_fit_knn(root: Path, tmp_path: Path) -> None:
-    done = specad("evaluate", "knn", str(root), "--json")
+@pytest.mark.slow
+def test_cli_evaluate_knn_at_its_default_size(root: Path) -> None:
+    done = run_specad("evaluate", "knn", str(root), "--json", check=True)
     metrics = json.loads(done.stdout)
     assert metrics["image_auroc"] == 1.0
     assert metrics["runtime"] == "torch"
+
+
+def test_cli_fit_knn(root: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     sets = ["--set", "image_size=64", "--set", "coreset_size=64"]
-    specad("fit", "knn", str(root), "--out", str(run), *sets)
+    run_specad("fit", "knn", str(root), "--out", str(run), *sets, check=True)
     assert (run / "model.safetensors").is_file()
-    done = specad("evaluate", str(run), str(root), "--json")
-    assert json.loads(done.stdout)["image_auroc"] == 1.0
-    done = specad("fit", "knn", str(root), "--out", str(tmp_path / "x"), "--set", "k=3", ok=False)
-    assert "knn k: Unexpected keyword argument" in done.stderr
-    done = specad("fit", "svm", str(root), "--out", str(tmp_path / "y"), ok=False)
-    assert "unknown detector 'svm'" in done.stderr
+    assert evaluate_detector(Detector.load(run), load_dataset(root))["image_auroc"] == 1.0
+    done = run_specad("fit", "knn", str(root), "--out", str(tmp_path / "x"), "--set", "k=3")
+    one_line_failure(done, "knn k: Unexpected keyword argument")
+    done = run_specad("fit", "svm", str(root), "--out", str(tmp_path / "y"))
+    one_line_failure(done, "unknown detector 'svm'")
 
 
 @pytest.mark.parametrize("sigma", [1e308, math.inf])

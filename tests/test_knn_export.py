@@ -9,30 +9,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset
-from test_cli import specad
+from conftest import make_dataset, run_specad
 
 from specad.data import load_dataset
-from specad.evaluate import fit_on_dataset
 from specad.export import INT8_FILE, ONNX_FILE, export_detector
-from specad.infer import Detector
-from specad.scoring import run_split
+from specad.fit import fit_on_dataset
+from specad.inference import Detector, run_split
 
 SMALL = {"image_size": 64, "coreset_size": 128}
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("d") / "ds")
+def three_channels(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, float]:
+    """knn fitted on three-channel cubes, saved and exported: the dataset, the model's path and
+    the largest map difference its onnx export reported."""
+    root = make_dataset(tmp_path_factory.mktemp("d3") / "ds", channels=3)
+    det = fit_on_dataset("knn", load_dataset(root), device="cpu", **SMALL)
+    assert det.model.spectra_ is None  # three channels: the patch map alone
+    path = det.save(tmp_path_factory.mktemp("m3") / "run")
+    return root, path, export_detector(det, path)["onnx"]
 
 
-def test_cli_exports_knn_and_every_runtime_gives_the_torch_maps(root: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_cli_exports_knn_and_every_runtime_gives_the_torch_maps(
+    tiny_root: Path, tmp_path: Path
+) -> None:
     # six channels: the spectral maps are on, added in torch after the exported patch map
-    run = tmp_path / "run"
-    specad(
-        "fit", "knn", str(root), "--out", str(run), *(f"--set={k}={v}" for k, v in SMALL.items())
-    )
-    done = specad("export", str(run), "--int8", "--data", str(root))
+    root, run = tiny_root, tmp_path / "run"
+    sets = (f"--set={k}={v}" for k, v in SMALL.items())
+    run_specad("fit", "knn", str(root), "--out", str(run), *sets, check=True)
+    done = run_specad("export", str(run), "--int8", "--data", str(root), check=True)
     assert "onnx: largest map difference" in done.stdout and "auto on" in done.stdout
     assert (run / ONNX_FILE).is_file() and (run / INT8_FILE).is_file()
     samples = load_dataset(root).require("test")
@@ -42,31 +48,28 @@ def test_cli_exports_knn_and_every_runtime_gives_the_torch_maps(root: Path, tmp_
         np.testing.assert_allclose(x, y, atol=1e-3 * max(1.0, float(np.abs(x).max())))
     int8 = run_split(Detector.load(run, device="cpu", runtime="int8"), samples)  # runs; its
     assert np.isfinite(int8.scores).all()  # accuracy is for `export` to judge, on real images
-    done = specad("evaluate", str(run), str(root), "--json")
+    done = run_specad("evaluate", str(run), str(root), "--json", check=True)
     assert json.loads(done.stdout)["image_auroc"] == 1.0
 
 
-def test_a_three_channel_export_is_the_whole_map(tmp_path: Path) -> None:
-    root = make_dataset(tmp_path / "ds", channels=3)
-    det = fit_on_dataset("knn", load_dataset(root), device="cpu", **SMALL)
-    assert det.model.spectra_ is None  # three channels: the patch map alone
-    path = det.save(tmp_path / "run")
-    assert export_detector(det, path)["onnx"] < 1e-3
+def test_a_three_channel_export_is_the_whole_map(three_channels: tuple[Path, Path, float]) -> None:
+    root, path, difference = three_channels
+    assert difference < 1e-3
+    torch_det = Detector.load(path, device="cpu", runtime="torch")
     val = load_dataset(root).require("val")
-    x = torch.stack([det.meta.preprocess.cube_tensor(s.read()) for s in val])
+    x = torch.stack([torch_det.meta.preprocess.cube_tensor(s.read()) for s in val])
     onnx = Detector.load(path, device="cpu", runtime="onnx")
-    torch.testing.assert_close(onnx.maps(x), det.use_runtime("torch").maps(x), atol=1e-3, rtol=0)
+    torch.testing.assert_close(onnx.maps(x), torch_det.maps(x), atol=1e-3, rtol=0)
 
 
-def test_the_exported_graph_pads_inside_its_convolutions(tmp_path: Path) -> None:
+def test_the_exported_graph_pads_inside_its_convolutions(
+    three_channels: tuple[Path, Path, float], tmp_path: Path
+) -> None:
     # the backbone's "same" padding must reach onnxruntime as constants it folds into the
     # convolutions: a separate pad before each one cost a sixth of the graph's time
     import onnxruntime as ort
 
-    root = make_dataset(tmp_path / "ds", channels=3)
-    det = fit_on_dataset("knn", load_dataset(root), device="cpu", **SMALL)
-    path = det.save(tmp_path / "run")
-    export_detector(det, path)
+    _, path, _ = three_channels
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
     ort.InferenceSession(str(path.parent / ONNX_FILE), options, providers=["CPUExecutionProvider"])

@@ -10,9 +10,9 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
-from specad import metrics
 from specad.errors import SpecadError
-from specad.ranking import Pixels
+from specad.metrics import measures as metrics
+from specad.metrics.ranking import Pixels
 
 
 def _blob_data(

@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 from conftest import make_dataset, one_line_failure, run_specad
 
-from specad.config import FitOptions, load_config, parse_sets
+from specad.bounds import parse_sets
 from specad.errors import SpecadError
+from specad.fit import FitOptions
+from specad.models.efficientad.config import load_config
 from specad.synth import synthesize
 
 EDGES = [-1, 2**64, 2**64 + 1, -(2**64), math.nan, math.inf, -math.inf]
@@ -275,7 +277,7 @@ def test_image_size_zero_fits_at_the_cubes_own_size(tiny: Path, tmp_path: Path) 
     ``--set sigma=1e-3`` is the number it means."""
     import json
 
-    from specad.infer import Detector
+    from specad.inference import Detector
 
     sets = ["--set", "sigma=1e-3", "--set", "coreset_size=64", "--set", "max_patches=2000"]
     for size in (0, 64):
@@ -308,8 +310,8 @@ def test_a_huge_training_batch_is_one_line_before_any_data(tmp_path: Path) -> No
 
 
 def test_a_batch_that_needs_more_memory_than_the_device_has_is_refused() -> None:
-    from specad.models.ddp import Ranks
-    from specad.models.efficientad_train import check_step_memory
+    from specad.models.efficientad.ddp import Ranks
+    from specad.models.efficientad.train_loop import check_step_memory
 
     with pytest.raises(SpecadError, match=r"train.batch_size 1024 at 1024 px needs about \d+"):
         check_step_memory("medium", (1024, 1024), 1024, 6, Ranks())

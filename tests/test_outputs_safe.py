@@ -18,19 +18,18 @@ import torch
 from conftest import checksums, make_dataset, one_line_failure, run_specad
 from PIL import Image
 
-import specad.importing
+import specad.data.importing
 from specad.cli.models import _fit_and_save
-from specad.config import load_config
 from specad.data import load_dataset
 from specad.errors import SpecadError
-from specad.evaluate import fit_on_dataset
 from specad.export import export_onnx
-from specad.infer import Detector
+from specad.fit import fit_on_dataset, train
+from specad.inference import Detector
 from specad.io import Cube, atomic_dir, read_cube, reserve_output, write_cube
+from specad.models.efficientad.config import load_config
 from specad.predict import output_names, predict_files
 from specad.report import ReportConfig, load_report_config, write_report
 from specad.report.config import named_models
-from specad.train import train
 
 BAD = os.fsdecode(b"bad\xff.tif")
 """A file name that is not UTF-8, as Python holds it."""
@@ -73,9 +72,17 @@ OVERLAPS = {
     "import inside the source": ("dataset import {src} --out {src}/train/x --force", "lies inside"),
     "fit onto the dataset": ("fit rx {ds} --out {ds}/train --force", "lies inside"),
 }
+FULL_RUN_ONLY = {"predict onto the model", "report onto the model", "import inside the source"}
+"""Cases of a kind the quick run (``-m "not slow"``) already checks: each costs a process."""
 
 
-@pytest.mark.parametrize("command", OVERLAPS.values(), ids=OVERLAPS.keys())
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(case, id=name, marks=[pytest.mark.slow] if name in FULL_RUN_ONLY else [])
+        for name, case in OVERLAPS.items()
+    ],
+)
 def test_force_never_replaces_an_input(inputs: dict[str, Path], command) -> None:
     args, what = command
     before = checksums(*inputs.values())
@@ -141,7 +148,7 @@ def test_import_refuses_names_that_differ_only_in_case(tmp_path: Path) -> None:
     _image(src / "test" / "good" / "A.png", (16, 16, 3))
     _image(src / "test" / "good" / "a.png", (16, 16, 3))
     with pytest.raises(SpecadError, match="A.png and a.png would both become"):
-        specad.importing.import_dataset(src, tmp_path / "out")
+        specad.data.importing.import_dataset(src, tmp_path / "out")
 
 
 @pytest.mark.parametrize(
@@ -201,12 +208,12 @@ def test_train_stopped_before_its_first_checkpoint_can_be_rerun(tmp_path, monkey
         raise KeyboardInterrupt
 
     with monkeypatch.context() as m:
-        m.setattr("specad.train.fit_network", interrupted)
+        m.setattr("specad.models.efficientad.run.fit_network", interrupted)
         with pytest.raises(KeyboardInterrupt):
             train(cfg, out, progress=False)
     assert [p.name for p in out.iterdir()] == ["config.yaml"]
     with monkeypatch.context() as m:  # and a full disk on the next try names the run
-        m.setattr("specad.train.fit_network", _enospc)
+        m.setattr("specad.models.efficientad.run.fit_network", _enospc)
         with pytest.raises(SpecadError, match=f"^{out}: cannot write \\(No space left"):
             train(cfg, out, progress=False)
     with pytest.warns(UserWarning, match="before its first checkpoint"):
@@ -292,9 +299,9 @@ def test_import_checks_every_mask_before_converting(tmp_path: Path, monkeypatch)
     def converted(*args, **kwargs):
         raise AssertionError("converted an image before checking the source")
 
-    monkeypatch.setattr(specad.importing, "_write_item", converted)
+    monkeypatch.setattr(specad.data.importing, "_write_item", converted)
     with pytest.raises(SpecadError, match="000_mask.png: mask missing for the defect image"):
-        specad.importing.import_dataset(src, tmp_path / "out")
+        specad.data.importing.import_dataset(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

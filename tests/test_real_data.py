@@ -9,8 +9,9 @@ import pytest
 from conftest import shared_data
 
 from specad.data import load_dataset
-from specad.evaluate import evaluate_detector, fit_on_dataset
-from specad.importing import import_dataset
+from specad.data.importing import import_dataset
+from specad.evaluate import evaluate_detector
+from specad.fit import fit_on_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from specad.data import load_dataset
 from specad.errors import SpecadError
-from specad.evaluate import fit_on_dataset
+from specad.fit import fit_on_dataset
 from specad.io import Cube
 from specad.report import (
     ReportConfig,

@@ -67,7 +67,7 @@ def test_save_load_round_trip(fitted: RX, tmp_path: Path) -> None:
     path = tmp_path / "rx.safetensors"
     fitted.calibrate([1.0, 2.0, 3.0]).save(path)
     loaded = load_detector(path)
-    assert isinstance(loaded, RX) and loaded.threshold_ == fitted.threshold_
+    assert isinstance(loaded, RX) and loaded.calibration_ == fitted.calibration_
     cube = _correlated_cubes(1, seed=5)[0]
     np.testing.assert_array_equal(loaded.score_cube(cube), fitted.score_cube(cube))
     assert (loaded.shrinkage, loaded.shrinkage_) == (fitted.shrinkage, fitted.shrinkage_)
@@ -104,34 +104,3 @@ def test_global_rx_matches_numpy_on_real_scene(scene: str) -> None:
     reference = roc_auc_score(truth, _numpy_rx(data).ravel())
     print(f"{scene}: pixel AUROC specad {ours:.4f}, numpy {reference:.4f}")
     assert ours == pytest.approx(reference, abs=0.005)
-
-
-def test_a_file_saved_before_the_detector_contract_loads(tmp_path: Path) -> None:
-    """RX files of the old layout (settings in the tensor file's metadata, threshold in
-    model.json) load through `RX.legacy_state`, with the same maps as the fitted detector."""
-    import json
-
-    from safetensors.torch import save_file
-
-    from specad.data import Preprocess
-    from specad.infer import Detector
-    from specad.io import Cube
-    from specad.modelfile import ModelMeta, load_model
-
-    cubes = [np.random.default_rng(i).random((16, 16, 4)).astype(np.float32) for i in range(3)]
-    rx = RX(max_pixels=500, seed=1).fit_cubes(cubes).calibrate([1.0, 2.0, 3.0])
-    tensors, _ = rx.state()
-    metadata = {"shrinkage": json.dumps("auto"), "max_pixels": "500", "seed": "1"}
-    save_file(
-        tensors,
-        str(tmp_path / "model.safetensors"),
-        metadata | {"shrinkage_fitted": str(rx.shrinkage_)},
-    )
-    meta = ModelMeta("rx", Preprocess(4, [0, 1, 2, 3], 16, None, None), list("abcd"), None, None)
-    doc = json.loads(meta.to_json()) | {"threshold": rx.threshold_, "extra": {"val_scores": [1.0]}}
-    (tmp_path / "model.json").write_text(json.dumps(doc))
-    old, _ = load_model(tmp_path)
-    assert old.shrinkage_ == pytest.approx(rx.shrinkage_) and old.threshold_ == rx.threshold_
-    cube = Cube(cubes[0])
-    same = Detector.load(tmp_path, device="cpu").predict(cube).anomaly_map
-    np.testing.assert_allclose(same, rx.score_cube(cubes[0]), rtol=1e-5)

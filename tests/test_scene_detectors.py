@@ -4,16 +4,14 @@ band preparation, and `specad scene` end to end."""
 from __future__ import annotations
 
 import json
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
 import tifffile
+from conftest import one_line_failure, run_specad, slow_case
 
-from specad.cli import main
 from specad.errors import SpecadError
 from specad.io import Cube
 from specad.models.bands import BandPrep, mnf, parse_ranges, pca
@@ -187,33 +185,6 @@ def test_pca_and_mnf_order_components() -> None:
 # --------------------------------------------------------------------------- the command
 
 
-@dataclass
-class Done:
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def specad(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):
-    """Run `specad ARGS` in this process through the real entry point (no interpreter start-up
-    per call); ``ok=False`` expects exit code 2 with one line on stderr."""
-
-    def run(*args: str, ok: bool = True) -> Done:
-        monkeypatch.setattr(sys, "argv", ["specad", *args])
-        with pytest.raises(SystemExit) as stop:
-            main()
-        done = Done(*capsys.readouterr())
-        if ok:
-            assert stop.value.code in (0, None), done.stderr
-        else:
-            assert stop.value.code == 2, done.stdout + done.stderr
-            assert "Traceback" not in done.stderr
-            assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-        return done
-
-    return run
-
-
 @pytest.fixture(scope="module")
 def scene_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cube, mask = planted_scene()
@@ -222,12 +193,12 @@ def scene_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_scene_several_detectors_json_and_outputs(specad, scene_file: Path, tmp_path: Path) -> None:
+def test_scene_several_detectors_json_and_outputs(scene_file: Path, tmp_path: Path) -> None:
     args = ["--detector", "rx,lrx,crd,2s-glrt", "--truth", "map", "--reduce", "pca"]
     args += ["--components", "6", "--param", "lrx.outer=9", "--param", "lrx.inner=3"]
     args += ["--param", "crd.outer=7", "--param", "2s-glrt.outer=9", "--param", "2s-glrt.inner=3"]
     out = tmp_path / "maps"
-    done = specad("scene", str(scene_file), *args, "--out", str(out), "--json")
+    done = run_specad("scene", str(scene_file), *args, "--out", str(out), "--json", check=True)
     summary = json.loads(done.stdout)
     assert [d["detector"] for d in summary["detectors"]] == ["rx", "lrx", "crd", "2s-glrt"]
     assert summary["bands"]["reduce"] == "pca" and summary["bands"]["bands_out"] == 6
@@ -237,24 +208,26 @@ def test_scene_several_detectors_json_and_outputs(specad, scene_file: Path, tmp_
         assert tifffile.imread(out / f"{name}.tif").shape == (32, 32)
         assert (out / f"{name}.png").stat().st_size > 0
     assert json.loads((out / "scene.json").read_text()) == summary
-    table = specad("scene", str(scene_file), "--detector", "rx,crd", "--truth", "map").stdout
+    two = ("--detector", "rx,crd", "--truth", "map")
+    table = run_specad("scene", str(scene_file), *two, check=True).stdout
     assert "rx" in table and "crd" in table and "pixel AUROC" in table
-    specad("scene", str(scene_file), "--out", str(out), ok=False)  # exists, no --force
+    one_line_failure(run_specad("scene", str(scene_file), "--out", str(out)))  # no --force
 
 
 @pytest.mark.parametrize(
     "args",
     [
         ["--detector", "nope"],
-        ["--param", "lrx.outer"],
-        ["--detector", "lrx", "--param", "lrx.outer=8"],
-        ["--reduce", "ica"],
-        ["--reduce", "pca"],  # the default (auto) chooses its own reductions
-        ["--drop-bands", "4-1"],
-        ["--drop-nm", "900-950"],
+        slow_case(["--param", "lrx.outer"]),
+        slow_case(["--detector", "lrx", "--param", "lrx.outer=8"]),
+        slow_case(["--reduce", "ica"]),
+        slow_case(["--reduce", "pca"]),  # the default (auto) chooses its own reductions
+        slow_case(["--drop-bands", "4-1"]),
+        slow_case(["--drop-nm", "900-950"]),
         ["--truth", "nothere"],
     ],
 )
-def test_scene_bad_input_is_one_line(specad, scene_file: Path, args: list[str]) -> None:
-    done = specad("scene", str(scene_file), *args, ok=False)
-    assert "error:" in done.stderr
+def test_scene_bad_input_is_one_line(scene_file: Path, args: list[str]) -> None:
+    done = run_specad("scene", str(scene_file), *args)
+    one_line_failure(done)
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -11,13 +11,15 @@ from safetensors.torch import load_file
 
 from specad.errors import SpecadError
 from specad.io import file_sha256
-from specad.models.efficientad import PDN
-from specad.models.teachers import (
-    DISTILLED,
+from specad.models.backbones import (
     EfficientNetLite0Teacher,
     adapt_first_conv,
-    adapt_teacher_file,
     load_torch_state_dict,
+)
+from specad.models.efficientad.network import PDN
+from specad.models.efficientad.teachers import (
+    DISTILLED,
+    adapt_teacher_file,
     pdn_teacher,
     teacher_info,
 )
@@ -147,7 +149,7 @@ def test_same_padding_computes_the_packages_convolutions(size: int) -> None:
     # odd and even input sizes, must give the package's dynamic-"same" numbers
     from efficientnet_lite_pytorch import EfficientNet
 
-    from specad.models.teachers import SameConv2d, same_padding
+    from specad.models.backbones import SameConv2d, same_padding
 
     torch.manual_seed(0)
     theirs = EfficientNet.from_name("efficientnet-lite0", image_size=None).eval()

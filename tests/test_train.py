@@ -9,31 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset
+from conftest import make_dataset, tiny_config
 from safetensors import safe_open
 
-from specad.config import Config, load_config
-from specad.data import load_dataset
+from specad.data import load_dataset, load_inputs
 from specad.errors import SpecadError
-from specad.evaluate import run_split
-from specad.infer import Detector
+from specad.fit import train
+from specad.inference import Detector, run_split
 from specad.io import Cube, write_cube
-from specad.models.build import build_efficientad
-from specad.train import load_inputs, train
-
-TINY = ["data.image_size=64", "model.teacher=pdn-random", "train.log_every=1"]
+from specad.models.efficientad.build import build_efficientad
+from specad.models.efficientad.config import EfficientADConfig, load_config
 
 
-def tiny_config(root: Path, *sets: str) -> Config:
-    return load_config(None, [*TINY, *sets], data={"root": str(root)})
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = make_dataset(tmp_path_factory.mktemp("d") / "ds")
-    run = tmp_path_factory.mktemp("r") / "run"
-    train(tiny_config(root, "train.steps=20"), run, progress=False)
-    return root, run
+@pytest.fixture
+def trained(tiny_root: Path, tiny_efficientad: Path) -> tuple[Path, Path]:
+    """The shared tiny EfficientAD (20 steps) and its dataset."""
+    return tiny_root, tiny_efficientad
 
 
 def test_lr_decays_tenfold_at_95_percent_of_steps(trained: tuple[Path, Path]) -> None:
@@ -51,6 +42,7 @@ def test_resume_ends_with_the_same_weights(tmp_path: Path, flips: str) -> None:
         root, "train.steps=6", "train.checkpoint_every=2", f"data.flips={flips}", "train.export=[]"
     )
     straight = train(cfg, tmp_path / "a", progress=False)
+    assert not list(straight.parent.glob("*.onnx"))  # train.export=[] switches exports off
     train(cfg, tmp_path / "b", stop_after=3, progress=False)
     assert not (tmp_path / "b" / "model.safetensors").exists()
     resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
@@ -61,7 +53,9 @@ def test_resume_ends_with_the_same_weights(tmp_path: Path, flips: str) -> None:
 
 
 def test_student_does_not_start_as_a_copy_of_its_random_teacher() -> None:
-    cfg = Config.model_validate({"data": {"root": "."}, "model": {"teacher": "pdn-random"}})
+    cfg = EfficientADConfig.model_validate(
+        {"data": {"root": "."}, "model": {"teacher": "pdn-random"}}
+    )
     model = build_efficientad(cfg.model, 3, 64, seed=7)
     student = dict(model.student.named_parameters())
     for name, weight in model.teacher.named_parameters():
@@ -105,32 +99,8 @@ def test_model_file_describes_itself(trained: tuple[Path, Path]) -> None:
     assert header["kind"] == "efficientad" and set(params) == {"model", "training"}
     assert params["training"]["train"]["steps"] > 0 and "root" not in json.dumps(params)
     fitted = json.loads(header["fitted"])
-    assert np.isfinite(fitted["threshold"]) and fitted["steps"] > 0
+    assert np.isfinite(fitted["calibration"]["threshold"]) and fitted["steps"] > 0
     assert fitted["training_data"] == str(trained[0])  # int8 calibration's default data
-
-
-def test_a_file_with_the_whole_config_as_parameter_still_loads(
-    trained: tuple[Path, Path], tmp_path: Path
-) -> None:
-    # files saved before the parameters became the model and training sections
-    from safetensors.torch import load_file, save_file
-
-    root, run = trained
-    old = tmp_path / "old"
-    shutil.copytree(run, old)
-    with safe_open(str(run / "model.safetensors"), framework="pt") as f:
-        header = f.metadata()
-    config = tiny_config(root, "train.steps=20").model_dump(mode="json")
-    header["params"] = json.dumps({"config": config})
-    fitted = json.loads(header["fitted"])
-    del fitted["training_data"]
-    header["fitted"] = json.dumps(fitted)
-    save_file(load_file(run / "model.safetensors"), old / "model.safetensors", metadata=header)
-    then, now = (Detector.load(r, runtime="torch").model for r in (old, run))
-    assert then.get_params() == now.get_params()
-    assert then.training_data == now.training_data == root  # from the config's data section
-    x = torch.rand(2, 6, 64, 64)
-    torch.testing.assert_close(then.score_maps(x), now.score_maps(x))
 
 
 def test_trained_model_separates_the_tiny_defects(trained: tuple[Path, Path]) -> None:

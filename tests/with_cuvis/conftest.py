@@ -29,13 +29,12 @@ except ModuleNotFoundError:
         )
 
 
-from specad.config import load_config
 from specad.data import load_dataset
-from specad.evaluate import fit_on_dataset
-from specad.infer import Detector
+from specad.fit import fit_on_dataset, train
+from specad.inference import Detector
 from specad.io import Cube, read_cube
+from specad.models.efficientad.config import load_config
 from specad.synth import synthesize
-from specad.train import train
 
 TINY = ["data.image_size=64", "model.teacher=pdn-random", "train.steps=3"]
 

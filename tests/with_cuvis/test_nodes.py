@@ -64,7 +64,7 @@ def test_knn_node_equals_specad_predict_and_keeps_its_state(
     node = KNNNode(str(knn_model))
     target = KNNNode(str(knn_model))
     target.detector.model.bank_ = target.detector.model.bank_ + 1.0
-    target.detector.model.threshold_ = 123.0
+    target.detector.model.calibrate([123.0])  # another threshold, until loaded
     target.load_state_dict(node.state_dict())  # bank, extractor and threshold come back
     for out in (node.forward(cube=batch(cubes)), target.forward(cube=batch(cubes))):
         # batched distances differ from one-at-a-time ones in the last float bits (maps are
@@ -94,7 +94,7 @@ def test_state_dict_carries_weights_threshold_and_statistics(model: Path) -> Non
     state = source.state_dict()
     assert "_extra_state" in state and any(k.startswith("model.student.") for k in state)
     target = EfficientADNode(str(model))
-    target.detector.model.threshold_ = 123.0
+    target.detector.model.calibrate([123.0])  # another threshold, until loaded
     target.detector.meta.preprocess.mean = [0.0] * 6
     with torch.no_grad():
         next(target.model.student.parameters()).add_(1.0)
@@ -124,7 +124,7 @@ def test_wrong_model_kind_is_a_clear_error(rx_model: Path) -> None:
 
 def test_importing_specad_does_not_import_cuvis_ai() -> None:
     code = (
-        "import sys, specad, specad.cuvis, specad.infer; "
+        "import sys, specad, specad.cuvis, specad.inference; "
         "assert not [m for m in sys.modules if m.startswith('cuvis_ai')]; "
         "specad.cuvis.EfficientADNode; assert 'cuvis_ai_core' in sys.modules"
     )
