@@ -137,11 +137,11 @@ def test_teacher_distill_writes_a_teacher_that_trains(tmp_path: Path) -> None:
 @pytest.mark.parametrize("scene", ["abu-beach-4", "abu-urban-2", "sandiego_plane"])
 def test_scene_default_beats_global_rx_on_real_data(scene: str) -> None:
     had = shared_data("had")
-    # benchmarks/scene_default_results.md: the default was chosen on these scenes, and its
+    # benchmarks/accuracy/scene_default_results.md: the default was chosen on these scenes, and its
     # leave-one-scene-out choice beat global RX on two of the three scenes it had not seen
     done = run_specad("scene", str(had / f"{scene}.mat"), "--truth", "map", "--json", check=True)
     rx = run_specad(
-        "scene", str(had / f"{scene}.mat"), "--truth", "map", "--detector", "rx", check=True
+        "scene", str(had / f"{scene}.mat"), "--truth", "map", "--detector", "global-rx", check=True
     )
     (auto,) = json.loads(done.stdout)["detectors"]
     assert auto["detector"] == "auto" and len(auto["params"]["members"]) == 3

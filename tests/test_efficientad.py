@@ -217,7 +217,7 @@ def test_lite0_student_is_padded_onto_half_its_grid_and_exports_to_onnx(tmp_path
 @pytest.mark.slow
 def test_the_autoencoder_finds_a_missing_part_that_patches_cannot() -> None:
     # EfficientAD's reason to exist beside patch methods: with the blue disk left out, every
-    # patch of the image still occurs in normal ones (benchmarks/logical_results.md)
+    # patch of the image still occurs in normal ones (benchmarks/accuracy/logical_results.md)
     import numpy as np
     from sklearn.metrics import roc_auc_score
 

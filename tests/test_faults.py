@@ -279,7 +279,7 @@ def test_bare_tifffile_array_keeps_its_shape(tmp_path: Path) -> None:
     cube = np.random.default_rng(0).random((64, 64, 6)).astype(np.float32)
     tifffile.imwrite(tmp_path / "c.tif", cube)
     np.testing.assert_array_equal(read_cube(tmp_path / "c.tif").data, cube)
-    np.testing.assert_array_equal(read_cube(tmp_path / "c.tif", layout="hwc").data, cube)
+    np.testing.assert_array_equal(read_cube(tmp_path / "c.tif", axes="hwc").data, cube)
     tifffile.imwrite(tmp_path / "b.tif", cube.transpose(2, 0, 1))  # band-first, no axes
     with pytest.warns(UserWarning, match="guessed as 'chw'"):
         np.testing.assert_array_equal(read_cube(tmp_path / "b.tif").data, cube)

@@ -1,8 +1,8 @@
 """Every reader under mutated bytes, and the CLI's options and input names under generated
 values: specad's own one-line error, or a result; never a crash.
 
-A bounded number of cases per reader and per CLI target (seconds); ``benchmarks/fuzz.py`` runs
-thousands.
+A bounded number of cases per reader and per CLI target (seconds);
+``benchmarks/robustness/fuzz.py`` runs thousands.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def test_generated_command_lines_end_in_a_result_or_one_line(
 ) -> None:
     """A dozen generated command lines per CLI target (edge values drawn on purpose): exit 0 or
     2, no traceback, one ``error:`` line, inputs unchanged, one map per input, strict JSON.
-    ``benchmarks/fuzz.py`` runs thousands, slow ones (live loopback schedulers, local clusters)
-    included."""
+    ``benchmarks/robustness/fuzz.py`` runs thousands, slow ones (live loopback schedulers, local
+    clusters) included."""
     fx, runner = cli
     cases = fc.draw_cases(fc.targets(fx, quick=True)[name], 12, seed=0)
     assert len(cases) == 12

@@ -188,7 +188,7 @@ def test_cubes_within_the_bound_still_read_in_every_format(tmp_path: Path) -> No
     data = np.random.default_rng(0).random((6, 7, 3), dtype=np.float32)
     for name in ("c.npy", "c.npz", "c.tif", "c.hdr"):
         write_cube(tmp_path / name, Cube(data))
-        np.testing.assert_array_equal(read_cube(tmp_path / name, layout="hwc").data, data)
+        np.testing.assert_array_equal(read_cube(tmp_path / name, axes="hwc").data, data)
     scipy.io.savemat(tmp_path / "c.mat", {"cube": data, "wl": np.arange(3.0)})
     cube = read_cube(tmp_path / "c.mat")
     np.testing.assert_array_equal(cube.data, data)

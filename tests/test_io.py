@@ -68,7 +68,7 @@ def test_mat_v5_band_first_needs_layout_and_named_variable(tmp_path: Path) -> No
     data = np.random.default_rng(2).random((5, 20, 30))
     scipy.io.savemat(tmp_path / "b.mat", {"cube": data, "other": np.zeros((40, 40, 40))})
     assert read_cube(tmp_path / "b.mat", variable="cube").shape == (5, 20, 30)  # MATLAB: HxWxB
-    assert read_cube(tmp_path / "b.mat", variable="cube", layout="chw").shape == (20, 30, 5)
+    assert read_cube(tmp_path / "b.mat", variable="cube", axes="chw").shape == (20, 30, 5)
     with pytest.raises(SpecadError, match="no variable 'nope'"):
         read_cube(tmp_path / "b.mat", variable="nope")
 

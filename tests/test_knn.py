@@ -232,16 +232,16 @@ def test_cli_fit_knn(root: Path, tmp_path: Path) -> None:
     run_specad("fit", "knn", str(root), "--out", str(run), *sets, check=True)
     assert (run / "model.safetensors").is_file()
     assert evaluate_detector(Detector.load(run), load_dataset(root))["image_auroc"] == 1.0
-    done = run_specad("fit", "knn", str(root), "--out", str(tmp_path / "x"), "--set", "k=3")
-    one_line_failure(done, "knn k: Unexpected keyword argument")
     done = run_specad("fit", "svm", str(root), "--out", str(tmp_path / "y"))
     one_line_failure(done, "unknown detector 'svm'")
+    with pytest.raises(SpecadError, match="knn k: Unexpected keyword argument"):
+        fit_on_dataset("knn", load_dataset(root), k=3)  # before any data is read
 
 
 @pytest.mark.parametrize("sigma", [1e308, math.inf])
 def test_blur_with_a_huge_sigma_is_the_map_mean(sigma: float) -> None:
     """A model file's sigma of 1e308 once overflowed ``ceil(3 * sigma)`` (found by
-    benchmarks/fuzz.py); a blur wider than the map tends to its mean."""
+    benchmarks/robustness/fuzz.py); a blur wider than the map tends to its mean."""
     maps = torch.rand(2, 1, 9, 7)
     out = gaussian_blur(maps, sigma)
     assert out.shape == maps.shape and torch.isfinite(out).all()

@@ -26,7 +26,7 @@ def transistor(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_knn_default_on_real_rgb_uses_the_patch_map_and_finds_the_defects(
     transistor: Path,
 ) -> None:
-    # benchmarks/real_results.md: 0.993 / 0.982 with the default, 0.954 / 0.979 when the
+    # benchmarks/accuracy/real_results.md: 0.993 / 0.982 with the default, 0.954 / 0.979 when the
     # spectral maps were on for RGB; the bounds leave room for other CPUs' arithmetic only
     det = fit_on_dataset("knn", load_dataset(transistor))
     assert det.model.spectral_weight_ == 0 and det.model.spectra_ is None

@@ -18,7 +18,7 @@ from specad.models.bands import BandPrep, mnf, parse_ranges, pca
 from specad.models.scene import CRD, SCENE_DETECTORS, LocalRX, TwoStepGLRT, make_detector
 
 SMALL = {
-    "rx": {},
+    "global-rx": {},
     "lrx": {"outer": 9, "inner": 3},
     "crd": {"outer": 7, "inner": 3},
     "2s-glrt": {"outer": 9, "inner": 3},
@@ -194,23 +194,23 @@ def scene_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_scene_several_detectors_json_and_outputs(scene_file: Path, tmp_path: Path) -> None:
-    args = ["--detector", "rx,lrx,crd,2s-glrt", "--truth", "map", "--reduce", "pca"]
+    args = ["--detector", "global-rx,lrx,crd,2s-glrt", "--truth", "map", "--reduce", "pca"]
     args += ["--components", "6", "--param", "lrx.outer=9", "--param", "lrx.inner=3"]
     args += ["--param", "crd.outer=7", "--param", "2s-glrt.outer=9", "--param", "2s-glrt.inner=3"]
     out = tmp_path / "maps"
     done = run_specad("scene", str(scene_file), *args, "--out", str(out), "--json", check=True)
     summary = json.loads(done.stdout)
-    assert [d["detector"] for d in summary["detectors"]] == ["rx", "lrx", "crd", "2s-glrt"]
+    assert [d["detector"] for d in summary["detectors"]] == ["global-rx", "lrx", "crd", "2s-glrt"]
     assert summary["bands"]["reduce"] == "pca" and summary["bands"]["bands_out"] == 6
     assert summary["detectors"][1]["params"] == {"outer": 9, "inner": 3, "ridge": 1e-3}
     assert all(d["pixel_auroc"] > 0.9 for d in summary["detectors"])
-    for name in ("rx", "lrx", "crd", "2s-glrt"):
+    for name in ("global-rx", "lrx", "crd", "2s-glrt"):
         assert tifffile.imread(out / f"{name}.tif").shape == (32, 32)
         assert (out / f"{name}.png").stat().st_size > 0
     assert json.loads((out / "scene.json").read_text()) == summary
-    two = ("--detector", "rx,crd", "--truth", "map")
+    two = ("--detector", "global-rx,crd", "--truth", "map")
     table = run_specad("scene", str(scene_file), *two, check=True).stdout
-    assert "rx" in table and "crd" in table and "pixel AUROC" in table
+    assert "global-rx" in table and "crd" in table and "pixel AUROC" in table
     one_line_failure(run_specad("scene", str(scene_file), "--out", str(out)))  # no --force
 
 

@@ -24,7 +24,7 @@ from specad.scenes import scene_scores, strict_json
 
 GIB = 1 << 30
 SMALL = {
-    "rx": {},
+    "global-rx": {},
     "lrx": {"outer": 9, "inner": 3},
     "crd": {"outer": 7, "inner": 3},
     "2s-glrt": {"outer": 9, "inner": 3},
@@ -72,19 +72,19 @@ def test_default_scene_scores_a_one_band_cube(tmp_path: Path) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "m.png")
     path = save(tmp_path / "one.npy", cube)
     truth = str(tmp_path / "m.png")
-    done, _, _ = scene_cli(str(path), "--layout", "hwc", "--truth", truth, "--json")
+    done, _, _ = scene_cli(str(path), "--axes", "hwc", "--truth", truth, "--json")
     assert done.returncode == 0, done.stderr
     (run,) = json.loads(done.stdout)["detectors"]
-    assert run["params"]["members"] == ["all bands / rx"]
-    assert "PCA 20 / rx, MNF 20 / rx" in run["params"]["left out"]
+    assert run["params"]["members"] == ["all bands / global-rx"]
+    assert "PCA 20 / global-rx, MNF 20 / global-rx" in run["params"]["left out"]
     assert run["pixel_auroc"] > 0.99
-    (auto,), _ = scene_scores(path, truth, layout="hwc")
+    (auto,), _ = scene_scores(path, truth, axes="hwc")
     np.testing.assert_array_equal(auto.score_map, rank_fuse([rx_scene(cube.astype(np.float32))]))
 
 
 def test_default_scene_on_a_constant_cube_of_many_bands_is_all_equal(tmp_path: Path) -> None:
     path = save(tmp_path / "flat.npy", np.full((24, 24, 30), 0.3))
-    (run,), _ = scene_scores(path, layout="hwc")
+    (run,), _ = scene_scores(path, axes="hwc")
     assert len(run.params["members"]) == 3  # PCA and MNF ran: nothing to reduce, no failure
     assert np.isfinite(run.score_map).all() and np.ptp(run.score_map) == 0
 
@@ -97,9 +97,10 @@ def test_default_scene_on_a_constant_cube_of_many_bands_is_all_equal(tmp_path: P
 )
 def test_param_that_is_not_plain_yaml_is_one_line(tmp_path: Path, value: str) -> None:
     path = save(tmp_path / "c.npy", target_scene(4)[0])
-    args = [str(path), "--layout", "hwc", "--detector", "rx", "--param", f"rx.shrinkage={value}"]
+    param = f"global-rx.shrinkage={value}"
+    args = [str(path), "--axes", "hwc", "--detector", "global-rx", "--param", param]
     done, _, _ = scene_cli(*args)
-    one_line_failure(done, "--param rx.shrinkage", "not valid YAML")
+    one_line_failure(done, "--param global-rx.shrinkage", "not valid YAML")
     assert "pwned" not in done.stdout + done.stderr
 
 
@@ -166,7 +167,7 @@ def test_runs_beyond_the_memory_bound_are_refused_before_allocating(
 )
 def test_scene_windows_beyond_memory_are_one_line(tmp_path: Path, shape: tuple, args: list) -> None:
     path = save(tmp_path / "c.npy", np.random.default_rng(0).random(shape))
-    line = refused_quickly([str(path), "--layout", "hwc", *args], "GiB", "MAX_SCENE_BYTES")
+    line = refused_quickly([str(path), "--axes", "hwc", *args], "GiB", "MAX_SCENE_BYTES")
     assert "smaller windows" in line
 
 
@@ -189,7 +190,7 @@ def test_blocks_of_pixels_give_the_maps_of_whole_rows(monkeypatch: pytest.Monkey
 @pytest.mark.parametrize("load", [None, 0.0])
 def test_a_constant_cube_scores_all_equal_and_finite(name: str, load: float | None) -> None:
     params = dict(SMALL[name])
-    if load is not None and name != "rx":
+    if load is not None and name != "global-rx":
         params["lam" if name == "crd" else "ridge"] = load
     flat = make_detector(name, **params).score_cube(np.full((24, 24, 6), 7.0))
     assert np.isfinite(flat).all() and np.ptp(flat) == 0
@@ -201,7 +202,7 @@ def test_a_constant_cube_scores_all_equal_and_finite(name: str, load: float | No
 
 def test_lrx_on_a_constant_cube_through_the_command(tmp_path: Path) -> None:
     path = save(tmp_path / "flat.npy", np.ones((32, 32, 8)))
-    done, _, _ = scene_cli(str(path), "--layout", "hwc", "--detector", "lrx", "--json")
+    done, _, _ = scene_cli(str(path), "--axes", "hwc", "--detector", "lrx", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["detectors"][0]["params"]["outer"] == 25
 
@@ -212,14 +213,14 @@ def test_lrx_on_a_constant_cube_through_the_command(tmp_path: Path) -> None:
 def test_a_scene_beyond_the_memory_bound_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "wide.npy"  # 64 MB of zeros, stored sparse: the pipeline needs GiBs
     np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(4000, 4000, 1)).flush()
-    refused_quickly([str(path), "--layout", "hwc"], "auto on this 4000x4000x1 scene", "GiB")
+    refused_quickly([str(path), "--axes", "hwc"], "auto on this 4000x4000x1 scene", "GiB")
 
 
 def test_a_compressed_cube_of_zeros_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "zeros.npz"
     np.savez_compressed(path, cube=np.zeros((4000, 4000, 6), np.float32))
     assert path.stat().st_size < 1 << 20
-    refused_quickly([str(path), "--layout", "hwc"])
+    refused_quickly([str(path), "--axes", "hwc"])
 
 
 # 7 --------------------------------------------------------------------------- strict JSON
@@ -228,8 +229,8 @@ def test_a_compressed_cube_of_zeros_is_one_line(tmp_path: Path) -> None:
 def test_scene_json_and_scene_file_are_strict_json(tmp_path: Path) -> None:
     path = save(tmp_path / "c.npy", target_scene(4)[0])
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "none.png")  # AUROC undefined
-    args = [str(path), "--layout", "hwc", "--truth", str(tmp_path / "none.png")]
-    done, _, _ = scene_cli(*args, "--detector", "rx", "--json", "--out", str(tmp_path / "o"))
+    args = [str(path), "--axes", "hwc", "--truth", str(tmp_path / "none.png")]
+    done, _, _ = scene_cli(*args, "--detector", "global-rx", "--json", "--out", str(tmp_path / "o"))
     assert done.returncode == 0, done.stderr
 
     def refuse(constant: str) -> None:
@@ -252,16 +253,16 @@ def test_strict_json_turns_non_finite_numbers_into_null() -> None:
     ("args", "needle"),
     [
         (["--param", "lrx.outer=15"], "--param lrx.outer: 'lrx' is not among"),
-        (["--detector", "rx", "--param", "crd.lam=1"], "--param crd.lam: 'crd' is not among"),
+        (["--detector", "lrx", "--param", "crd.lam=1"], "--param crd.lam: 'crd' is not among"),
         (["--param", "auto.members=2"], "'auto' takes no parameters"),
-        (["--detector", "rx,rx"], "names a detector twice"),
+        (["--detector", "global-rx,global-rx"], "names a detector twice"),
     ],
 )
 def test_parameters_for_detectors_not_run_are_refused(
     tmp_path: Path, args: list, needle: str
 ) -> None:
     path = save(tmp_path / "c.npy", target_scene(4)[0])
-    refused_quickly([str(path), "--layout", "hwc", *args], needle)
+    refused_quickly([str(path), "--axes", "hwc", *args], needle)
 
 
 # 9 ----------------------------------------------------------------------- inputs are sacred
@@ -275,7 +276,7 @@ def test_force_never_replaces_an_input(tmp_path: Path, out: str) -> None:
     path = save(folder / "c.npy", cube)
     Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "m.png")
     before = checksums(folder)
-    args = [str(path), "--layout", "hwc", "--truth", str(folder / "m.png")]
+    args = [str(path), "--axes", "hwc", "--truth", str(folder / "m.png")]
     args += ["--out", str(tmp_path / out), "--force"]
     refused_quickly(args, "choose another --out")
     assert checksums(folder) == before

@@ -2,8 +2,8 @@
 saved tensors of every registered detector, ``--tiled`` at any channel count, false-colour bands.
 
 Each numbered class of the issue has a test that failed before the fix. The generated cases
-(`fuzz_models`) are few here; ``benchmarks/fuzz.py`` runs thousands. Every failing command
-leaves the user's files byte-identical, and no case grows the test process past `PEAK_RSS_MB`.
+(`fuzz_models`) are few here; ``benchmarks/robustness/fuzz.py`` runs thousands. Every failing
+command leaves the user's files byte-identical, and no case grows the test process past `PEAK_RSS_MB`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from specad.errors import SpecadError
 from specad.fit import fit_on_dataset
 from specad.inference import Detector
 from specad.io import Cube, read_cube, write_cube
-from specad.models.registry import DETECTORS, FIT_ON_DATASET, read_file
+from specad.models.registry import DETECTORS, fit_on_dataset_names, read_file
 
 PEAK_RSS_MB = 1024
 """How far a test may grow the test process's resident memory: a model file asking for
@@ -95,7 +95,7 @@ def test_bad_fit_parameters_on_the_command_line(tmp_path: Path, dataset: Path) -
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("kind", FIT_ON_DATASET)
+@pytest.mark.parametrize("kind", fit_on_dataset_names())
 def test_generated_fit_parameters(kind: str) -> None:
     @few(25)
     @given(set_items(detector_keys(kind)))
@@ -225,7 +225,7 @@ def one_channel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("d1") / "ds", size=32, channels=1, counts=(2, 2, 1))
 
 
-@pytest.mark.parametrize("kind", FIT_ON_DATASET)
+@pytest.mark.parametrize("kind", fit_on_dataset_names())
 def test_tiled_works_with_one_channel(one_channel: Path, kind: str) -> None:
     """Every detector fitted on one-channel cubes at a 32 px input scores a larger one-channel
     cube in tiles; a six-channel cube is refused with one line, tiled or not."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from specad.io import file_sha256
-from specad.models.teachers import DISTILLED, save_teacher_file, teacher_metadata
+from specad.models.efficientad.teachers import DISTILLED, save_teacher_file, teacher_metadata
 
 
 def main() -> None:

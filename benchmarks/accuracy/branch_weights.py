@@ -5,22 +5,25 @@ The combined map is linear in the weight up to the final max (padding and biline
 linear), so two scoring passes over val and test, at weights 0 and 1, give every other weight.
 Usage::
 
-    nice -n 10 .venv/bin/python benchmarks/branch_weights.py RUN DATASET --weights 0,0.25,0.5,1
+    nice -n 10 .venv/bin/python benchmarks/accuracy/branch_weights.py RUN DATASET \
+        --weights 0,0.25,0.5,1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-import harness
 import numpy as np
+import torch
 
 from specad.data import load_dataset
-from specad.evaluate import SplitResults, evaluate_split, run_split
-from specad.infer import Detector
+from specad.evaluate import evaluate_split
+from specad.inference import Detector, SplitResults, run_split
+from specad.runtime import cpu_model
 
 
 def mixed(zero: SplitResults, one: SplitResults, weight: float) -> SplitResults:
@@ -36,7 +39,7 @@ def main() -> None:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--weights", default="0,0.25,0.5,0.75,1")
     args = parser.parse_args()
-    harness.set_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
     ds = load_dataset(args.dataset)
     det = Detector.load(args.run, runtime="torch")
     splits = {}
@@ -46,7 +49,7 @@ def main() -> None:
         test = splits[weight][1]
         if not np.allclose(test.scores, [m.max() for m in test.maps], rtol=1e-5):
             sys.exit("the image score is not the map's maximum here; this script assumes it")
-    print(f"{args.run} on {args.dataset} ({harness.machine()['cpu']})")
+    print(f"{args.run} on {args.dataset} ({cpu_model()})")
     print("| ae_weight | image AUROC | pixel AUROC | AUPRO@0.3 |\n|---|---|---|---|")
     for weight in (float(w) for w in args.weights.split(",")):
         val, test = (mixed(a, b, weight) for a, b in zip(*splits.values(), strict=True))

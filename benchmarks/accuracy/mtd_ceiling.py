@@ -14,24 +14,27 @@ an upper bound for a family of fixes:
 
 Usage (the dataset as written by ``specad dataset import ../shared/data/mtd --out data/mtd``)::
 
-    nice -n 10 .venv/bin/python benchmarks/mtd_ceiling.py data/mtd
+    nice -n 10 .venv/bin/python benchmarks/accuracy/mtd_ceiling.py data/mtd
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
 
-import harness
 import numpy as np
+import torch
 from real import KNN_MTD_TUNED as KNN_PARAMS
 
 from specad.data import load_dataset
 from specad.errors import SpecadError
-from specad.evaluate import SplitResults, fit_on_dataset, run_split
+from specad.fit import fit_on_dataset
+from specad.inference import SplitResults, run_split
 from specad.metrics import pixel_auroc
+from specad.runtime import cpu_model, cpu_speed_flags
 
 Rescore = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 """(map, mask, class) -> new map: one oracle's rescoring of one test image."""
@@ -66,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", help="MTD in specad's layout (specad dataset import)")
     args = parser.parse_args()
-    harness.set_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
     start = time.perf_counter()
     try:
         ds = load_dataset(args.dataset)
@@ -90,7 +93,8 @@ def main() -> None:
             rescore(m, k, c) for m, k, c in zip(test.maps, masks, test.class_names, strict=True)
         ]
         print(f"| {label} | {pixel_auroc(maps, masks):.4f} |")
-    print(harness.machine())
+    flags = " ".join(cpu_speed_flags())
+    print(f"{cpu_model()} ({flags}), {torch.get_num_threads()} threads, torch {torch.__version__}")
 
 
 if __name__ == "__main__":

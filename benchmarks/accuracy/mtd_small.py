@@ -3,7 +3,7 @@ MTD's own layout: small enough (24 MB) to travel to a lent GPU machine with the 
 `gpu_real.sh` needs (its transfer limit is 64 MiB). Every detector resizes to 256 x 256 or less
 anyway; `real_results_h200.md` was measured on it. Usage::
 
-    .venv/bin/python benchmarks/mtd_small.py ../shared/data/mtd .devdata/mtd
+    .venv/bin/python benchmarks/accuracy/mtd_small.py ../shared/data/mtd .devdata/mtd
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ dataset's work folder) instead of training again.
 Results accumulate in ``real_results.json`` (a detector run again replaces its row) and are
 written as ``real_results.md``. Usage::
 
-    nice -n 10 .venv/bin/python benchmarks/real.py --datasets transistor --detectors knn,rx
-    nice -n 10 .venv/bin/python benchmarks/real.py --detectors efficientad-lite0 --reuse
+    nice -n 10 .venv/bin/python benchmarks/accuracy/real.py --datasets transistor --detectors knn,rx
+    nice -n 10 .venv/bin/python benchmarks/accuracy/real.py --detectors efficientad-lite0 --reuse
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -37,22 +38,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import harness
 import numpy as np
 import torch
 
-from specad.config import load_config
 from specad.data import Dataset, Sample, load_dataset, read_mask, resize
+from specad.data.importing import import_dataset
 from specad.errors import SpecadError
-from specad.evaluate import SplitResults, evaluate_split, fit_on_dataset, run_split
-from specad.importing import import_dataset
-from specad.infer import Detector
-from specad.penalty import natural_images
-from specad.train import train
+from specad.evaluate import evaluate_split
+from specad.fit import fit_on_dataset, train
+from specad.inference import Detector, SplitResults, run_split
+from specad.models.efficientad.config import load_config
+from specad.models.efficientad.penalty import natural_images
+from specad.runtime import cpu_model
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parents[1] / "shared" / "data"
-ANOMALIB_PYTHON = HERE / ".venv-anomalib" / "bin" / "python"
+SHARED = HERE.parents[2] / "shared" / "data"
+ANOMALIB_PYTHON = HERE.parent / ".venv-anomalib" / "bin" / "python"
 RESULTS = HERE / "real_results.json"
 DESCRIPTIONS = {
     "mtd": "Magnetic Tile Defects (Huang et al., The Visual Computer 2020): 1,344 real grayscale "
@@ -94,7 +95,7 @@ def efficientad(run: Path, steps: int | None, teacher: str, reuse: bool) -> Fit:
             return Detector.load(run), float(json.loads(last)["seconds"])
         sets = [f"data.root={ds.root}", "train.val_every=0", f"model.teacher={teacher}"]
         sets += [] if steps is None else [f"train.steps={steps}"]
-        cfg = load_config(HERE.parent / "examples" / "cpu.yaml", sets)
+        cfg = load_config(HERE.parents[1] / "examples" / "cpu.yaml", sets)
         return timed(lambda _: Detector.load(train(cfg, run, force=True, progress=False)))(ds)
 
     return fit
@@ -125,7 +126,8 @@ def run_specad(fit: Fit, ds: Dataset) -> Runs:
     start = time.perf_counter()
     test = run_split(det, test_samples)
     rate = len(test_samples) / (time.perf_counter() - start)
-    return val, test, fit_s, rate, det.runtime, harness.peak_rss_mb()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return val, test, fit_s, rate, det.runtime, peak_mb
 
 
 def natural_folder(work: Path) -> Path:
@@ -165,8 +167,8 @@ def run_anomalib(
     if not (reuse and out_file.is_file()):
         if shutil.which(str(python)) is None:
             sys.exit(
-                f"error: {python}: no Python with anomalib (benchmarks/run.sh makes one; or "
-                "pass --anomalib-python)"
+                f"error: {python}: no Python with anomalib (benchmarks/anomalib_venv.sh makes "
+                "one; or pass --anomalib-python)"
             )
         cmd = [str(python), str(HERE / "anomalib_real.py"), "--model", model]
         cmd += ["--dataset", str(ds.root), "--natural", str(natural_folder(work))]
@@ -211,14 +213,13 @@ def commit() -> str:
     """The checked-out commit (with ``+`` when the tree has changes): what the row measured."""
     git = ["git", "-C", str(HERE)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "../src"]).returncode
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "../../src"]).returncode
     return head.stdout.strip() + ("+" if dirty else "")
 
 
 def machine_line() -> str:
     """The CPU, and the GPU when one ran the row."""
-    mach = harness.machine()
-    line = f"{mach['cpu']}, {mach['cpu_count']} CPUs, torch {mach['torch']}"
+    line = f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     if torch.cuda.is_available():
         line += f", GPU {torch.cuda.get_device_name(0)}"
     return line
@@ -258,7 +259,7 @@ def write_report(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> N
     lines = [
         "# Real data: every detector on every shared dataset with masks",
         "",
-        "Regenerate: `nice -n 10 .venv/bin/python benchmarks/real.py` (all datasets, all "
+        "Regenerate: `nice -n 10 .venv/bin/python benchmarks/accuracy/real.py` (all datasets, all "
         "detectors; `--datasets` and `--detectors` pick some). Every image is resized to the "
         "detector's input size (knn, EfficientAD, anomalib: 256 x 256); maps are resized back "
         "and scored at each image's own size. Each row names the commit (`+`: with uncommitted "
@@ -320,7 +321,7 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="score finished EfficientAD and anomalib runs"
     )
-    parser.add_argument("--work", type=Path, default=HERE / "out" / "real")
+    parser.add_argument("--work", type=Path, default=HERE.parent / "out" / "real")
     parser.add_argument("--results", type=Path, default=RESULTS, help="the .json; .md beside")
     parser.add_argument("--anomalib-python", type=Path, default=ANOMALIB_PYTHON)
     parser.add_argument(
@@ -329,9 +330,9 @@ def main() -> None:
     args = parser.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"error: {SHARED}: no shared datasets")
-    harness.set_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
     names = None if args.datasets is None else args.datasets.split(",")
-    preset_steps = load_config(HERE.parent / "examples" / "cpu.yaml").train.steps
+    preset_steps = load_config(HERE.parents[1] / "examples" / "cpu.yaml").train.steps
     steps = args.steps or preset_steps
     for dataset, ds in shared_datasets(args.work, names).items():
         table = fitters(args.work, dataset, args.steps, args.reuse)

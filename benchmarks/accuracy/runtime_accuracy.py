@@ -4,7 +4,7 @@ Every fast path has to keep both AUROCs within 0.005 of fp32. This exports the m
 (fp32 and int8, calibrated as ``specad train`` calibrates) into a copy of the run folder, then
 scores the test split with each runtime and prints the differences and the scoring speed.
 
-    .venv/bin/python benchmarks/runtime_accuracy.py RUN_FOLDER DATASET [--json OUT.json]
+    .venv/bin/python benchmarks/accuracy/runtime_accuracy.py RUN_FOLDER DATASET [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from specad.data import load_dataset
+from specad.data import load_dataset, load_inputs
 from specad.evaluate import evaluate_detector
-from specad.export import export_detector
-from specad.infer import Detector
-from specad.modelfile import META_FILE, MODEL_FILE
-from specad.train import calibration_images, load_inputs
+from specad.export import calibration_images, export_detector
+from specad.inference import Detector
+from specad.models.modelfile import META_FILE, MODEL_FILE
 
 RUNTIMES = ("torch", "bf16", "onnx", "int8")
 TOLERANCE = 0.005

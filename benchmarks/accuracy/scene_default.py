@@ -8,9 +8,9 @@ out, the candidate of a family with the best mean pixel AUROC on the other scene
 it: that is what choosing from that family earns on a scene it did not see. The default is the
 candidate that the family which held best picks on all scenes. Maps are cached under
 ``benchmarks/out/scene_maps`` (git-ignored); results go to
-``benchmarks/scene_default_results.md`` with the CPU. Usage::
+``benchmarks/accuracy/scene_default_results.md`` with the CPU. Usage::
 
-    nice -n 10 .venv/bin/python benchmarks/scene_default.py
+    nice -n 10 .venv/bin/python benchmarks/accuracy/scene_default.py
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from specad.models.scene import SCENE_DEFAULT, SCENE_DETECTORS, rank_fuse
 from specad.scenes import read_truth, scene_scores
 
 HERE = Path(__file__).resolve().parent
-CACHE = HERE / "out" / "scene_maps"
+CACHE = HERE.parent / "out" / "scene_maps"
 OUT = HERE / "scene_default_results.md"
 MAX_FUSED = 3
 """Largest ensemble tried: more members cost their seconds for no measured gain."""
@@ -89,9 +89,11 @@ def main() -> None:
     lines = [
         "# `specad scene`'s default, chosen by leave-one-scene-out",
         "",
-        f"CPU: {cpu_model()}. Command: `nice -n 10 .venv/bin/python benchmarks/scene_default.py`"
+        f"CPU: {cpu_model()}. Command: "
+        "`nice -n 10 .venv/bin/python benchmarks/accuracy/scene_default.py`"
         f". {len(candidates)} candidates: each of the {len(names)} settings (band preparation "
-        f"x detector, `benchmarks/had.py`'s) alone and rank-fused in groups of up to {MAX_FUSED}.",
+        "x detector, `benchmarks/accuracy/had.py`'s) alone and rank-fused in groups of up to "
+        f"{MAX_FUSED}.",
         "",
         "## Leave one scene out",
         "",

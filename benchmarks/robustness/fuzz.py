@@ -1,20 +1,20 @@
 """Long fuzz run of every reader, every parameter entry point and the CLI's options: cases
 tried, any failure.
 
-    .venv/bin/python benchmarks/fuzz.py [--cases 2000] [--targets synth,tiff] [--jobs 2]
+    .venv/bin/python benchmarks/robustness/fuzz.py [--cases 2000] [--targets synth,tiff] [--jobs 2]
         [--results FILE]
 
-Readers (``tests/fuzzing.py``): valid seed files, truncated, bit-flipped, overwritten, spliced
-or replaced by random bytes. Entry points (``tests/fuzz_models.py``, issue 30): generated
+Readers (``fuzzing.py``): valid seed files, truncated, bit-flipped, overwritten, spliced
+or replaced by random bytes. Entry points (``fuzz_models.py``, issue 30): generated
 ``--set`` items for ``fit`` (every detector fitted on a dataset) and ``train``, and mutated
 ``model.json`` and saved tensors of a model of every registered detector, loaded and, where
 they load, run on a small cube. These run in this process; the only allowed outcome is a result
 or specad's one-line error, and the peak RSS of the process is printed.
 
-The CLI (``tests/fuzz_cli.py``, issue 38): ``synth`` options, ``scene`` parameters,
+The CLI (``fuzz_cli.py``, issue 38): ``synth`` options, ``scene`` parameters,
 ``--device``, ``--scheduler``, ``--workers`` and clashing input file names, with edge values
 drawn on purpose, each command line run as ``specad`` runs it by worker processes
-(``tests/fuzz_runner.py``), bounded in time and memory. A traceback, an exit code other than 0
+(``fuzz_runner.py``), bounded in time and memory. A traceback, an exit code other than 0
 or 2, more than one ``error:`` line, a changed input, two inputs sharing a map, or JSON that is
 not strict fails the case; every failing case is printed. Peak RSS is the command's process and
 its process tree. Exit status 1 if any target failed.
@@ -41,18 +41,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import fuzz_cli as fc
+import fuzz_models as fm
+from fuzz_runner import Result, Runner, run_cases
+from fuzzing import TARGETS, Target, check_one, mutated
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-import fuzz_cli as fc  # noqa: E402
-import fuzz_models as fm  # noqa: E402
-from fuzz_runner import Result, Runner, run_cases  # noqa: E402
-from fuzzing import TARGETS, Target, check_one, mutated  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from specad.models.registry import DETECTORS, FIT_ON_DATASET, read_file
 
-from specad.models.registry import DETECTORS, FIT_ON_DATASET, read_file  # noqa: E402
-
-FAILURES = Path(__file__).resolve().parent / "out" / "fuzz-failures"
+FAILURES = Path(__file__).resolve().parents[1] / "out" / "fuzz-failures"
 
 
 def fuzz(

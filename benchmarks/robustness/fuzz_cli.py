@@ -5,8 +5,8 @@ Edge values are drawn on purpose: 0, negatives, 2^64 and beyond, NaN, +-inf, exp
 empty strings, huge values, unicode, and the lone surrogates Python makes of non-UTF-8 bytes in
 argv. A scheduler address names loopback (listeners that stay silent, answer garbage or HTTP,
 and a closed port) or no host at all: no case resolves a name or leaves the machine. The cases
-run through ``tests/fuzz_runner.py``; shared by ``tests/test_fuzz.py`` (a dozen quick cases per
-target) and ``benchmarks/fuzz.py`` (thousands).
+run through ``fuzz_runner.py``; shared by ``tests/test_fuzz.py`` (a dozen quick cases per
+target) and ``fuzz.py`` (thousands).
 """
 
 from __future__ import annotations
@@ -363,10 +363,10 @@ def fixture(root: Path) -> Iterator[Fixture]:
 
     import numpy as np
     import scipy.io
-    from conftest import make_dataset
+    from fuzz_data import make_dataset
 
     from specad.data import load_dataset
-    from specad.evaluate import fit_on_dataset
+    from specad.fit import fit_on_dataset
     from specad.io import Cube, write_cube
 
     ds = load_dataset(make_dataset(root / "ds", size=32, counts=(2, 2, 1), defects=1))

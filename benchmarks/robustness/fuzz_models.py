@@ -2,7 +2,7 @@
 of both files of a saved model of every registered detector (issue 30).
 
 The only allowed outcome is a result or specad's one-line error. Shared by
-``tests/test_validation.py`` (a few dozen cases each) and ``benchmarks/fuzz.py`` (thousands).
+``tests/test_validation.py`` (a few dozen cases each) and ``fuzz.py`` (thousands).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from fuzz_runner import clear_peak, status_mb
 from fuzzing import _yaml_seeds
 from hypothesis import strategies as st
 
-from specad.config import load_config
 from specad.data import load_dataset
 from specad.errors import SpecadError
-from specad.infer import Detector
+from specad.inference import Detector
 from specad.io import Cube
-from specad.modelfile import ModelMeta
+from specad.models.efficientad.config import load_config
+from specad.models.modelfile import ModelMeta
 
 VALUES = (
     "", "abc", "-1", "0", "1", "15", "16", "1024", "1025", "1e400", "-1e400", "1.0e+400", ".nan",
@@ -62,7 +62,7 @@ def peak_rss_mb(*, growth: bool = True) -> float:
 
 def detector_keys(kind: str) -> list[str]:
     """A detector's parameters and the fit options: the keys worth generating."""
-    from specad.config import FitOptions
+    from specad.fit import FitOptions
     from specad.models.registry import DETECTORS
 
     fields = [f.name for f in dataclasses.fields(DETECTORS[kind])]  # type: ignore[arg-type]
@@ -83,7 +83,7 @@ def check_fit_sets(kind: str, items: list[str], dataset: Path | None = None) -> 
     line naming the key; accepted ones are fitted on ``dataset`` when given."""
     from specad.cli.models import fit_settings
     from specad.data import load_dataset
-    from specad.evaluate import fit_on_dataset
+    from specad.fit import fit_on_dataset
 
     try:
         settings = fit_settings(kind, items)
@@ -167,12 +167,12 @@ def saved_models(root: Path) -> dict[str, Path]:
     """A small saved model of every registered detector (`specad.models.registry.DETECTORS`),
     so a detector added there is fuzzed without a change here."""
     import torch
-    from conftest import make_dataset
+    from fuzz_data import make_dataset
 
-    from specad.config import Config
     from specad.data import Preprocess
-    from specad.evaluate import fit_on_dataset
-    from specad.models.build import build_efficientad
+    from specad.fit import fit_on_dataset
+    from specad.models.efficientad.build import build_efficientad
+    from specad.models.efficientad.config import EfficientADConfig as Config
     from specad.models.registry import DETECTORS, FIT_ON_DATASET
 
     ds = load_dataset(make_dataset(root / "ds", size=32, counts=(2, 2, 1), defects=1))

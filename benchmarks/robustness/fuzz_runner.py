@@ -1,5 +1,5 @@
 """Runs ``specad`` command lines the way the command runs, thousands an hour, and judges them
-(issue 38; the cases come from ``tests/fuzz_cli.py``).
+(issue 38; the cases come from ``fuzz_cli.py``).
 
 A process start per case would make thousands of cases take hours, so worker processes import
 the CLI once and run one case at a time in-process through ``specad.cli.main``, the command's
@@ -292,7 +292,7 @@ def run_cases(
 ) -> Iterator[Result]:
     """Each case in its own folder under ``root`` (``write_inputs`` fills its ``in`` folder
     first), judged, then removed."""
-    from conftest import checksums
+    from fuzz_data import checksums
 
     base = Path(tempfile.mkdtemp(prefix="cases-", dir=root))
 
@@ -334,7 +334,7 @@ def judge(case: Case, out: Outcome, tmp: Path, inputs: dict[str, str]) -> str | 
         return f"exit 2 with {len(errors)} 'error:' lines"
     if out.code == 2 and out.seconds > REFUSE_S:
         return f"refused only after {out.seconds:.0f} s"
-    from conftest import checksums
+    from fuzz_data import checksums
 
     after = checksums(tmp / "in")
     if any(after.get(path) != digest for path, digest in inputs.items()):

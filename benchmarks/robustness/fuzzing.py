@@ -2,7 +2,7 @@
 
 Each target writes mutated bytes where a reader expects a file and calls the reader; the only
 allowed failure is :class:`SpecadError` (specad's one-line error). Shared by
-``tests/test_fuzz.py`` (a few dozen cases per reader) and ``benchmarks/fuzz.py`` (the long run).
+``tests/test_fuzz.py`` (a few dozen cases per reader) and ``fuzz.py`` (the long run).
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import yaml
 from hypothesis import strategies as st
 from PIL import Image
 
-from specad.config import load_config
 from specad.data import GOOD, Sample, load_dataset, read_mask
 from specad.errors import SpecadError
-from specad.infer import Detector
+from specad.inference import Detector
 from specad.io import Cube, read_cube, write_cube
-from specad.modelfile import ModelMeta
+from specad.models.efficientad.config import load_config
+from specad.models.modelfile import ModelMeta
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Kill trials: ``kill -9`` at random moments, then resume or rerun; prints one table.
 
-    .venv/bin/python benchmarks/kill_trials.py [--trials 20] [--others 5] [--seed 0]
+    .venv/bin/python benchmarks/robustness/kill_trials.py [--trials 20] [--others 5] [--seed 0]
 
 * **train**: a short training run is killed at a random moment, then continued with
   ``--resume`` (or, if it died before its first checkpoint, rerun with ``--force``); the final
@@ -27,9 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from conftest import make_dataset  # noqa: E402
+from fuzz_data import make_dataset
 
 TRAIN_SETS = [
     "train.steps=24",

@@ -2,10 +2,11 @@
 
 Inference paths: ``fp32`` plain eager (what anomalib does), then the runtimes a user can pick
 (``torch``: channels_last; ``bf16``; ``onnx``; ``int8``) and ``detector``: what
-:class:`specad.infer.Detector` picks by itself for a model as ``specad train`` leaves it, so the
+:class:`specad.inference.Detector` picks by itself for a model as ``specad train`` leaves it, so the
 benchmark follows the product as it changes. Training paths: ``fp32`` plain eager step on full
 student outputs without caching, ``bf16`` autocast, and ``train``: the step as ``specad train``
-runs it (channels_last, cached teacher outputs). Run ``python benchmarks/bench_specad.py --help``.
+runs it (channels_last, cached teacher outputs).
+Run ``python benchmarks/speed/bench_specad.py --help``.
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ from pathlib import Path
 import harness
 import torch
 
-from specad.config import ModelConfig, Training
 from specad.data import Preprocess
 from specad.errors import SpecadError
 from specad.export import export_detector, measure_runtimes
-from specad.infer import Detector
-from specad.modelfile import ModelMeta
-from specad.models.build import build_efficientad
-from specad.models.efficientad import EfficientAD
-from specad.models.efficientad_detector import EfficientADDetector
-from specad.models.efficientad_train import ae_augment, train_step
+from specad.inference import Detector
+from specad.models.efficientad.build import build_efficientad
+from specad.models.efficientad.config import ModelConfig, Training
+from specad.models.efficientad.detector import EfficientADDetector
+from specad.models.efficientad.network import EfficientAD
+from specad.models.efficientad.train_loop import ae_augment, train_step
+from specad.models.modelfile import ModelMeta
 
 RUNTIMES = ("torch", "bf16", "onnx", "int8")
 

@@ -15,7 +15,7 @@ from typing import Any
 from harness import cpu_family
 
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "out"
+OUT = HERE.parent / "out"
 TTA_TARGET_S = 15 * 60
 GOALS = {"infer": 2.0, "train": 0.6}
 

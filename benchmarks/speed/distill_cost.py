@@ -7,7 +7,7 @@ small PDN, Adam, the EfficientNet-Lite0 teacher's 152 outputs) and its targets' 
 teacher on the input upsampled twice) are timed at each size, median of ``--repeats``, and the
 schedule is extrapolated. Prints the CPU (or GPU) and the numbers.
 
-    .venv/bin/python benchmarks/distill_cost.py [--threads 2] [--device cpu]
+    .venv/bin/python benchmarks/speed/distill_cost.py [--threads 2] [--device cpu]
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from specad.models.efficientad import PDN
-from specad.models.teachers import EfficientNetLite0Teacher
+from specad.models.backbones import EfficientNetLite0Teacher
+from specad.models.efficientad.network import PDN
 from specad.runtime import cpu_model, pick_device
 
 PAPER_STEPS, PAPER_BATCH, PAPER_SIZE = 60_000, 16, 256

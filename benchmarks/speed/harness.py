@@ -24,7 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 SIZE = 256  # image side of every case, as in the paper
-OUT = Path(__file__).resolve().parent / "out"
+OUT = Path(__file__).resolve().parents[1] / "out"  # benchmarks/out, shared and git-ignored
 RESULT_TAG = "BENCH-RESULT "  # marks the child's result line among whatever else it prints
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 

@@ -6,12 +6,13 @@ at batch 1 and 8 on the preloaded, preprocessed test images after 2 warm-up batc
 ``anomalib_real.py`` measures PatchCore's, and image AUROC on the test split. ``auto`` is the
 runtime ``specad export`` measured fastest among those whose maps and image ranking match fp32.
 
-PatchCore: ``anomalib_real.py --model patchcore`` in the anomalib Python (or its ``.npz`` given
-with ``--patchcore``): the same images at 256 px, the same EfficientNet-Lite0 weights, tapped at
-the stride-8 and stride-16 stages (knn also taps block 12) with a 1 % coreset (knn: 2,048
-patches). Results are appended to ``--results`` with the command, the CPU and the load average.
+PatchCore: ``accuracy/anomalib_real.py --model patchcore`` in the anomalib Python that
+``benchmarks/anomalib_venv.sh`` makes (or its ``.npz`` given with ``--patchcore``): the same
+images at 256 px, the same EfficientNet-Lite0 weights, tapped at the stride-8 and stride-16
+stages (knn also taps block 12) with a 1 % coreset (knn: 2,048 patches). Results are appended
+to ``--results`` with the command, the CPU and the load average.
 
-    python benchmarks/knn_vs_patchcore.py benchmarks/out/real/mvtec_transistor --threads 2
+    python benchmarks/speed/knn_vs_patchcore.py benchmarks/out/real/mvtec_transistor --threads 2
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,12 +33,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from specad.data import load_dataset
-from specad.infer import Detector
+from specad.inference import Detector, run_split
 from specad.runtime import cpu_model, cpu_speed_flags
-from specad.scoring import run_split
 
 HERE = Path(__file__).resolve().parent
-ANOMALIB_PYTHON = HERE / ".venv-anomalib" / "bin" / "python"
+ANOMALIB_PYTHON = HERE.parent / ".venv-anomalib" / "bin" / "python"  # anomalib_venv.sh makes it
+ANOMALIB_REAL = HERE.parent / "accuracy" / "anomalib_real.py"
 SPECAD = [sys.executable, "-m", "specad"]
 
 
@@ -103,7 +105,7 @@ def knn_rows(dataset: Path, run: Path, threads: int) -> tuple[dict, list[dict]]:
 def patchcore_row(dataset: Path, npz: Path | None, python: Path, threads: int) -> dict:
     if npz is None:
         npz = Path(tempfile.mkdtemp()) / "patchcore.npz"
-        cmd = [str(python), "-W", "ignore", str(HERE / "anomalib_real.py"), "--model"]
+        cmd = [str(python), "-W", "ignore", str(ANOMALIB_REAL), "--model"]
         cmd += ["patchcore", "--dataset", str(dataset), "--out", str(npz)]
         cmd += ["--threads", str(threads), "--coreset-ratio", "0.01"]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -174,6 +176,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="folder for the knn model (default: a temp one)")
     parser.add_argument("--results", type=Path, default=HERE / "knn_speed_results.md")
     args = parser.parse_args()
+    if args.patchcore is None and shutil.which(str(args.anomalib_python)) is None:
+        parser.error(f"{args.anomalib_python}: no Python with anomalib (anomalib_venv.sh makes it)")
     torch.set_num_threads(args.threads)
     run = (args.work or Path(tempfile.mkdtemp())) / "knn"
     fit, rows = knn_rows(args.dataset, run, args.threads)

@@ -3,7 +3,7 @@
 # Options (--reps N, --warmup N, --match TEXT) go to both sides; --tta also measures the time to
 # accuracy on tray6 first (a training run of up to ~15 minutes on 2 cores).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 py=${SPECAD_PYTHON:-.venv/bin/python}
 venv=benchmarks/.venv-anomalib
@@ -13,15 +13,12 @@ for arg in "$@"; do
   if [ "$arg" = --tta ]; then tta=1; else args+=("$arg"); fi
 done
 
-if ! "$venv/bin/python" -c "import anomalib" 2>/dev/null; then
-  echo "setting up $venv (anomalib 2.7.0 with torch 2.14.1; takes a while)" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet -r scripts/torch-vision.txt "anomalib==2.7.0"
-fi
+benchmarks/anomalib_venv.sh
 
 if [ "$tta" = 1 ]; then
-  "$py" benchmarks/time_to_accuracy.py
+  "$py" benchmarks/speed/time_to_accuracy.py
 fi
-"$py" benchmarks/bench_specad.py "${args[@]}"
-PYTHONWARNINGS=ignore::FutureWarning "$venv/bin/python" benchmarks/bench_anomalib.py "${args[@]}"
-"$py" benchmarks/compare.py
+"$py" benchmarks/speed/bench_specad.py "${args[@]}"
+PYTHONWARNINGS=ignore::FutureWarning \
+  "$venv/bin/python" benchmarks/speed/bench_anomalib.py "${args[@]}"
+"$py" benchmarks/speed/compare.py

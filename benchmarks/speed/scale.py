@@ -1,7 +1,8 @@
 """Scaling out on this machine: cubes/s of ``predict`` on 1..N Dask workers, and training
 steps/s for 1 and 2 torchrun (gloo) processes with the same global batch.
 
-    python benchmarks/scale.py [--cubes 32] [--size 256] [--steps 8] [--batch 4] [--workers 1,2]
+    python benchmarks/speed/scale.py [--cubes 32] [--size 256] [--steps 8] [--batch 4] \
+        [--workers 1,2]
 
 Cubes are random 6-channel 256x256 TIFFs; the model is EfficientAD-S (random PDN teacher)
 after one training step: scoring costs the same for any weights. Startup (cluster, model load,
@@ -23,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from specad.config import load_config
 from specad.distributed import ModelSource, open_cluster
-from specad.infer import Detector
+from specad.fit import train
+from specad.inference import Detector
 from specad.io import Cube, write_cube
+from specad.models.efficientad.config import load_config
 from specad.predict import expand_inputs, predict_files
-from specad.train import train
 
 BANDS = ["R", "G", "B", "SWIR1050", "SWIR1200", "SWIR1450"]
 NM = [630.0, 532.0, 465.0, 1050.0, 1200.0, 1450.0]

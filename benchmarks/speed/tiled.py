@@ -7,7 +7,7 @@ what a model learned, but which runtime passes the accuracy check does. Each cub
 ``.npy`` of normal texture; each run is a fresh ``specad predict --tiled`` process, timed from
 start to the written map, with its peak RSS. Usage::
 
-    .venv/bin/python benchmarks/tiled.py [--sizes 1500x1000,3000x2000,6000x4000] [--model RUN]
+    .venv/bin/python benchmarks/speed/tiled.py [--sizes 1500x1000,3000x2000,6000x4000] [--model RUN]
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import harness
 import numpy as np
 import torch
 
-from specad.config import load_config
 from specad.data import Preprocess
 from specad.export import export_detector, measure_runtimes
-from specad.infer import Detector
+from specad.inference import Detector
 from specad.metrics import ThresholdWarning
-from specad.modelfile import ModelMeta
-from specad.models.efficientad_detector import EfficientADDetector
+from specad.models.efficientad.config import load_config
+from specad.models.efficientad.detector import EfficientADDetector
+from specad.models.modelfile import ModelMeta
 
 HERE = Path(__file__).resolve().parent
 CHANNELS, SIZE = 6, 256
@@ -41,7 +41,7 @@ CHANNELS, SIZE = 6, 256
 def make_model(folder: Path) -> Path:
     """A saved, exported EfficientAD with its runtime measured on this CPU."""
     cfg = load_config(
-        HERE.parent / "examples" / "cpu.yaml",
+        HERE.parents[1] / "examples" / "cpu.yaml",
         ["data.root=.", "train.steps=1", "penalty.enabled=false", "model.teacher=pdn-random"],
     )
     gen = torch.Generator().manual_seed(0)

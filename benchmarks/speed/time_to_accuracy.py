@@ -1,7 +1,7 @@
 """Wall-clock seconds of EfficientAD training until image and pixel AUROC reach a target.
 
 This is the speed figure a user feels. Training runs in chunks of ``--every`` steps through
-``specad.train.train(stop_after=...)`` and ``resume=True``, which continues exactly as an
+``specad.fit.train(stop_after=...)`` and ``resume=True``, which continues exactly as an
 uninterrupted run would; after each chunk the checkpoint is scored on the whole test split by
 ``specad.evaluate.evaluate_detector``. The clock counts what a plain ``specad train`` would
 spend: the first chunk's whole wall time (loading, teacher statistics) plus the training-loop
@@ -13,7 +13,7 @@ reach 0.95. On real data (issue 29: AUROC against training time for each teacher
 ``--data`` at a dataset in specad's layout, choose the teacher with ``--set``, and give the
 budget, e.g. 30 minutes:
 
-    python benchmarks/time_to_accuracy.py --data benchmarks/out/real/mvtec_transistor \
+    python benchmarks/speed/time_to_accuracy.py --data benchmarks/out/real/mvtec_transistor \
         --set model.teacher=efficientnet-lite0 --target 0.95 --pixel-target 0 \
         --budget 1800 --every 100 --json benchmarks/out/tta-transistor-lite0.json
 """
@@ -28,16 +28,18 @@ from pathlib import Path
 
 import torch
 
-from specad.config import Config, load_config
-from specad.data import Dataset, load_dataset
+from specad.data import Dataset, load_dataset, load_inputs
 from specad.evaluate import evaluate_detector
-from specad.infer import Detector
-from specad.modelfile import ModelMeta
-from specad.models.build import build_efficientad
-from specad.models.efficientad_detector import EfficientADDetector
+from specad.fit import prepare, train
+from specad.inference import Detector
+from specad.models.efficientad.build import build_efficientad
+from specad.models.efficientad.config import EfficientADConfig as Config
+from specad.models.efficientad.config import load_config
+from specad.models.efficientad.detector import EfficientADDetector
+from specad.models.efficientad.train_loop import CHECKPOINT
+from specad.models.modelfile import ModelMeta
 from specad.runtime import cpu_model, pick_device
 from specad.synth import synthesize
-from specad.train import CHECKPOINT, load_inputs, prepare, train
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,7 +87,7 @@ def score_checkpoint(
 
 def repo_relative(path: Path) -> str:
     """``path`` relative to the repository when inside it: results files name no machine."""
-    path, root = Path(path).resolve(), HERE.parent.resolve()
+    path, root = Path(path).resolve(), HERE.parents[1].resolve()
     return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
 
 
@@ -97,15 +99,15 @@ def loop_seconds(run: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=HERE.parent / "examples" / "cpu.yaml")
+    parser.add_argument("--config", type=Path, default=HERE.parents[1] / "examples" / "cpu.yaml")
     parser.add_argument("--data", type=Path, help="a dataset (default: the config's root)")
     parser.add_argument("--set", action="append", default=[], help="config override key=value")
     parser.add_argument("--every", type=int, default=50, help="steps between evaluations")
     parser.add_argument("--target", type=float, default=0.95, help="image AUROC to reach")
     parser.add_argument("--pixel-target", type=float, help="pixel AUROC (default: --target)")
     parser.add_argument("--budget", type=float, help="stop once the clock passes this (s)")
-    parser.add_argument("--run", type=Path, default=HERE / "out" / "tta-run")
-    parser.add_argument("--json", type=Path, default=HERE / "out" / "time_to_accuracy.json")
+    parser.add_argument("--run", type=Path, default=HERE.parent / "out" / "tta-run")
+    parser.add_argument("--json", type=Path, default=HERE.parent / "out" / "time_to_accuracy.json")
     args = parser.parse_args()
 
     # monitoring inside train() would add its own evaluations to the clock

@@ -1,12 +1,12 @@
 """Where one EfficientAD training step spends its time on this CPU, by operator.
 
-The step is `specad.models.efficientad_train.train_step` as `specad train` runs it (random PDN
+The step is `specad.models.efficientad.train_loop.train_step` as `specad train` runs it (random PDN
 teacher, cached teacher outputs, the penalty image, batch 1, 256 px; channels_last unless
 ``--layout contiguous``), profiled with ``torch.profiler`` after warm-up steps. Prints the CPU,
 the median step time, and the operators by self CPU time with their share of the step, so the
 compute-bound part (convolutions and their backward) can be told from the rest.
 
-    .venv/bin/python benchmarks/train_profile.py [--channels 6] [--steps 5]
+    .venv/bin/python benchmarks/speed/train_profile.py [--channels 6] [--steps 5]
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import harness
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from specad.config import ModelConfig
-from specad.models.build import build_efficientad
-from specad.models.efficientad_train import ae_augment, train_step
+from specad.models.efficientad.build import build_efficientad
+from specad.models.efficientad.config import ModelConfig
+from specad.models.efficientad.train_loop import ae_augment, train_step
 
 
 def main() -> None:

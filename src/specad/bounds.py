@@ -157,7 +157,7 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
 MAX_CUBE_ELEMENTS = 1 << 28
 """Most values (pixels x bands) a cube file may declare, checked against its header before any
 of it is read, whatever the format: 1 GiB as float32. Large airborne scenes fit under it (1024 x
-1024 x 224 is 0.9 GB), while reading holds the stored array and a float32 copy, and detectors
+1024 x 224 = 0.9 GB), while reading holds the stored array and a float32 copy, and detectors
 work in float64 beside it, so a cube at the bound already needs several GiB: what a 2-core
 machine with 24 GB holds beside its other work. A header declaring more is refused before it
 can make specad allocate; crop the scene or drop bands to read it."""

@@ -27,9 +27,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from specad.data import Sample, read_mask
+from specad.data import Sample
 from specad.errors import SpecadError
 from specad.inference import Detector, SplitResults, score_file
+from specad.inference.scoring import score_batch
 from specad.models.registry import ModelSpec
 from specad.runtime import available_memory, usable_cores
 
@@ -122,13 +123,9 @@ def _score_file(plugin: str, shown: str, path: str, tmp: str, name: str, opts: d
 def _score_samples(plugin: str, samples: list[Sample], tiled: bool) -> tuple | str:
     """Worker side of one batch of ``evaluate``: scores, maps and masks, as ``run_split``."""
     try:
-        det = _detector(plugin)
-        cubes = [s.read() for s in samples]
-        preds = det.predict(cubes, tiled=tiled, paths=[s.path for s in samples])
-        masks = [read_mask(s, c.shape[:2]) for s, c in zip(samples, cubes, strict=True)]
+        return score_batch(_detector(plugin), samples, tiled)
     except SpecadError as err:
         return str(err)
-    return [p.score for p in preds], [p.anomaly_map for p in preds], masks
 
 
 class Cluster:

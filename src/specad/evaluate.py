@@ -68,10 +68,28 @@ def evaluate_detector(
     """
     threshold = detector.threshold if far is None else None
     far = DEFAULT_FAR if far is None else far
+    return run_and_evaluate(
+        detector, dataset, far, threshold, tiled=tiled, progress=progress, cluster=cluster
+    )[1]
+
+
+def run_and_evaluate(
+    detector: Detector,
+    dataset: Dataset,
+    far: float,
+    threshold: float | None,
+    *,
+    tiled: bool = False,
+    progress: bool = False,
+    cluster: Cluster | None = None,
+) -> tuple[SplitResults, dict[str, Any]]:
+    """The test run and `evaluate_split`'s summary of it: ``val`` and ``test`` scored here, or
+    on the Dask workers of ``cluster`` cube for cube the same. Shared by ``specad evaluate``
+    and the report, so both score the same way."""
     if cluster is not None:
         val = cluster.run_split(dataset.require("val"), tiled=tiled)
         test = cluster.run_split(dataset.require("test"), tiled=tiled)
-        return evaluate_split(test, val, far, threshold)
-    val = run_split(detector, dataset.require("val"), tiled=tiled, progress=progress)
-    test = run_split(detector, dataset.require("test"), tiled=tiled, progress=progress)
-    return evaluate_split(test, val, far, threshold)
+    else:
+        val = run_split(detector, dataset.require("val"), tiled=tiled, progress=progress)
+        test = run_split(detector, dataset.require("test"), tiled=tiled, progress=progress)
+    return test, evaluate_split(test, val, far, threshold)

@@ -1,9 +1,9 @@
 """ONNX export of a detector's map graph, and the measurement that picks its fastest runtime.
 
-On the 2-core AVX-512 machine of ``benchmarks/speed/results-intel-avx512-vnni.md``, onnxruntime
-runs the exported fp32 graph 1.4x (batch 1) to 1.6x (batch 8) as fast as torch eager fp32, and the
-int8 graph (VNNI) 3.6x to 4.1x. The files are opened and chosen among by
-`specad.inference.runners`.
+An export exists because onnxruntime runs the fp32 graph faster than torch eager, and the
+int8 graph faster again on CPUs with VNNI (benchmarks/speed/results-intel-avx512-vnni.md,
+benchmarks/speed/knn_speed_results.md, docs/runtimes.md). The files are opened and chosen among
+by `specad.inference.runners`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from specad.errors import SpecadError
-from specad.inference.detector import Detector, save_weights
+from specad.inference.detector import Detector
 from specad.inference.runners import (
     CHOICE_FILE,
     DIGEST_KEY,
@@ -44,9 +44,8 @@ least this (the project's rule: within 0.005 of fp32)."""
 RANK_AGREEMENT = 0.99
 """The int8 export must also order the validation images' scores as fp32 does, with a Spearman
 correlation of at least this, to get its own threshold and with it a place in ``auto``. Pixel
-agreement alone let through int8 exports that cost image AUROC. Measured on val/good (AMD EPYC):
-random-PDN teacher on MTD 0.998; EfficientNet-Lite0 teacher on MTD 0.976 (image AUROC 0.746
-against fp32's 0.769) and on tray6 0.955 (0.809 against 0.862)."""
+agreement alone let through int8 exports that cost image AUROC, with correlations on val/good
+below this (docs/runtimes.md)."""
 RANK_MIN_IMAGES = 20
 """Fewer validation images cannot measure that correlation (with 10, one swap of two neighbours
 already costs 0.012): below this the int8 export keeps its threshold on pixel agreement alone."""
@@ -78,8 +77,9 @@ def export_onnx(
 ) -> Path:
     """Write the model's anomaly-map graph (dynamic batch) to ``out``, atomically.
 
-    The TorchScript-based exporter is used on purpose: its graph ran 1.4x faster in onnxruntime
-    than the dynamo exporter's for this network, and it exports in under a second.
+    The TorchScript-based exporter is used on purpose: its graph ran faster in onnxruntime than
+    the dynamo exporter's for this network (benchmarks/speed/knn_speed_results.md), and it
+    exports quickly.
     """
     onnx_modules()
     model = model.cpu().eval().to(memory_format=torch.contiguous_format)
@@ -118,11 +118,10 @@ def quantize_int8(
 
     Weights use 7 of their 8 bits (``reduce_range``). Without VNNI, onnxruntime's u8s8 kernels
     add pairs of uint8 x int8 products in 16-bit lanes, which can saturate (2 x 255 x 127 >
-    32767); with 7-bit weights they cannot (2 x 255 x 63 < 32767). On an AVX2-only AMD EPYC the
-    6-channel benchmark model's int8 maps found fp32's top 1 % pixels with AUROC 0.9938 with
-    8-bit weights (below `AGREEMENT`) and 0.9996 with 7-bit ones, at the same speed; a trained
-    tray6 model held 0.9999 with either. Not yet measured on a VNNI CPU, where the lost bit buys
-    nothing: `measure_runtimes` still decides whether int8 runs.
+    32767); with 7-bit weights they cannot (2 x 255 x 63 < 32767). On an AVX2-only CPU 8-bit
+    weights left the benchmark model's int8 maps below `AGREEMENT` and 7-bit ones above it, at
+    the same speed (docs/runtimes.md). On a VNNI CPU the lost bit buys nothing:
+    `measure_runtimes` still decides whether int8 runs.
     """
     onnx, _ = onnx_modules()
     from onnxruntime.quantization import (
@@ -317,7 +316,7 @@ def export_detector(
                 )
         # the weights are unchanged, so the exports' digest still holds
         with atomic_file(path) as tmp:
-            save_weights(detector.model, tmp, path)
+            detector.model.save(tmp)
     return diffs
 
 

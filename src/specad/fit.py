@@ -35,7 +35,7 @@ from specad.models.efficientad.config import EfficientADConfig
 from specad.models.efficientad.detector import EfficientADDetector
 from specad.models.efficientad.run import training_run
 from specad.models.modelfile import MODEL_FILE, ModelMeta
-from specad.models.registry import DETECTORS
+from specad.models.registry import DETECTORS, fit_on_dataset_names
 from specad.runtime import DeviceName, pick_device
 
 
@@ -86,7 +86,7 @@ def fit_on_dataset(
     ``params`` go to the detector's class.
     """
     if name not in DETECTORS:
-        names = ", ".join(n for n, cls in DETECTORS.items() if not cls.needs_training)
+        names = ", ".join(fit_on_dataset_names())
         raise SpecadError(f"unknown detector '{name}' (one of {names})")
     if DETECTORS[name].needs_training:
         raise SpecadError(f"{name} is trained by `specad train -c CONFIG`, not fitted here")
@@ -139,7 +139,7 @@ def train(
     are done.
     """
     with training_run(cfg, Path(out), resume, force, stop_after, progress) as run:
-        ds = load_dataset(cfg.data.root, cfg.data.layout)
+        ds = load_dataset(cfg.data.root, cfg.data.axes)
         pre, meta, train_x = prepare(cfg, ds)
         val_x = load_inputs(pre, ds.require("val")).x
         monitor = _monitor_set(pre, ds) if cfg.train.val_every and run.main else None

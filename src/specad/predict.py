@@ -138,7 +138,7 @@ def predict_files(
     tiled: bool = False,
     force: bool = False,
     variable: str | None = None,
-    layout: str | None = None,
+    axes: str | None = None,
     progress: bool = False,
     cluster: Cluster | None = None,
 ) -> PredictRun:
@@ -156,7 +156,7 @@ def predict_files(
     names = output_names(files)
     failed: list[str] = []
     threshold = detector.threshold
-    opts = {"tiled": tiled, "variable": variable, "layout": layout}
+    opts = {"tiled": tiled, "variable": variable, "axes": axes}
     with atomic_dir(out, force) as tmp:
         if cluster is None:
             outcomes = _score_here(detector, files, names, tmp, opts)

@@ -124,7 +124,8 @@ def cpu_has_amx() -> bool:
 
 
 def cpu_has_vnni() -> bool:
-    """VNNI int8 dot products: the int8 export ran 2.5x faster than the fp32 one with them."""
+    """VNNI int8 dot products: with them the int8 export runs faster than the fp32 one
+    (benchmarks/speed/results-intel-avx512-vnni.md)."""
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & _cpu_flags())
 
 

@@ -50,7 +50,7 @@ def scene_scores(
     file: str | Path,
     truth: str | None = None,
     variable: str | None = None,
-    layout: str | None = None,
+    axes: str | None = None,
     detectors: Sequence[str] = (AUTO,),
     params: dict[str, dict] | None = None,
     prep: BandPrep | None = None,
@@ -69,7 +69,7 @@ def scene_scores(
     made = make_detectors(detectors, params or {})
     if AUTO in made and prep.reduce != "none":
         raise SpecadError(f"'{AUTO}' reduces the bands itself: name detectors to use --reduce")
-    cube = read_cube(file, variable=variable, layout=layout)
+    cube = read_cube(file, variable=variable, axes=axes)
     mask = None if truth is None else read_truth(file, truth)
     if mask is not None and mask.shape != cube.shape[:2]:
         raise SpecadError(
@@ -246,7 +246,7 @@ def read_truth(file: Path, truth: str) -> np.ndarray:
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
             raise SpecadError(f"cannot read truth mask ({type(err).__name__})", path) from err
     if file.suffix.lower() in (".mat", ".npz"):
-        data = read_cube(file, variable=truth, layout="hwc").data
+        data = read_cube(file, variable=truth, axes="hwc").data
         if data.shape[2] != 1:
             raise SpecadError(f"truth variable '{truth}' is not 2-D ({data.shape})", file)
         return data[:, :, 0] > 0

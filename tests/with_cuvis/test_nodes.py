@@ -140,7 +140,7 @@ def test_scene_detector_node_equals_the_scene_detector(name: str) -> None:
     rng = np.random.default_rng(0)
     scenes = rng.normal(size=(2, 17, 15, 6)).astype(np.float32)
     scenes[:, 8:10, 7:9] += 4.0
-    params = {"outer": 7, "inner": 3} if name != "rx" else {}
+    params = {"outer": 7, "inner": 3} if name != "global-rx" else {}
     node = SceneDetectorNode(name, params=params, reduce="pca", components=4)
     out = node.forward(cube=torch.from_numpy(scenes))
     assert out["anomaly_map"].shape == (2, 17, 15, 1)

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from specad.errors import SpecadError
 
@@ -27,6 +28,42 @@ app.add_typer(dataset_app, name="dataset")
 
 out = Console()
 err = Console(stderr=True)
+
+
+def _name_lists() -> dict[str, str]:
+    """What each ``{placeholder}`` in a help text stands for, read from the registries."""
+    from specad.data.importing import IMPORT_LAYOUTS
+    from specad.io import AXIS_ORDERS
+    from specad.models.registry import fit_on_dataset_names
+    from specad.models.scene import SCENE_DETECTORS
+
+    return {
+        "{fit_on_dataset}": ", ".join(fit_on_dataset_names()),
+        "{scene_detectors}": ", ".join(SCENE_DETECTORS),
+        "{axis_orders}": ", ".join(AXIS_ORDERS),
+        "{import_layouts}": ", ".join(IMPORT_LAYOUTS),
+    }
+
+
+class NamesInHelp(TyperCommand):
+    """A command whose help texts list detectors (and axis orders) from the registries, filled
+    in only when help is shown: the registries import torch, too slow for every command, and a
+    list written by hand goes stale when a detector is added."""
+
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
+        names = _name_lists()
+        holders = [self, *self.params]
+        templates = [getattr(h, "help", None) for h in holders]
+        for holder, text in zip(holders, templates, strict=True):
+            for placeholder, value in names.items():
+                text = text and text.replace(placeholder, value)
+            holder.help = text  # type: ignore[union-attr]
+        try:
+            super().format_help(ctx, formatter)
+        finally:  # the templates again: the registries may change within one process (tests)
+            for holder, text in zip(holders, templates, strict=True):
+                holder.help = text  # type: ignore[union-attr]
+
 
 Force = Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")]
 
@@ -89,11 +126,11 @@ Device = Annotated[
 Variable = Annotated[
     str | None, typer.Option(help="Array to read from .mat/.npz files (default: largest 3-D).")
 ]
-Layout = Annotated[
+Axes = Annotated[
     str | None,
     typer.Option(
-        help="Stored axis order of plain arrays: hwc, chw, whc, cwh, hcw or wch (default: the "
-        "format's convention; guessed, with a note, for .npy/.npz and bare TIFF arrays)."
+        help="Stored axis order of plain arrays: {axis_orders} (default: the format's "
+        "convention; guessed, with a note, for .npy/.npz and bare TIFF arrays)."
     ),
 ]
 Runtime = Annotated[

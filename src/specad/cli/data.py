@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from specad.cli.app import (
+    Axes,
     Force,
-    Layout,
+    NamesInHelp,
     app,
     dataset_app,
     err,
@@ -38,11 +39,11 @@ def synth(
     out.print(f"wrote {path}")
 
 
-@dataset_app.command("import")
+@dataset_app.command("import", cls=NamesInHelp)
 def dataset_import(
     source: Annotated[Path, typer.Argument(help="Folder in a foreign layout (MTD, MVTec).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to create.")],
-    layout: Annotated[str, typer.Option(help="auto, mtd or mvtec.")] = "auto",
+    layout: Annotated[str, typer.Option(help="The source's layout: {import_layouts}.")] = "auto",
     val_fraction: Annotated[
         float, typer.Option(help="Share of train/good kept for val/good (mvtec).")
     ] = 0.1,
@@ -56,14 +57,14 @@ def dataset_import(
     out.print(f"wrote {path} ({len(load_dataset(path).samples)} images)", soft_wrap=True)
 
 
-@dataset_app.command("check")
+@dataset_app.command("check", cls=NamesInHelp)
 def dataset_check(
-    root: Annotated[Path, typer.Argument(help="Dataset folder.")], layout: Layout = None
+    root: Annotated[Path, typer.Argument(help="Dataset folder.")], axes: Axes = None
 ) -> None:
     """Validate a dataset and print a summary; exit 2 if any problem is found."""
     from specad.data.check import check_dataset
 
-    report = check_dataset(root, layout)
+    report = check_dataset(root, axes)
     table = Table(title=f"{report.root} ({report.layout} layout)")
     table.add_column("split")
     table.add_column("class")

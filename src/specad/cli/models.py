@@ -9,9 +9,10 @@ import typer
 from rich.table import Table
 
 from specad.cli.app import (
+    Axes,
     Device,
     Force,
-    Layout,
+    NamesInHelp,
     Runtime,
     Scheduler,
     Variable,
@@ -56,11 +57,11 @@ def _load_detector(
     runtime: str = "auto",
     sets: list[str] | None = None,
 ):
-    """A saved model, or ``rx``/``knn``/...: that detector fitted on the dataset's train/good
-    with the ``--set`` values ``sets``."""
+    """A saved model, or a detector named in the registry (`fit_on_dataset_names`): that
+    detector fitted on the dataset's train/good with the ``--set`` values ``sets``."""
     from specad.fit import fit_on_dataset
     from specad.inference import Detector
-    from specad.models.registry import FIT_ON_DATASET, ModelSpec
+    from specad.models.registry import ModelSpec, fit_on_dataset_names
 
     spec = ModelSpec.parse(model)
     if spec.kind is not None:
@@ -71,7 +72,8 @@ def _load_detector(
         settings = fit_settings(spec, sets, device=device)
         return fit_on_dataset(spec.kind, load_dataset(dataset), **settings).use_runtime(runtime)
     if sets:
-        fail(f"--set is for detectors fitted here ({', '.join(FIT_ON_DATASET)}), not {model}")
+        names = ", ".join(fit_on_dataset_names())
+        fail(f"--set is for detectors fitted here ({names}), not {model}")
     return Detector.load(spec.path, device=device, runtime=runtime)
 
 
@@ -90,14 +92,14 @@ def fit_settings(model: str | ModelSpec, sets: list[str] | None, **given: Any) -
     return options.model_dump() | params
 
 
-@app.command()
+@app.command(cls=NamesInHelp)
 def predict(
     model: Annotated[str, typer.Argument(help="Model file or run folder.")],
     inputs: Annotated[list[Path], typer.Argument(help="Cube files or folders.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to create.")],
     tiled: Annotated[bool, typer.Option(help="Native-resolution overlapping tiles.")] = False,
     variable: Variable = None,
-    layout: Layout = None,
+    axes: Axes = None,
     device: Device = "auto",
     runtime: Runtime = "auto",
     force: Force = False,
@@ -122,7 +124,7 @@ def predict(
             tiled=tiled,
             force=force,
             variable=variable,
-            layout=layout,
+            axes=axes,
             progress=True,
             cluster=dask,
         )
@@ -133,9 +135,11 @@ def predict(
         fail(f"{len(run.failed)} of {len(files)} inputs could not be scored")
 
 
-@app.command()
+@app.command(cls=NamesInHelp)
 def evaluate(
-    model: Annotated[str, typer.Argument(help="Model file, run folder, 'rx' or 'knn'.")],
+    model: Annotated[
+        str, typer.Argument(help="Model file, run folder, or fitted here: {fit_on_dataset}.")
+    ],
     dataset: Annotated[Path, typer.Argument(help="Dataset folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
     far: Annotated[
@@ -148,9 +152,9 @@ def evaluate(
     tiled: Annotated[bool, typer.Option(help="Native-resolution overlapping tiles.")] = False,
     params: Annotated[
         list[str] | None,
-        typer.Option("--set", help="A fitting parameter of rx, knn, ...: key=value."),
+        typer.Option("--set", help="A fitting parameter of {fit_on_dataset}: key=value."),
     ] = None,
-    layout: Layout = None,
+    axes: Axes = None,
     device: Device = "auto",
     runtime: Runtime = "auto",
     scheduler: Scheduler = None,
@@ -167,7 +171,7 @@ def evaluate(
 
     if far is not None:
         validate(FitOptions, {"far": far}, None, "--")
-    ds = load_dataset(dataset, layout)
+    ds = load_dataset(dataset, axes)
     det = _load_detector(model, dataset, device, runtime, params)
     with cluster(scheduler, workers, det, model, device) as dask:
         metrics = evaluate_detector(
@@ -252,28 +256,14 @@ def export_cmd(
         out.print(f"auto on {record['cpu']}: {record['choice']}")
 
 
-rx_app = typer.Typer(no_args_is_help=True, help="The RX baseline.")
-app.add_typer(rx_app, name="rx")
-
-
-@rx_app.command("fit")
-def rx_fit(
-    dataset: Annotated[Path, typer.Argument(help="Dataset folder (uses train/good, val/good).")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model.")],
-    force: Force = False,
-) -> None:
-    """Fit global RX on normal cubes and save it like any model."""
-    _fit_and_save("rx", dataset, out_dir, force, {})
-
-
-@app.command("fit")
+@app.command("fit", cls=NamesInHelp)
 def fit_cmd(
-    model: Annotated[str, typer.Argument(help="knn or rx.")],
+    model: Annotated[str, typer.Argument(help="One of {fit_on_dataset}.")],
     dataset: Annotated[Path, typer.Argument(help="Dataset folder (uses train/good, val/good).")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model.")],
     params: Annotated[
         list[str] | None,
-        typer.Option("--set", help="A fitting parameter: key=value (knn: image_size=320, ...)."),
+        typer.Option("--set", help="A fitting parameter: key=value (e.g. image_size=320)."),
     ] = None,
     force: Force = False,
 ) -> None:
@@ -321,11 +311,14 @@ def demo(
     out.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=NamesInHelp)
 def report(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Report YAML.")] = None,
     models: Annotated[
-        list[str] | None, typer.Option("--model", help="name=path, 'rx' or 'knn'. Repeatable.")
+        list[str] | None,
+        typer.Option(
+            "--model", help="name=path, or one of {fit_on_dataset} (fitted here). Repeatable."
+        ),
     ] = None,
     datasets: Annotated[list[Path] | None, typer.Option("--dataset", help="Repeatable.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to create.")] = None,

@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from specad.cli.app import (
+    Axes,
     Force,
-    Layout,
+    NamesInHelp,
     app,
     fail,
     fmt_number,
@@ -18,7 +19,7 @@ from specad.cli.app import (
 )
 
 
-@app.command()
+@app.command(cls=NamesInHelp)
 def scene(
     file: Annotated[Path, typer.Argument(help="One cube (any supported format).")],
     truth: Annotated[
@@ -28,7 +29,7 @@ def scene(
         str,
         typer.Option(
             help="Comma-separated: auto (global RX on MNF 20, PCA 20 and all bands, "
-            "rank-fused), rx, lrx, crd, 2s-glrt (one table)."
+            "rank-fused), {scene_detectors} (one table)."
         ),
     ] = "auto",
     param: Annotated[
@@ -44,7 +45,7 @@ def scene(
     reduce: Annotated[str, typer.Option(help="Band reduction first: none, pca or mnf.")] = "none",
     components: Annotated[int, typer.Option(help="Components kept by --reduce.")] = 20,
     variable: Annotated[str | None, typer.Option(help="Cube variable in a .mat/.npz.")] = None,
-    layout: Layout = None,
+    axes: Axes = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Folder for each map (TIFF, PNG) and scene.json.")
     ] = None,
@@ -78,7 +79,7 @@ def scene(
         reduce=reduce,
         components=components,
     )
-    runs, record = scene_scores(file, truth, variable, layout, names, params, prep)
+    runs, record = scene_scores(file, truth, variable, axes, names, params, prep)
     shape = runs[0].score_map.shape
     summary = {
         "file": str(file),

@@ -216,7 +216,7 @@ class SceneDetectorNode(Node):
 
     def __init__(
         self,
-        detector: str = "rx",
+        detector: str = "global-rx",
         params: dict[str, Any] | None = None,
         drop_bands: list[list[float]] | None = None,
         reduce: str = "none",

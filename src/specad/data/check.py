@@ -47,9 +47,9 @@ class CheckReport:
         )
 
 
-def check_dataset(root: str | Path, layout: str | None = None) -> CheckReport:
+def check_dataset(root: str | Path, axes: str | None = None) -> CheckReport:
     """Read every cube and mask once and list every problem, instead of stopping at the first."""
-    ds, problems = discover_dataset(root, layout)
+    ds, problems = discover_dataset(root, axes)
     counts: Counter[tuple[str, str]] = Counter((s.split, s.label) for s in ds.samples)
     for split in ("train", "val"):
         if not ds.split(split):

@@ -33,7 +33,7 @@ class Sample:
     """One cube of a dataset and where its mask lives (None for normal cubes).
 
     ``class_ids`` are the ids its mask may hold (None: any, when the dataset lists no classes);
-    ``layout`` is the cubes' stored axis order when the dataset sets one (see ``read_cube``).
+    ``axes`` is the cubes' stored axis order when the dataset sets one (see ``read_cube``).
     """
 
     path: Path
@@ -41,14 +41,14 @@ class Sample:
     label: str
     mask: Path | None = None
     class_ids: frozenset[int] | None = None
-    layout: str | None = None
+    axes: str | None = None
 
     @property
     def anomalous(self) -> bool:
         return self.label != GOOD
 
     def read(self) -> Cube:
-        return read_cube(self.path, layout=self.layout)
+        return read_cube(self.path, axes=self.axes)
 
 
 @dataclass
@@ -98,26 +98,27 @@ def _cube_files(folder: Path) -> list[Path]:
     )
 
 
-def load_dataset(root: str | Path, layout: str | None = None) -> Dataset:
-    """Discover a dataset's samples; the layout is recognised from the folders present.
+def load_dataset(root: str | Path, axes: str | None = None) -> Dataset:
+    """Discover a dataset's samples; the layout is recognised from the folders present, and
+    ``axes`` is the stored axis order of its plain arrays (None: each format's convention).
 
     A defect folder that ``classes.json`` does not name is an error here, for every command.
     """
-    ds, problems = discover_dataset(root, layout)
+    ds, problems = discover_dataset(root, axes)
     if problems:
         raise SpecadError(problems[0])
     return ds
 
 
-def discover_dataset(root: str | Path, layout: str | None = None) -> tuple[Dataset, list[str]]:
+def discover_dataset(root: str | Path, axes: str | None = None) -> tuple[Dataset, list[str]]:
     """The dataset and its structural problems, for callers that list them all (``check``)."""
     root = Path(root)
     if not root.is_dir():
         raise SpecadError("dataset folder not found", root)
     if (root / "train").is_dir() or (root / "test").is_dir():
-        ds = _load_specad(root, layout)
+        ds = _load_specad(root, axes)
     else:
-        ds = _load_cuvis_example(root, layout)
+        ds = _load_cuvis_example(root, axes)
     problems = []
     if ds.layout == "specad" and (root / "classes.json").is_file():
         names = set(ds.classes.values())
@@ -130,11 +131,11 @@ def discover_dataset(root: str | Path, layout: str | None = None) -> tuple[Datas
     return ds, problems
 
 
-def _load_specad(root: Path, layout: str | None) -> Dataset:
+def _load_specad(root: Path, axes: str | None) -> Dataset:
     classes = _read_classes(root / "classes.json")
     ids = frozenset(classes) if (root / "classes.json").is_file() else None
     samples = [
-        Sample(p, split, GOOD, layout=layout)
+        Sample(p, split, GOOD, axes=axes)
         for split in ("train", "val")
         for p in _cube_files(root / split / GOOD)
     ]
@@ -143,7 +144,7 @@ def _load_specad(root: Path, layout: str | None) -> Dataset:
         label = folder.name
         for p in _cube_files(folder):
             mask = root / "ground_truth" / label / f"{p.stem}.png" if label != GOOD else None
-            samples.append(Sample(p, "test", label, mask, ids, layout))
+            samples.append(Sample(p, "test", label, mask, ids, axes))
     return Dataset(root, samples, classes, "specad")
 
 
@@ -159,7 +160,7 @@ def _read_classes(path: Path) -> dict[int, str]:
     return classes
 
 
-def _load_cuvis_example(root: Path, layout: str | None) -> Dataset:
+def _load_cuvis_example(root: Path, axes: str | None) -> Dataset:
     annotations = root / "annotations.json"
     classes = _read_annotations(annotations)
     ids = frozenset(classes) if annotations.is_file() else None
@@ -167,10 +168,10 @@ def _load_cuvis_example(root: Path, layout: str | None) -> Dataset:
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         for p in _cube_files(folder):
             if OK_MARK in p.name:
-                samples.append(Sample(p, _hash_split(p.name), GOOD, layout=layout))
+                samples.append(Sample(p, _hash_split(p.name), GOOD, axes=axes))
             else:
                 mask = p.with_name(f"{p.stem}_0_RGB_mask.png")
-                samples.append(Sample(p, "test", folder.name, mask, ids, layout))
+                samples.append(Sample(p, "test", folder.name, mask, ids, axes))
     if not samples:
         raise SpecadError(
             "no cubes found: expected train/ val/ test/ folders, or one folder per defect", root

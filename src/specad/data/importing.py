@@ -35,7 +35,8 @@ from specad.errors import SpecadError
 from specad.io import IMAGE_SUFFIXES, Cube, atomic_dir, refuse_overlap, write_cube
 from specad.io.cube import check_declared
 
-LAYOUTS = ("auto", "mtd", "mvtec")
+IMPORT_LAYOUTS = ("auto", "mtd", "mvtec")
+"""Foreign dataset layouts `import_dataset` converts (``auto``: recognised from the folders)."""
 _GRAY = ("L", "I;16", "I", "F", "1")
 """Image modes read as one channel; the others become R, G, B."""
 
@@ -67,8 +68,8 @@ def import_dataset(
     refuse_overlap(out, [source])
     if not source.is_dir():
         raise SpecadError("dataset folder not found", source)
-    if layout not in LAYOUTS:
-        raise SpecadError(f"unknown layout '{layout}'; use one of {', '.join(LAYOUTS)}")
+    if layout not in IMPORT_LAYOUTS:
+        raise SpecadError(f"unknown layout '{layout}'; use one of {', '.join(IMPORT_LAYOUTS)}")
     if not 0 < val_fraction < 1:
         raise SpecadError(f"val fraction must be in (0, 1), got {val_fraction}")
     if layout == "auto":

@@ -8,7 +8,6 @@ to cube size.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +144,7 @@ class Detector:
         """Write ``model.safetensors`` and ``model.json`` atomically; returns the tensor file."""
         path = model_file(path)
         with atomic_file(path) as tmp, atomic_file(path.with_name(META_FILE)) as meta_tmp:
-            save_weights(self.model, tmp, path)
+            self.model.save(tmp)
             meta_tmp.write_text(self.meta.to_json())
         return path
 
@@ -154,15 +153,3 @@ class Detector:
         """Load a model file (or the run folder holding it). Errors name the file at fault."""
         model, meta = load_model(path)
         return cls(model, meta, device).use_runtime(runtime, model_file(path))
-
-
-def save_weights(model: BaseDetector, tmp: Path, path: Path) -> None:
-    """``model.save(tmp)`` for the file ``path``. safetensors reports a failed write (a full
-    disk) as its own error, not an ``OSError``: here it is one line naming ``path`` and why."""
-    from safetensors import SafetensorError
-
-    try:
-        model.save(tmp)
-    except SafetensorError as err:
-        cause = re.sub(r" \(os error \d+\)$", "", str(err).rpartition("I/O error: ")[2])
-        raise SpecadError(f"cannot write ({cause})", path) from err

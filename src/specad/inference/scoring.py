@@ -49,14 +49,23 @@ def run_split(
     with tqdm(total=len(samples), disable=not progress, unit="cube") as bar:  # closed on error
         for i in range(0, len(samples), batch_size):
             chunk = samples[i : i + batch_size]
-            cubes = [s.read() for s in chunk]
-            preds = detector.predict(cubes, tiled=tiled, paths=[s.path for s in chunk])
-            for s, c, p in zip(chunk, cubes, preds, strict=True):  # type: ignore[arg-type]
-                scores.append(p.score)
-                maps.append(p.anomaly_map)
-                masks.append(read_mask(s, c.shape[:2]))
+            batch = score_batch(detector, chunk, tiled)
+            scores += batch[0]
+            maps += batch[1]
+            masks += batch[2]
             bar.update(len(chunk))
     return SplitResults(list(samples), np.asarray(scores, dtype=np.float64), maps, masks)
+
+
+def score_batch(
+    detector: Detector, samples: Sequence[Sample], tiled: bool
+) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
+    """One batch of `run_split`: scores, maps and masks. Shared by local runs and Dask workers,
+    so both compute the same maps."""
+    cubes = [s.read() for s in samples]
+    preds = detector.predict(cubes, tiled=tiled, paths=[s.path for s in samples])
+    masks = [read_mask(s, c.shape[:2]) for s, c in zip(samples, cubes, strict=True)]
+    return [p.score for p in preds], [p.anomaly_map for p in preds], masks
 
 
 def score_file(
@@ -67,7 +76,7 @@ def score_file(
     *,
     tiled: bool = False,
     variable: str | None = None,
-    layout: str | None = None,
+    axes: str | None = None,
 ) -> float:
     """Score one cube into ``tmp/maps/NAME.tif`` and ``tmp/overlays/NAME.png``; its score.
     Shared by local runs and Dask workers, so both write the same files."""
@@ -75,7 +84,7 @@ def score_file(
 
     from specad.visual import false_colour, overlay
 
-    cube = read_cube(path, variable=variable, layout=layout)
+    cube = read_cube(path, variable=variable, axes=axes)
     pred = detector.predict(cube, tiled=tiled, paths=[path])
     map_file = tmp / "maps" / f"{name}.tif"
     map_file.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,14 @@ counts into reflectance is an explicit step (:func:`to_reflectance`), because th
 (white tile, dark frame, a fixed scale) depends on the rig.
 """
 
-from specad.io.cube import CUBE_SUFFIXES, IMAGE_SUFFIXES, LAYOUTS, Cube, default_rgb, to_reflectance
+from specad.io.cube import (
+    AXIS_ORDERS,
+    CUBE_SUFFIXES,
+    IMAGE_SUFFIXES,
+    Cube,
+    default_rgb,
+    to_reflectance,
+)
 from specad.io.files import (
     atomic_dir,
     atomic_file,
@@ -15,15 +22,15 @@ from specad.io.files import (
     refuse_overlap,
     reserve_output,
 )
-from specad.io.read import LayoutGuess, read_cube, read_mat_arrays
-from specad.io.write import write_cube
+from specad.io.read import AxesGuess, read_cube, read_mat_arrays
+from specad.io.write import save_tensors, write_cube
 
 __all__ = [
+    "AXIS_ORDERS",
     "CUBE_SUFFIXES",
     "IMAGE_SUFFIXES",
-    "LAYOUTS",
     "Cube",
-    "LayoutGuess",
+    "AxesGuess",
     "atomic_dir",
     "atomic_file",
     "escaped",
@@ -35,5 +42,6 @@ __all__ = [
     "refuse_overlap",
     "reserve_output",
     "to_reflectance",
+    "save_tensors",
     "write_cube",
 ]

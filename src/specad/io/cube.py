@@ -19,7 +19,7 @@ from specad.spectral import RGB_PRIMARIES_NM, VISIBLE_NM
 CUBE_SUFFIXES = (".tif", ".tiff", ".npy", ".npz", ".hdr", ".mat", ".cu3s")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 """Plain images (photos, masks) that PIL reads: penalty images and imported datasets."""
-LAYOUTS = ("hwc", "chw", "whc", "cwh", "hcw", "wch")
+AXIS_ORDERS = ("hwc", "chw", "whc", "cwh", "hcw", "wch")
 """Axis orders of a stored 3-D array: ``chw`` is band-first, ``whc`` MATLAB-style transposed."""
 
 

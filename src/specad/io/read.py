@@ -1,7 +1,7 @@
 """Readers: TIFF, NumPy, ENVI, MATLAB v5/v7.3 and Cubert ``.cu3s`` to one (H, W, C) ``Cube``.
 
 Each format is read as its writer stored it (see :func:`read_cube`); only arrays with no
-convention are guessed, with a :class:`LayoutGuess` warning.
+convention are guessed, with an :class:`AxesGuess` warning.
 """
 
 from __future__ import annotations
@@ -22,22 +22,22 @@ import numpy as np
 
 from specad.bounds import EXPANSION_FLOOR, MAX_EXPANSION
 from specad.errors import SpecadError
-from specad.io.cube import CUBE_SUFFIXES, LAYOUTS, Cube, Stored, check_declared, pick_variable
+from specad.io.cube import AXIS_ORDERS, CUBE_SUFFIXES, Cube, Stored, check_declared, pick_variable
 from specad.io.matlab import WAVELENGTH_KEYS, read_mat_arrays
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 
-def read_cube(path: str | Path, variable: str | None = None, layout: str | None = None) -> Cube:
+def read_cube(path: str | Path, variable: str | None = None, axes: str | None = None) -> Cube:
     """Read a cube from TIFF, NumPy, ENVI, MATLAB or Cubert ``.cu3s``.
 
     ``variable`` names the array inside a ``.mat``/``.npz`` file; by default the largest 3-D
-    numeric array is taken. ``layout`` (one of :data:`LAYOUTS`) is the stored axis order of a
+    numeric array is taken. ``axes`` (one of :data:`AXIS_ORDERS`) is the stored axis order of a
     plain array; without it MATLAB files are H x W x B (MATLAB's convention), TIFF follows the
     axes its writer recorded, and only arrays with no convention (NumPy files, TIFFs written
-    from a bare array) are guessed from their shape, with a :class:`LayoutGuess` warning.
-    ENVI and ``.cu3s`` describe their own layout and ignore it. Values are checked for NaN/Inf.
+    from a bare array) are guessed from their shape, with an :class:`AxesGuess` warning.
+    ENVI and ``.cu3s`` describe their own axis order and ignore it. Values are checked for NaN/Inf.
     The size a file declares is checked against `specad.bounds.MAX_CUBE_ELEMENTS` before any of
     it is read (`check_declared`).
     """
@@ -62,17 +62,17 @@ def read_cube(path: str | Path, variable: str | None = None, layout: str | None 
             f"{', '.join(CUBE_SUFFIXES)})",
             path,
         )
-    if layout is not None and layout not in LAYOUTS:
-        raise SpecadError(f"unknown layout '{layout}' (use one of {', '.join(LAYOUTS)})")
+    if axes is not None and axes not in AXIS_ORDERS:
+        raise SpecadError(f"unknown axis order '{axes}' (use one of {', '.join(AXIS_ORDERS)})")
     if not path.is_file():
         raise SpecadError("no such file", path)
     try:
         if suffix in (".npz", ".mat"):
-            cube = readers[suffix](path, variable, layout)
+            cube = readers[suffix](path, variable, axes)
         elif suffix in (".hdr", ".cu3s"):
             cube = readers[suffix](path)
         else:
-            cube = readers[suffix](path, layout)
+            cube = readers[suffix](path, axes)
     except SpecadError:
         raise
     except Exception as err:  # noqa: BLE001 - any library failure means an unreadable file
@@ -85,12 +85,12 @@ def read_cube(path: str | Path, variable: str | None = None, layout: str | None 
     return cube
 
 
-class LayoutGuess(UserWarning):
-    """A cube's axis order was guessed from its shape; ``layout=`` (``--layout``) sets it."""
+class AxesGuess(UserWarning):
+    """A cube's axis order was guessed from its shape; ``axes=`` (``--axes``) sets it."""
 
 
-def _apply_layout(data: np.ndarray, layout: str | None, path: Path) -> np.ndarray:
-    """(H, W, C) float32 from a stored array; ``layout=None`` guesses from the shape.
+def _apply_axes(data: np.ndarray, axes: str | None, path: Path) -> np.ndarray:
+    """(H, W, C) float32 from a stored array; ``axes=None`` guesses from the shape.
 
     The guess takes an axis smaller than both others as the band axis (cubes have fewer bands
     than pixels per side in practice), preferring the last, and says so once per process.
@@ -102,16 +102,16 @@ def _apply_layout(data: np.ndarray, layout: str | None, path: Path) -> np.ndarra
         return data[:, :, None].astype(np.float32)
     if data.ndim != 3:
         raise SpecadError(f"expected a 3-D cube, got shape {data.shape}", path)
-    if layout is None:
-        layout = "chw" if data.shape[0] < min(data.shape[1:]) else "hwc"
+    if axes is None:
+        axes = "chw" if data.shape[0] < min(data.shape[1:]) else "hwc"
         warnings.warn(
-            LayoutGuess(
-                f"cube layout guessed as '{layout}' from the array shape (the smallest axis is "
-                "taken as bands); pass --layout (or layout=) to set it"
+            AxesGuess(
+                f"cube axis order guessed as '{axes}' from the array shape (the smallest axis is "
+                "taken as bands); pass --axes (or axes=) to set it"
             ),
             stacklevel=3,
         )
-    order = [layout.index(axis) for axis in "hwc"]
+    order = [axes.index(axis) for axis in "hwc"]
     return data.transpose(order).astype(np.float32, order="C")
 
 
@@ -126,34 +126,34 @@ def _meta_kwargs(meta: dict | None) -> dict:
     }
 
 
-def _read_tiff(path: Path, layout: str | None) -> Cube:
+def _read_tiff(path: Path, axes: str | None) -> Cube:
     """Pages are bands unless the writer recorded the axes (``S``/``C`` = samples/channels).
 
     A bare array written by ``tifffile.imwrite(path, cube)`` records only its shape, so its
-    layout is the array's own: taken from ``layout`` or guessed, never pages-as-bands.
+    axis order is the array's own: taken from ``axes`` or guessed, never pages-as-bands.
     """
     import tifffile
 
     with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        axes = series.axes
+        stored = series.axes
         stacked = len(tif.series) > 1 and all(s.shape == series.shape for s in tif.series)
         check_declared((len(tif.series),) * stacked + tuple(series.shape), path)
         if stacked:
             data = np.stack([s.asarray() for s in tif.series])  # one 2-D image per band
-            axes = "Q" + axes
+            stored = "Q" + stored
         else:
             data = series.asarray()
         meta = tif.shaped_metadata[0] if tif.shaped_metadata else None
     spectral = _meta_kwargs((meta or {}).get("spectral"))
-    if data.ndim == 2 or layout is not None:
-        return Cube(_apply_layout(data, layout, path), **spectral)
+    if data.ndim == 2 or axes is not None:
+        return Cube(_apply_axes(data, axes, path), **spectral)
     if data.ndim != 3:
-        raise SpecadError(f"TIFF has {data.ndim} dimensions ({axes}); expected 2 or 3", path)
-    bare = meta is not None and "axes" not in meta and not stacked and "S" not in axes
+        raise SpecadError(f"TIFF has {data.ndim} dimensions ({stored}); expected 2 or 3", path)
+    bare = meta is not None and "axes" not in meta and not stacked and "S" not in stored
     if bare:  # tifffile.imwrite(path, array): pages of the array's first axis, shape recorded
-        return Cube(_apply_layout(data, None, path), **spectral)
-    band_axis = axes.find("S") if "S" in axes else axes.find("C") if "C" in axes else 0
+        return Cube(_apply_axes(data, None, path), **spectral)
+    band_axis = stored.find("S") if "S" in stored else stored.find("C") if "C" in stored else 0
     return Cube(np.moveaxis(data, band_axis, -1).astype(np.float32, order="C"), **spectral)
 
 
@@ -169,12 +169,12 @@ def _quiet(name: str) -> Iterator[None]:
         logger.disabled = disabled
 
 
-def _read_npy(path: Path, layout: str | None) -> Cube:
+def _read_npy(path: Path, axes: str | None) -> Cube:
     with path.open("rb") as f:
         shape, _, _ = _npy_header(f)
     check_declared(shape, path)
     data = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped: read once, by the copy
-    return Cube(_apply_layout(data, layout, path))
+    return Cube(_apply_axes(data, axes, path))
 
 
 def _npy_header(f: Any) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -194,7 +194,7 @@ _META_BYTES = 1 << 20
 is a few KB even at `specad.bounds.MAX_CHANNELS` bands."""
 
 
-def _read_npz(path: Path, variable: str | None, layout: str | None) -> Cube:
+def _read_npz(path: Path, variable: str | None, axes: str | None) -> Cube:
     with zipfile.ZipFile(path) as z:
         listing = _npz_listing(z, path)
         name = pick_variable(listing, variable, path)
@@ -207,9 +207,9 @@ def _read_npz(path: Path, variable: str | None, layout: str | None) -> Cube:
                     f"the 'meta' band description is over {_META_BYTES:,} bytes", path
                 )
             meta = json.loads(str(_npz_array(z, "meta")))
-    if meta is not None and layout is None:
-        layout = "hwc"  # written by write_cube
-    return Cube(_apply_layout(data, layout, path), **_meta_kwargs(meta))
+    if meta is not None and axes is None:
+        axes = "hwc"  # written by write_cube
+    return Cube(_apply_axes(data, axes, path), **_meta_kwargs(meta))
 
 
 def _npz_listing(z: zipfile.ZipFile, path: Path) -> dict[str, Stored]:
@@ -254,9 +254,9 @@ def _npz_array(z: zipfile.ZipFile, name: str) -> np.ndarray:
         return np.lib.format.read_array(f, allow_pickle=False)
 
 
-def _read_mat(path: Path, variable: str | None, layout: str | None) -> Cube:
+def _read_mat(path: Path, variable: str | None, axes: str | None) -> Cube:
     name, arrays = read_mat_arrays(path, variable)
-    data = _apply_layout(arrays[name], layout or "hwc", path)
+    data = _apply_axes(arrays[name], axes or "hwc", path)
     wavelengths = None
     for key in WAVELENGTH_KEYS:
         if key in arrays and arrays[key].size == data.shape[2]:

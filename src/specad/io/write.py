@@ -12,6 +12,27 @@ from specad.io.cube import Cube
 from specad.io.files import atomic_file
 
 
+def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file (no pickle) whose bytes depend only on its content.
+
+    safetensors writes its header's maps in an order that changes from process to process, so
+    the header is written again with sorted keys: a resumed training must end in a file that is
+    byte-identical to an uninterrupted one. The data offsets are relative to the end of the
+    header, so only its length prefix changes.
+    """
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors keeps it
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(raw[8 + size :])
+
+
 def write_cube(path: str | Path, cube: Cube) -> None:
     """Write ``cube`` atomically: TIFF (float32, compressed), ``.npy``, ``.npz`` or ENVI ``.hdr``.
 

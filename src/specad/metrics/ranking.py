@@ -61,8 +61,8 @@ class Flags:
     through the normal scores above the lower one, then rises along a diagonal through those
     tied with it (a tie counts half). The normal scores are sorted once (NumPy's vectorised
     sort) and each threshold is placed among them by binary search, so no per-metric or
-    per-class sort of all pixels is needed: that took about 10 s of a 25 s
-    ``specad evaluate`` of 100 images at 384 px with scikit-learn (AMD EPYC, 1 thread).
+    per-class sort of all pixels is needed: with scikit-learn those sorts were the larger part
+    of a ``specad evaluate``.
     """
 
     values: np.ndarray  # [K] the distinct anomalous scores, descending

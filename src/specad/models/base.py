@@ -40,6 +40,7 @@ from torch import Tensor
 
 from specad.bounds import FiniteFloat, shown, validate
 from specad.errors import SpecadError
+from specad.io import save_tensors
 from specad.metrics import DEFAULT_FAR, is_anomalous, threshold_at_far
 
 Images = Tensor | Sequence[Tensor]
@@ -325,8 +326,6 @@ class BaseDetector(ABC):
         """One safetensors file: fitted tensors, with the format version, parameters and
         fitted values as JSON in its metadata (no pickle, so loading a file from anyone is
         safe)."""
-        from safetensors.torch import save_file
-
         tensors, values = self.state()
         metadata = {
             "format": FORMAT,
@@ -334,7 +333,7 @@ class BaseDetector(ABC):
             "params": json.dumps(self.get_params()),
             "fitted": json.dumps(values),
         }
-        save_file(tensors, str(path), metadata=metadata)
+        save_tensors(tensors, path, metadata)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))

@@ -6,13 +6,13 @@ CPU-length EfficientAD training (issue 12), and fitting is a forward pass plus a
 Memory, stated for the defaults (blocks 4 + 10 + 12: D = 344 features per patch, stride 8):
 
 - fitted model: the bank, ``coreset_size`` x D float32 (2,048 x 344 = 2.8 MB), and the frozen
-  extractor (blocks 0-12 of EfficientNet-Lite0, 5.7 MB), both saved in the model file, plus
+  extractor (blocks 0-12 of EfficientNet-Lite0), both saved in the model file, plus
   two N x N spectral models;
 - fitting: at most ``max_patches`` x D float32 patch features (50,000 x 344 = 69 MB) and their
   random projection (``max_patches`` x ``projection`` = 13 MB), the spectral models' pixel
-  sample (200,000 x N float64 each, 9.6 MB at N = 6), and one batch of images: a sequence of
-  images is read `_BATCH` at a time, so a lazy one (`specad.fit.fit_on_dataset`'s) keeps
-  no more of the dataset in memory than that;
+  sample (200,000 x N float64 each: 200,000 x 6 = 9.6 MB at six bands), and one batch of
+  images: a sequence of images is read `_BATCH` at a time, so a lazy one
+  (`specad.fit.fit_on_dataset`'s) keeps no more of the dataset in memory than that;
 - scoring: patch-to-bank distances in chunks of at most ``SEARCH_ELEMENTS`` floats (64 MB), and
   two float64 copies of each batch for the spectral maps.
 """
@@ -50,8 +50,8 @@ from specad.models.pixel_spectra import PixelSpectra
 from specad.spectral import Mapping
 
 _BATCH = 4
-"""Images per extractor forward. On a 2-core AMD EPYC (AVX2) at 256 px: 0.048 s per image at 4,
-0.051 at 1, 0.061 at 8, 0.087 at 16 (larger batches spill the caches)."""
+"""Images per extractor forward: the fastest per image on a 2-core CPU; larger batches spill
+the caches (benchmarks/speed/knn_speed_results.md)."""
 
 
 @detector
@@ -62,7 +62,7 @@ class KNN(Exportable, BaseDetector):
     Patch map: the outputs of EfficientNet-Lite0 ``blocks``, upsampled to the first one's grid,
     concatenated and 3x3 average-pooled (`EfficientNetLite0Teacher`, stem adapted to N channels).
     The defaults were measured on MTD (benchmarks/accuracy/real_results.md): adding block 12 to
-    4 + 10 raised pixel AUROC from 0.71 to 0.75 and image AUROC from 0.87 to 0.90.
+    4 + 10 raised both pixel and image AUROC.
     ``fit`` keeps up to ``max_patches`` random patches of the normal images and reduces them to
     ``coreset_size`` by greedy k-centre selection, distances measured after a Gaussian random
     projection to ``projection`` dimensions as PatchCore does. A patch's score is the Euclidean
@@ -72,8 +72,8 @@ class KNN(Exportable, BaseDetector):
     Spectral maps (`PixelSpectra`): the level and the shape of each pixel's spectrum against
     its image's median, Mahalanobis-scored and blurred with ``spectral_sigma``. ImageNet
     features mix the bands the stem adapts, so a material that differs only in SWIR (water,
-    foil) can look normal to them; on tray6 these maps lifted image AUROC from 0.89 to 1.00,
-    on tray6-hard from 0.83 to 0.95 (benchmarks/accuracy/tray6_results.md).
+    foil) can look normal to them; on tray6 and tray6-hard these maps lifted image AUROC
+    (benchmarks/accuracy/tray6_results.md).
 
     The map is ``normalise(patch) + w * sum(normalise(spectral maps))``, each normalised
     by its own 0.9 / 0.995 quantiles on the normal ``val`` images
@@ -85,8 +85,8 @@ class KNN(Exportable, BaseDetector):
     its three pretrained filters, i.e. more than three channels (`spectral_weight`). With one
     to three channels every band reaches the features through its own ImageNet filters, so
     nothing is hidden from the patch map, and the spectral maps only add the normal colour
-    variation of the product: on real photographs they cost image AUROC (MVTec transistor
-    0.954 against 0.992 without, MTD 0.010; benchmarks/accuracy/real_results.md). The rule reads the
+    variation of the product: on real photographs (MVTec transistor, MTD) they cost image AUROC
+    (benchmarks/accuracy/real_results.md). The rule reads the
     channel count alone, never a label. A number sets the weight by hand (0: off).
     Shapes: images [B, N, S, S], standardised per channel (specad's `Preprocess`) -> maps
     [B, 1, S, S].
@@ -234,7 +234,7 @@ class KNN(Exportable, BaseDetector):
 
     def to(self, device: str | torch.device) -> Self:
         """Move the fitted extractor and bank (the spectral maps are computed on the CPU);
-        channels-last, which ran the extractor 1.4x as fast on a 2-core AMD EPYC."""
+        channels-last, which runs the extractor faster on CPUs (docs/runtimes.md)."""
         self.check_fitted()
         self.extractor_ = self.extractor_.to(device, memory_format=torch.channels_last)
         self.bank_ = self.bank_.to(device)
@@ -308,8 +308,7 @@ def batches(images: Images) -> Iterator[Tensor]:
 
 SPECTRAL_WEIGHT = 0.5
 """Weight of the spectral maps where the rule turns them on: measured on tray6 and tray6-hard
-(benchmarks/accuracy/tray6_results.md), where 0.5 lifted image AUROC from 0.89 to 1.00 and 0.83
-to 0.95."""
+(benchmarks/accuracy/tray6_results.md), where this weight lifted image AUROC on both."""
 STEM_FILTERS = 3
 """Input filters of the pretrained stem (R, G, B): more channels than this share filters."""
 

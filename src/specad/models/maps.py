@@ -90,7 +90,7 @@ def upsample_blur(maps: Tensor, size: tuple[int, int], sigma: float) -> Tensor:
 
     Both steps are separable and linear, so the matrices give the same map to float rounding,
     in two matrix products instead of a resize, a padded copy and two long convolutions at full
-    size: 7 % of knn's ONNX time went to those on a 2-core AMD EPYC. In an export the matrices
+    size, a visible share of knn's ONNX time on a CPU. In an export the matrices
     are constants, since the graph's input size is fixed.
     """
     h, w = (int(s) for s in maps.shape[-2:])

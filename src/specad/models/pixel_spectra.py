@@ -4,7 +4,8 @@ Pretrained patch features see N bands only through a stem that mixes them, so a 
 differs from its surroundings only in SWIR (water, alcohol, foil) can look normal to them. These
 maps score every pixel's own spectrum instead. Both are taken relative to the image's median
 spectrum, because a tray under another lamp or with another batch of sawdust is normal as a
-whole: on ``tray6-hard`` a global model of the spectrum (RX) fell to image AUROC 0.82.
+whole: on ``tray6-hard`` a global model of the spectrum (RX) fell well behind
+(benchmarks/accuracy/tray6_results.md).
 """
 
 from __future__ import annotations

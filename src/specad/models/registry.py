@@ -25,16 +25,20 @@ DETECTORS: dict[str, type[BaseDetector]] = {
 }
 """Detector name -> class."""
 
-FIT_ON_DATASET = tuple(name for name, cls in DETECTORS.items() if not cls.needs_training)
-"""Detectors fitted on a dataset in seconds, by name (``specad evaluate NAME DATASET``,
-``specad fit NAME DATASET``); the others need `specad train -c CONFIG`."""
+
+def fit_on_dataset_names() -> tuple[str, ...]:
+    """Detectors fitted on a dataset in seconds, by name (``specad evaluate NAME DATASET``,
+    ``specad fit NAME DATASET``); the others need `specad train -c CONFIG`. Read from
+    `DETECTORS` on each call, so a detector added there is fittable and named in the CLI's
+    help with no other edit."""
+    return tuple(name for name, cls in DETECTORS.items() if not cls.needs_training)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """What a MODEL argument names, told apart once where it enters (the command line, a report
-    config): a detector fitted on the dataset in seconds (``kind``, a `FIT_ON_DATASET` name) or
-    a saved model (``path``: a run folder or its model file)."""
+    config): a detector fitted on the dataset in seconds (``kind``, one of
+    `fit_on_dataset_names`) or a saved model (``path``: a run folder or its model file)."""
 
     kind: str | None = None
     path: Path | None = None
@@ -44,7 +48,7 @@ class ModelSpec:
         if isinstance(value, ModelSpec):
             return value
         text = str(value)
-        return cls(kind=text) if text in FIT_ON_DATASET else cls(path=Path(text))
+        return cls(kind=text) if text in fit_on_dataset_names() else cls(path=Path(text))
 
     def __str__(self) -> str:
         return self.kind if self.kind is not None else str(self.path)

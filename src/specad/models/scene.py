@@ -172,9 +172,6 @@ def refuse_memory(needed: int, what: str, advice: str) -> None:
 class SceneDetector(CubeDetector):
     """Base of the single-scene detectors: every pixel against its own scene's background."""
 
-    scene_name: ClassVar[str]
-    """The name in ``specad scene --detectors``."""
-
     def __post_init__(self) -> None:
         if hasattr(self, "outer"):
             _check_windows(self.outer, self.inner)
@@ -186,7 +183,7 @@ class SceneDetector(CubeDetector):
         if hasattr(self, "outer"):
             _check_windows(self.outer, self.inner, cube.shape)
         h, w, b = cube.shape
-        what = f"{self.scene_name} on {h}x{w}x{b}"
+        what = f"{self.kind} on {h}x{w}x{b}"
         refuse_memory(self.working_bytes(cube.shape), what, self.advice)
         # Thousands of small LAPACK calls: threading inside each one only adds contention.
         with threadpool_limits(1, user_api="blas"):
@@ -215,7 +212,6 @@ class GlobalRX(SceneDetector):
     """
 
     kind: ClassVar[str] = "global-rx"
-    scene_name: ClassVar[str] = "rx"
     shrinkage: Shrinkage = 0.0
 
     def working_bytes(self, shape: tuple[int, int, int]) -> int:
@@ -238,7 +234,6 @@ class LocalRX(SceneDetector):
     """
 
     kind: ClassVar[str] = "lrx"
-    scene_name: ClassVar[str] = "lrx"
     outer: StrictInt = 25
     inner: StrictInt = 5
     ridge: Loading = 1e-3
@@ -279,7 +274,6 @@ class TwoStepGLRT(SceneDetector):
     """
 
     kind: ClassVar[str] = "2s-glrt"
-    scene_name: ClassVar[str] = "2s-glrt"
     outer: StrictInt = 21
     inner: StrictInt = 5
     ridge: Loading = 1e-6
@@ -327,7 +321,6 @@ class CRD(SceneDetector):
     """
 
     kind: ClassVar[str] = "crd"
-    scene_name: ClassVar[str] = "crd"
     outer: StrictInt = 11
     inner: StrictInt = 5
     lam: Loading = 1e-6
@@ -387,9 +380,9 @@ def minmax_bands(x: np.ndarray) -> np.ndarray:
 
 
 SCENE_DETECTORS: dict[str, type[SceneDetector]] = {
-    cls.scene_name: cls for cls in (GlobalRX, LocalRX, CRD, TwoStepGLRT)
+    cls.kind: cls for cls in (GlobalRX, LocalRX, CRD, TwoStepGLRT)
 }
-"""``specad scene`` name -> detector class (all of them are in `specad.models.registry` too)."""
+"""``specad scene`` name (the registry name, `specad.models.registry`) -> detector class."""
 
 
 def make_detector(name: str, **params: float | int) -> SceneDetector:
@@ -399,7 +392,9 @@ def make_detector(name: str, **params: float | int) -> SceneDetector:
     return SCENE_DETECTORS[name](**params)  # type: ignore[arg-type]
 
 
-def detect_scene(cube: np.ndarray, detector: str = "rx", **params: float | int) -> np.ndarray:
+def detect_scene(
+    cube: np.ndarray, detector: str = "global-rx", **params: float | int
+) -> np.ndarray:
     """One call: the (H, W) map of detector ``detector`` on an (H, W, B) scene."""
     return make_detector(detector, **params).score_cube(cube)
 
@@ -419,14 +414,14 @@ class Member:
 
 AUTO = "auto"
 """``specad scene``'s default detector name: the ensemble `SCENE_DEFAULT`."""
-SCENE_DEFAULT = (Member("rx"), Member("rx", "pca"), Member("rx", "mnf"))
+SCENE_DEFAULT = (Member("global-rx"), Member("global-rx", "pca"), Member("global-rx", "mnf"))
 """Global RX on all bands, after PCA to 20 components and after MNF to 20, rank-fused.
 
 Chosen on the three shared HAD scenes (benchmarks/accuracy/scene_default_results.md): among global
 RX on each band preparation and their rank fusions, the candidate with the best mean pixel AUROC,
-a family whose choice held on the scene left out (leave-one-scene-out mean 0.982 against
-0.975 for global RX on all bands), while choosing among the local detectors too overfitted the
-two scenes it saw (0.974). It beats global RX on all bands on each shared scene and costs about
+a family whose choice held on the scene left out (leave-one-scene-out, above global RX on all
+bands), while choosing among the local detectors too overfitted the two scenes it saw. It beats
+global RX on all bands on each shared scene and costs about
 three global RX runs.
 """
 

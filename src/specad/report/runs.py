@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from specad.data import Dataset, load_dataset
-from specad.evaluate import evaluate_split
+from specad.evaluate import run_and_evaluate
 from specad.fit import fit_on_dataset
-from specad.inference import Detector, SplitResults, run_split
+from specad.inference import Detector, SplitResults
 from specad.metrics import curves
 from specad.predict import cluster
 from specad.report.config import ReportConfig
@@ -76,18 +76,15 @@ def run_dataset(
 ) -> DatasetRuns:
     """Every model on one dataset's test and validation cubes, with metrics and curves."""
     ds = load_dataset(root)
-    test, val = ds.require("test"), ds.require("val")
+    for split in ("test", "val"):  # a missing split is refused before any fitting
+        ds.require(split)
     runs = []
     for model, spec in cfg.models.items():
         det = loaded[model] if spec.kind is None else fit_on_dataset(spec.kind, ds)
         with cluster(cfg.scheduler, cfg.workers, det, spec, "cpu") as dask:
-            if dask is not None:  # on the Dask workers, cube for cube as in this process
-                res = dask.run_split(test, tiled=cfg.tiled)
-                val_res = dask.run_split(val, tiled=cfg.tiled)
-            else:
-                res = run_split(det, test, tiled=cfg.tiled, progress=progress)
-                val_res = run_split(det, val, tiled=cfg.tiled, progress=progress)
-        summary = evaluate_split(res, val_res, cfg.far, det.threshold)  # predict's verdicts
+            res, summary = run_and_evaluate(  # with predict's verdicts: the model's threshold
+                det, ds, cfg.far, det.threshold, tiled=cfg.tiled, progress=progress, cluster=dask
+            )
         crv = curves(res.scores, res.maps, res.masks, res.class_names, max_pixels=CURVE_PIXELS)
         runs.append(Run(model, det.kind, res, summary, crv, det.runtime))
     return DatasetRuns(name, ds, runs)

@@ -12,7 +12,12 @@ import numpy as np
 import torch
 
 RED, BLUE = (0.9, 0.1, 0.1), (0.1, 0.1, 0.9)
-LAYOUTS = {"normal": (RED, BLUE), "swap": (BLUE, RED), "both_red": (RED, RED), "missing": (RED,)}
+DISK_COLOURS = {
+    "normal": (RED, BLUE),
+    "swap": (BLUE, RED),
+    "both_red": (RED, RED),
+    "missing": (RED,),
+}
 """The disks' colours from left to right: normal images hold a red and a blue one."""
 KINDS = ("swap", "both_red", "missing")
 
@@ -21,11 +26,11 @@ def two_part_tray(
     kind: str, size: int, gap: float, radius: float, rng: np.random.Generator
 ) -> torch.Tensor:
     """One [3, S, S] image in [0, 1]: a grey tray (noise 0.02) with the disks of ``kind``
-    (`LAYOUTS`), of ``radius`` and with centres ``gap`` apart (shares of the side), each
+    (`DISK_COLOURS`), of ``radius`` and with centres ``gap`` apart (shares of the side), each
     jittered by up to 3 % of the side."""
     yy, xx = np.mgrid[:size, :size] / size
     img = 0.5 + 0.02 * rng.standard_normal((3, size, size))
-    for centre, colour in zip((0.5 - gap / 2, 0.5 + gap / 2), LAYOUTS[kind], strict=False):
+    for centre, colour in zip((0.5 - gap / 2, 0.5 + gap / 2), DISK_COLOURS[kind], strict=False):
         cy, cx = 0.5 + rng.uniform(-0.03, 0.03), centre + rng.uniform(-0.03, 0.03)
         disk = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
         img[:, disk] = np.asarray(colour)[:, None]

@@ -39,7 +39,7 @@ class DataConfig(Strict):
     root: Path
     channels: Channels = "all"
     image_size: int = Field(256, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)
-    layout: Literal["hwc", "chw", "whc", "cwh", "hcw", "wch"] | None = None
+    axes: Literal["hwc", "chw", "whc", "cwh", "hcw", "wch"] | None = None
     normalize: Literal["train", "none"] | Normalization = "train"
     flips: bool = False
     rot90: bool = False

