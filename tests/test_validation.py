@@ -3,7 +3,8 @@ saved tensors of every registered detector, ``--tiled`` at any channel count, fa
 
 Each numbered class of the issue has a test that failed before the fix. The generated cases
 (`fuzz_models`) are few here; ``benchmarks/robustness/fuzz.py`` runs thousands. Every failing
-command leaves the user's files byte-identical, and no case grows the test process past `PEAK_RSS_MB`.
+command leaves the user's files byte-identical, and no case grows the test process past
+`PEAK_RSS_MB`.
 """
 
 from __future__ import annotations
