@@ -82,6 +82,13 @@ def slow_case(*values: object) -> ParameterSet:
     return pytest.param(*values, marks=pytest.mark.slow)
 
 
+def quick_first(cases: list) -> list:
+    """``cases`` with all but the first as `slow_case`: the quick run checks the kind once,
+    the full suite every case (a tuple is one case of several arguments)."""
+    rest = [slow_case(*c) if isinstance(c, tuple) else slow_case(c) for c in cases[1:]]
+    return [cases[0], *rest]
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "ds")
