@@ -77,14 +77,14 @@ def main() -> None:
 
     families = {
         "every detector": candidates,
-        "global RX only": [c for c in candidates if all(n.endswith("/ rx") for n in c)],
+        "global RX only": [c for c in candidates if all(n.endswith("/ global-rx") for n in c)],
     }
 
     def best(family: str, on: list[str]) -> tuple[str, ...]:
         return max(families[family], key=lambda c: (np.mean([auroc[c][s] for s in on]), -len(c)))
 
     stems = list(maps)
-    baseline = ("all bands / rx",)
+    baseline = ("all bands / global-rx",)
     shipped = tuple(sorted(str(m) for m in SCENE_DEFAULT))
     lines = [
         "# `specad scene`'s default, chosen by leave-one-scene-out",

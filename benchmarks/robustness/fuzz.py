@@ -48,7 +48,7 @@ from fuzzing import TARGETS, Target, check_one, mutated
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specad.models.registry import DETECTORS, FIT_ON_DATASET, read_file
+from specad.models.registry import DETECTORS, fit_on_dataset_names, read_file
 
 FAILURES = Path(__file__).resolve().parents[1] / "out" / "fuzz-failures"
 
@@ -112,7 +112,7 @@ def reader_target(target: Target) -> tuple[st.SearchStrategy, Callable[[Path, An
 def entry_targets(models: dict[str, Path]) -> dict[str, tuple[st.SearchStrategy, Callable]]:
     """The parameter entry points: fit ``--set``, train ``--set``, and per detector its
     ``model.json`` and its saved tensors."""
-    fits = st.sampled_from(FIT_ON_DATASET).flatmap(
+    fits = st.sampled_from(fit_on_dataset_names()).flatmap(
         lambda kind: fm.set_items(fm.detector_keys(kind)).map(lambda items: (kind, items))
     )
     keys = ["data.image_size", "data.channels", "train.steps", "model.teacher", "train.lr", "x"]

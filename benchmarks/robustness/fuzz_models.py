@@ -173,7 +173,7 @@ def saved_models(root: Path) -> dict[str, Path]:
     from specad.fit import fit_on_dataset
     from specad.models.efficientad.build import build_efficientad
     from specad.models.efficientad.config import EfficientADConfig as Config
-    from specad.models.registry import DETECTORS, FIT_ON_DATASET
+    from specad.models.registry import DETECTORS, fit_on_dataset_names
 
     ds = load_dataset(make_dataset(root / "ds", size=32, counts=(2, 2, 1), defects=1))
     models = {}
@@ -181,7 +181,7 @@ def saved_models(root: Path) -> dict[str, Path]:
         warnings.simplefilter("ignore")  # thresholds from two validation scores warn
         for kind, cls in DETECTORS.items():
             folder = models[kind] = root / kind
-            if kind in FIT_ON_DATASET:
+            if kind in fit_on_dataset_names():
                 size = 32 if cls.input_size else None
                 fit_on_dataset(kind, ds, device="cpu", image_size=size).save(folder)
                 continue
