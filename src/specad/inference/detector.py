@@ -143,9 +143,10 @@ class Detector:
     def save(self, path: str | Path) -> Path:
         """Write ``model.safetensors`` and ``model.json`` atomically; returns the tensor file."""
         path = model_file(path)
-        with atomic_file(path) as tmp, atomic_file(path.with_name(META_FILE)) as meta_tmp:
+        with atomic_file(path) as tmp:  # nested, so that a failed write names its own file
             self.model.save(tmp)
-            meta_tmp.write_text(self.meta.to_json())
+            with atomic_file(path.with_name(META_FILE)) as meta_tmp:
+                meta_tmp.write_text(self.meta.to_json())
         return path
 
     @classmethod
