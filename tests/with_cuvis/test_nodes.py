@@ -131,7 +131,7 @@ def test_importing_specad_does_not_import_cuvis_ai() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("name", ["rx", "lrx", "crd", "2s-glrt"])
+@pytest.mark.parametrize("name", ["global-rx", "lrx", "crd", "2s-glrt"])
 def test_scene_detector_node_equals_the_scene_detector(name: str) -> None:
     """Each scene detector as a node: the map of `specad scene` on every cube of the batch."""
     from specad.models.bands import BandPrep
