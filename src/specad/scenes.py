@@ -238,13 +238,9 @@ def read_truth(file: Path, truth: str) -> np.ndarray:
     read by the same reader as the cube (MATLAB v5 and v7.3 alike)."""
     path = Path(truth)
     if path.is_file():
-        from PIL import Image
+        from specad.io.read import read_image
 
-        try:
-            with Image.open(path) as im:
-                return np.asarray(im.convert("L")) > 0
-        except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
-            raise SpecadError(f"cannot read truth mask ({type(err).__name__})", path) from err
+        return read_image(path, lambda im: im.convert("L")) > 0
     if file.suffix.lower() in (".mat", ".npz"):
         data = read_cube(file, variable=truth, axes="hwc").data
         if data.shape[2] != 1:

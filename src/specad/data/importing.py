@@ -21,9 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from PIL import Image
 from specad.data.dataset import GOOD
 from specad.errors import SpecadError
 from specad.io import IMAGE_SUFFIXES, Cube, atomic_dir, refuse_overlap, write_cube
-from specad.io.cube import check_declared
+from specad.io.read import open_image, read_image
 
 IMPORT_LAYOUTS = ("auto", "mtd", "mvtec")
 """Foreign dataset layouts `import_dataset` converts (``auto``: recognised from the folders)."""
@@ -179,45 +177,30 @@ def _check_items(items: list[Item]) -> None:
             raise SpecadError(f"mask is {mh}x{mw}, its image {h}x{w}", item.mask)
 
 
-@contextmanager
-def _opened(path: Path) -> Iterator[Image.Image]:
-    """``path`` opened by PIL (pixels not yet decoded), its size checked against
-    `specad.bounds.MAX_CUBE_ELEMENTS`; any failure, PIL's decompression-bomb refusal
-    included, is one line naming the file."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # bounded below
-            with Image.open(path) as im:
-                check_declared((im.height, im.width, _channels(im)), path, "the image")
-                yield im
-    except (OSError, Image.DecompressionBombError) as err:
-        raise SpecadError(f"cannot read image ({err})", path) from err
-
-
 def _channels(im: Image.Image) -> int:
     return 1 if im.mode in _GRAY else 3
 
 
 def _image_shape(path: Path) -> tuple[int, int, int]:
-    with _opened(path) as im:
+    with open_image(path) as im:
         return im.height, im.width, _channels(im)
 
 
-def _read_image(path: Path) -> np.ndarray:
-    with _opened(path) as im:
-        if im.mode in _GRAY:  # one channel, kept at its bit depth (a 1-bit image as 0/255)
-            return np.asarray(im.convert("L") if im.mode == "1" else im)
-        return np.asarray(im.convert("RGB"))
+def _stored(im: Image.Image) -> Image.Image:
+    """One grey channel kept at its bit depth (a 1-bit image as 0/255), else RGB."""
+    if im.mode in _GRAY:
+        return im.convert("L") if im.mode == "1" else im
+    return im.convert("RGB")
 
 
 def _write_item(out: Path, item: Item, class_id: int) -> None:
-    data = _read_image(item.image).astype(np.float32)
+    data = read_image(item.image, _stored).astype(np.float32)
     bands = ["gray"] if data.ndim == 2 else ["R", "G", "B"]
     folder = out / item.split / item.label
     write_cube(folder / f"{item.image.stem}.npz", Cube(data, bands))
     if item.mask is None:
         return
-    mask = _read_image(item.mask)
+    mask = read_image(item.mask, _stored)
     mask = mask if mask.ndim == 2 else mask.max(axis=2)
     ids = np.where(mask >= max(1, mask.max()) / 2, class_id, 0).astype(np.uint8)
     target = out / "ground_truth" / item.label / f"{item.image.stem}.png"

@@ -363,10 +363,11 @@ def _read_cu3s(path: Path, index: int = 0) -> Cube:
     return Cube(data, wavelengths=wavelengths)
 
 
-def read_image(path: Path, convert: Callable[[Image], Image] | None = None) -> np.ndarray:
-    """The pixels of a plain image (PNG, JPEG, ...: a mask, a truth map, a photo to import),
-    as stored or after ``convert`` (e.g. ``lambda im: im.convert("RGB")``), its declared size
-    checked before it is decoded (`check_declared`); any failure is one line naming the file.
+@contextmanager
+def open_image(path: Path) -> Iterator[Image]:
+    """A plain image (PNG, JPEG, ...: a mask, a truth map, a photo to import) opened by PIL,
+    pixels not yet decoded, its declared size checked first (`check_declared`); any failure is
+    one line naming the file.
 
     PIL refuses images over twice its own pixel limit as decompression bombs
     (``DecompressionBombError``), which is said as such; below that it only warns, and
@@ -379,8 +380,7 @@ def read_image(path: Path, convert: Callable[[Image], Image] | None = None) -> n
         try:
             with PIL.open(path) as im:
                 check_declared((im.height, im.width, len(im.getbands())), path, "the image")
-                im.load()
-                return np.asarray(convert(im) if convert else im)
+                yield im
         except SpecadError:
             raise
         except PIL.DecompressionBombError as err:
@@ -391,3 +391,11 @@ def read_image(path: Path, convert: Callable[[Image], Image] | None = None) -> n
             ) from err
         except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
             raise SpecadError(f"cannot read image ({type(err).__name__}: {err})", path) from err
+
+
+def read_image(path: Path, convert: Callable[[Image], Image] | None = None) -> np.ndarray:
+    """The pixels of a plain image (`open_image`), as stored or after ``convert`` (e.g.
+    ``lambda im: im.convert("RGB")``)."""
+    with open_image(path) as im:
+        im.load()
+        return np.asarray(convert(im) if convert else im)
