@@ -3,9 +3,15 @@ the tiny models trained on it once per session; the one helper that runs the CLI
 
 from __future__ import annotations
 
+import functools
+import locale
+import multiprocessing
+import multiprocessing.context
 import os
+import runpy
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+if "PYTEST_XDIST_WORKER" in os.environ:  # one process per core already: no torch thread pools
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # spinning against each other
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "robustness"))
 # The fuzzer's library and the tiny dataset live with the fuzzer (benchmarks import nothing from
 # tests/); the fuzz tests import its modules by name through this one path entry.
@@ -47,20 +55,91 @@ def run_specad(
     env: dict | None = None,
     check: bool = False,
 ) -> subprocess.CompletedProcess:
-    """The ``specad`` command in a child process, bounded in time: the one CLI helper of the
+    """``python -m specad ARGS`` in a child process, bounded in time: the one CLI helper of the
     tests. ``check`` asserts it succeeded (exit 0), showing its stderr where it did not; a
-    command expected to fail goes to `one_line_failure`."""
-    done = subprocess.run(
-        [sys.executable, "-m", "specad", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=None if env is None else os.environ | env,
-    )
+    command expected to fail goes to `one_line_failure`.
+
+    The child is forked from a server that has already imported specad, torch and scikit-learn
+    (`_cli_server`), so a call costs milliseconds instead of the seconds those imports take; it
+    is still a process of its own, running ``specad/__main__.py`` with its exit code, streams,
+    working directory and umask. A call with ``env``, or after the environment changed, starts
+    a fresh interpreter instead, since imports may have read the old one."""
+    if env is not None or _environment() != _SERVER_ENV:
+        done = subprocess.run(
+            [sys.executable, "-m", "specad", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            env=None if env is None else os.environ | env,
+        )
+    else:
+        done = _forked_cli(list(args), timeout, cwd)
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
+
+
+_SET_BY_IMPORTS = {"PYTEST_CURRENT_TEST", "KMP_DUPLICATE_LIB_OK", "KMP_INIT_AT_FORK"}
+"""Set by pytest and by importing scikit-learn, not by a test: the fork server has them too."""
+
+
+def _environment() -> dict[str, str]:
+    """The environment a test gave the command line."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _SET_BY_IMPORTS and not k.startswith("TORCHINDUCTOR_")
+    }
+
+
+_SERVER_ENV = _environment()
+_PRELOAD = [
+    "conftest", "specad.cli", "specad.fit", "specad.evaluate", "specad.predict", "specad.scenes",
+    "specad.report", "specad.export", "specad.demo", "specad.models.scene", "specad.runtime",
+]  # fmt: skip
+"""What the fork server imports once: the command line and the APIs its commands import."""
+
+
+@functools.cache
+def _cli_server() -> multiprocessing.context.ForkServerContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(_PRELOAD)
+    return context
+
+
+def _forked_cli(args: list[str], timeout: float, cwd: Path | None) -> subprocess.CompletedProcess:
+    umask = os.umask(0)
+    os.umask(umask)
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
+        child = _cli_server().Process(target=_cli_child, args=(args, cwd, umask, out, err))
+        child.start()
+        child.join(timeout)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+            raise subprocess.TimeoutExpired([sys.executable, "-m", "specad", *args], timeout)
+        encoding = locale.getpreferredencoding(False)
+        return subprocess.CompletedProcess(
+            [sys.executable, "-m", "specad", *args],
+            child.exitcode,
+            out.read_text(encoding),
+            err.read_text(encoding),
+        )
+
+
+def _cli_child(args: list[str], cwd: Path | None, umask: int, out: Path, err: Path) -> None:
+    """In the forked child: what ``python -m specad ARGS`` does, streams to files."""
+    os.umask(umask)
+    if cwd is not None:
+        os.chdir(cwd)
+    for fd, path in ((1, out), (2, err)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.argv = ["-m", *args]
+    runpy.run_module("specad", run_name="__main__", alter_sys=True)
 
 
 def one_line_failure(done: subprocess.CompletedProcess, *needles: str) -> str:
@@ -87,6 +166,14 @@ def quick_first(cases: list) -> list:
     the full suite every case (a tuple is one case of several arguments)."""
     rest = [slow_case(*c) if isinstance(c, tuple) else slow_case(c) for c in cases[1:]]
     return [cases[0], *rest]
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject's addopts): a worker per core this process may use, as many as
+    memory allows at about 3 GiB each (a worker trains and exports tiny models)."""
+    from specad.runtime import available_memory, usable_cores
+
+    return max(1, min(usable_cores(), available_memory() // (3 * 2**30)))
 
 
 @pytest.fixture
