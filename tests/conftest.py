@@ -171,7 +171,8 @@ def quick_first(cases: list) -> list:
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto`` (pyproject's addopts): a worker per core this process may use, as many as
     memory allows at about 3 GiB each (a worker trains and exports tiny models)."""
-    from specad.runtime import available_memory, usable_cores
+    from specad.runtime import available_memory
+    from specad.threads import usable_cores
 
     return max(1, min(usable_cores(), available_memory() // (3 * 2**30)))
 

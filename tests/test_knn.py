@@ -185,7 +185,7 @@ def test_spectral_shape_is_blind_to_a_lamp_gain_and_the_level_is_relative() -> N
     spectra = PixelSpectra.fit(images, None, seed=0)
     level, shape = spectra.maps(images[:2])
     dim_level, dim_shape = spectra.maps(0.6 * images[:2])  # the same trays under a dimmer lamp
-    torch.testing.assert_close(dim_shape, shape)
+    torch.testing.assert_close(dim_shape, shape, rtol=1e-4, atol=1e-4)  # float32 transforms
     assert level.shape == shape.shape == (2, 1, 32, 32)
     shifted_level, _ = spectra.maps(images[:2] + 0.3)  # brighter everywhere: nothing stands out
     torch.testing.assert_close(shifted_level, level)

@@ -104,3 +104,49 @@ def test_global_rx_matches_numpy_on_real_scene(scene: str) -> None:
     reference = roc_auc_score(truth, _numpy_rx(data).ravel())
     print(f"{scene}: pixel AUROC specad {ours:.4f}, numpy {reference:.4f}")
     assert ours == pytest.approx(reference, abs=0.005)
+
+
+def _hyperspectral_cubes(n: int, channels: int = 40, seed: int = 0) -> list:
+    """Cubes with three strong spectral factors over noise that differs by band, as real
+    hyperspectral data has (a seed is one distribution; the cubes are draws from it)."""
+    rng = np.random.default_rng(seed)
+    loadings = rng.normal(size=(3, channels))
+    noise = np.linspace(0.05, 0.3, channels)
+    return [
+        rng.normal(size=(24, 24, 3)) @ loadings + noise * rng.normal(size=(24, 24, channels))
+        for _ in range(n)
+    ]
+
+
+def test_components_equal_to_the_band_count_is_full_rx() -> None:
+    cubes = _hyperspectral_cubes(3)
+    full = RX().fit_cubes(cubes)
+    reduced = RX(components=40).fit_cubes(cubes)
+    assert reduced.residual_ == 0.0
+    test = _hyperspectral_cubes(4)[3]
+    np.testing.assert_allclose(reduced.score_cube(test), full.score_cube(test), rtol=1e-5)
+
+
+def test_reduced_rx_keeps_every_distance_within_the_tail_factor() -> None:
+    """`flat_tail`'s promise: with the axes it keeps, every distance lies within TAIL_FACTOR of
+    full RX's, including spectra far off the normal axes; and it keeps fewer axes than bands."""
+    from specad.models.rx import TAIL_FACTOR
+
+    cubes = _hyperspectral_cubes(3)
+    full = RX().fit_cubes(cubes)
+    auto = RX(components="auto").fit_cubes(cubes)
+    assert 3 <= auto.whitening_.shape[1] < 40 and auto.residual_ > 0
+    test = _hyperspectral_cubes(4)[3]
+    test[5, 5] += 5.0 * np.sin(np.arange(40))  # off every normal axis
+    ratio = auto.score_cube(test) / full.score_cube(test)
+    assert ratio.min() >= 1 / TAIL_FACTOR - 1e-6 and ratio.max() <= TAIL_FACTOR + 1e-6
+    assert np.unravel_index(np.argmax(auto.score_cube(test)), (24, 24)) == (5, 5)
+
+
+def test_a_reduced_rx_survives_save_and_load(tmp_path: Path) -> None:
+    cubes = _hyperspectral_cubes(2)
+    auto = RX(components="auto").fit_cubes(cubes)
+    auto.calibrate([1.0, 2.0, 3.0]).save(tmp_path / "rx.safetensors")
+    loaded = load_detector(tmp_path / "rx.safetensors")
+    assert (loaded.residual_, loaded.whitening_.shape) == (auto.residual_, auto.whitening_.shape)
+    np.testing.assert_array_equal(loaded.score_cube(cubes[0]), auto.score_cube(cubes[0]))

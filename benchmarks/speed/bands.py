@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,15 +48,24 @@ def make_dataset(folder: Path, bands: int) -> Path:
     return synthesize(folder, "tray-hsi", seed=1, cameras=(camera,), **COUNTS)
 
 
+TIMEOUT = 900
+"""Seconds after which a run is stopped and reported as such."""
+
+
 def timed(*args: str) -> dict:
     """``python -m specad ARGS`` in its own process: wall seconds and its peak RSS."""
     start = time.perf_counter()
     child = subprocess.Popen(
         [sys.executable, "-m", "specad", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
+    stop = threading.Timer(TIMEOUT, child.kill)
+    stop.start()
     _, status, usage = os.wait4(child.pid, 0)
+    stop.cancel()
     seconds = time.perf_counter() - start
     stdout, stderr = child.stdout.read(), child.stderr.read()
+    if seconds >= TIMEOUT:
+        return {"seconds": f"stopped after {TIMEOUT}", "peak_rss_gb": usage.ru_maxrss / 2**20}
     if os.waitstatus_to_exitcode(status):
         raise SystemExit(stderr.decode())
     return {"seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2)} | (

@@ -32,7 +32,8 @@ from specad.errors import SpecadError
 from specad.inference import Detector, SplitResults, score_file
 from specad.inference.scoring import score_batch
 from specad.models.registry import ModelSpec
-from specad.runtime import available_memory, usable_cores
+from specad.runtime import available_memory
+from specad.threads import usable_cores
 
 try:
     import dask.config

@@ -63,15 +63,6 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity, which containers and ``taskset``
-    narrow), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def available_memory(device: torch.device | None = None) -> int:
     """Bytes that can still be allocated on ``device`` (default: host memory): free GPU memory,
     or the host's available memory, less where a cgroup (a container's limit) allows less."""

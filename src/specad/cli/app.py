@@ -26,6 +26,25 @@ app = typer.Typer(
 dataset_app = typer.Typer(no_args_is_help=True, help="Inspect datasets.")
 app.add_typer(dataset_app, name="dataset")
 
+
+@app.callback()
+def _threads(
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="Compute threads (default: the cores this process may use that other programs "
+            "leave idle; OMP_NUM_THREADS, where set).",
+        ),
+    ] = None,
+) -> None:
+    """Anomaly detection for multispectral and hyperspectral cubes with any number of channels."""
+    from specad.threads import set_threads
+
+    set_threads(threads)
+
+
 out = Console()
 err = Console(stderr=True)
 

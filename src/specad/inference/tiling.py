@@ -28,13 +28,18 @@ def tile_starts(length: int, tile: int) -> list[int]:
     return starts + [length - tile]
 
 
-def tiled_map(
-    maps: MapFn, pre: Preprocess, cube: Cube, batch_size: int = 8, path: Path | None = None
-) -> np.ndarray:
+BATCH_BYTES = 128 * 2**20
+"""Float32 bytes of the tiles scored at once (at most `BATCH_TILES`): the maps' working memory
+grows with it, so a cube of many bands is scored a few tiles at a time."""
+BATCH_TILES = 8
+
+
+def tiled_map(maps: MapFn, pre: Preprocess, cube: Cube, path: Path | None = None) -> np.ndarray:
     """The (H, W) map of a cube at least one tile (``pre.image_size``) in each direction.
 
-    Tiles are cut, normalised and scored ``batch_size`` at a time, so memory beyond the cube
-    is the (H, W) sums and weights (8 bytes a pixel) plus one batch of tiles. The cube's
+    Tiles are cut, normalised and scored up to `BATCH_BYTES` at a time, so memory beyond the
+    cube (which may stay memory-mapped: `specad.io.read_cube`) is the (H, W) sums and weights
+    (8 bytes a pixel) plus one batch of tiles. The cube's
     channel count is checked first, as for a resized cube: selecting the model's channels from
     another cube would index bands it lacks, or score the wrong ones.
     """
@@ -44,6 +49,7 @@ def tiled_map(
     total = np.zeros((h, w), np.float32)
     weight = np.zeros((h, w), np.float32)
     origins = [(top, left) for top in tile_starts(h, tile) for left in tile_starts(w, tile)]
+    batch_size = max(1, min(BATCH_TILES, BATCH_BYTES // (4 * tile * tile * len(pre.channels))))
     for i in range(0, len(origins), batch_size):
         batch = origins[i : i + batch_size]
         tiles = [cube.data[t : t + tile, x : x + tile][:, :, pre.channels] for t, x in batch]

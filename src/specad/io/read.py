@@ -94,7 +94,9 @@ def _apply_axes(data: np.ndarray, axes: str | None, path: Path) -> np.ndarray:
 
     The guess takes an axis smaller than both others as the band axis (cubes have fewer bands
     than pixels per side in practice), preferring the last, and says so once per process.
-    The result is one C-ordered copy, so that `Cube` need not copy it again.
+    The result is one C-ordered copy, so that `Cube` need not copy it again, or the stored
+    array itself where it is float32 in that order already: a memory-mapped ``.npy`` then stays
+    mapped, and a cube larger than memory is read a tile at a time (``predict --tiled``).
     """
     if data.dtype.kind not in "fiub":
         raise SpecadError(f"unsupported data type {data.dtype}", path)
@@ -112,7 +114,7 @@ def _apply_axes(data: np.ndarray, axes: str | None, path: Path) -> np.ndarray:
             stacklevel=3,
         )
     order = [axes.index(axis) for axis in "hwc"]
-    return data.transpose(order).astype(np.float32, order="C")
+    return data.transpose(order).astype(np.float32, order="C", copy=False)
 
 
 def _meta_kwargs(meta: dict | None) -> dict:
@@ -173,7 +175,7 @@ def _read_npy(path: Path, axes: str | None) -> Cube:
     with path.open("rb") as f:
         shape, _, _ = _npy_header(f)
     check_declared(shape, path)
-    data = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped: read once, by the copy
+    data = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped, read where it is used
     return Cube(_apply_axes(data, axes, path))
 
 

@@ -49,7 +49,7 @@ Units = tuple[Sequence[float], Sequence[float]]
 """Per-channel ``(scale, offset)`` with ``stored = image * scale + offset``: how preprocessed
 images map back to the cube's own units (`specad.data.Preprocess.units`)."""
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """The model file format. Raised whenever saved state changes meaning: a file of another version
 is refused in one line (`specad.models.registry.check_format`), never half read."""
 FORMAT = f"specad.detector/{FORMAT_VERSION}"

@@ -42,8 +42,12 @@ class PixelSpectra:
       all bands alike (a dimmer lamp, a shadow). None for one channel, which has no shape.
 
     Each is ``sqrt((y - mu)^T S^-1 (y - mu))`` with ``mu``, ``S`` fitted on training pixels
-    transformed the same way (`RX`, Ledoit-Wolf shrinkage). Shapes: [B, C, H, W] ->
-    [B, 1, H, W] per map.
+    transformed the same way (`RX`, Ledoit-Wolf shrinkage), on as many principal axes as
+    `specad.models.rx.flat_tail` keeps: the rest are scored by their mean variance, which keeps
+    each distance within a bounded factor of the full one while its cost grows with the axes
+    kept, not with the square of the band count. The transforms run in float32 (their inputs
+    are float32 already); the distances in float64. Shapes: [B, C, H, W] -> [B, 1, H, W] per
+    map.
     """
 
     scale: Tensor  # [C]: cube units = input * scale + offset
@@ -62,8 +66,8 @@ class PixelSpectra:
             torch.tensor(scale, dtype=torch.float64),
             torch.tensor(offset, dtype=torch.float64),
             torch.zeros(c, dtype=torch.float64),
-            RX(seed=seed),
-            RX(seed=seed) if c > 1 else None,
+            RX(components="auto", seed=seed),
+            RX(components="auto", seed=seed) if c > 1 else None,
         )
         spectra.floor = (
             FLOOR
@@ -77,14 +81,15 @@ class PixelSpectra:
         return spectra
 
     def _units(self, x: Tensor) -> Tensor:
-        return x.double() * self.scale.view(1, -1, 1, 1) + self.offset.view(1, -1, 1, 1)
+        scale, offset = self.scale.float().view(1, -1, 1, 1), self.offset.float().view(1, -1, 1, 1)
+        return torch.addcmul(offset, x.float(), scale)
 
     @staticmethod
     def _level(x: Tensor) -> Tensor:
-        return _centred(x.double())
+        return _centred(x.float())
 
     def _shape(self, x: Tensor) -> Tensor:
-        logs = torch.maximum(self._units(x), self.floor.view(1, -1, 1, 1)).log()
+        logs = self._units(x).clamp_(min=self.floor.float().view(1, -1, 1, 1)).log_()
         return _centred(logs - logs.mean(dim=1, keepdim=True))
 
     @staticmethod

@@ -18,9 +18,38 @@ from torch import Tensor
 from specad.bounds import ChannelCount, Seed, validate
 from specad.errors import SpecadError
 from specad.models.bands import CHUNK, blocks, covariance
-from specad.models.base import CubeDetector, FittedInput, Images, check_shape, detector
+from specad.models.base import (
+    CubeDetector,
+    FittedInput,
+    Images,
+    NonNegative,
+    check_shape,
+    detector,
+)
 
 Shrinkage = Literal["auto"] | Annotated[float, Field(strict=True, ge=0, le=1)]
+Components = Literal["auto"] | Annotated[int, Field(strict=True, ge=1)] | None
+
+TAIL_FACTOR = 2.0
+"""``components="auto"``: the discarded variances lie within this factor of their mean, so every
+distance is within this factor of full RX's (see `flat_tail`)."""
+
+
+def flat_tail(variances: np.ndarray, factor: float = TAIL_FACTOR) -> int:
+    """The fewest leading components (at least 1) after which the remaining ``variances``
+    (descending) all lie within ``factor`` of their mean.
+
+    Why this rule: RX with ``k`` components scores the discarded directions with their mean
+    variance instead of their own, so each of their terms is off by that variance's ratio to
+    the mean: bounding the ratio by ``factor`` bounds every distance to within ``factor`` of
+    full RX's, whatever the pixel. It reads the training pixels' covariance, never a label.
+    """
+    c = len(variances)
+    mean = np.cumsum(variances[::-1])[::-1] / np.arange(c, 0, -1)  # mean of variances[k:]
+    high = np.maximum.accumulate(variances[::-1])[::-1]
+    low = np.minimum.accumulate(variances[::-1])[::-1]
+    flat = (high <= factor * mean) & (mean <= factor * low)
+    return max(1, int(np.argmax(flat))) if flat.any() else c
 
 
 def _pixels(cube: np.ndarray) -> np.ndarray:
@@ -41,14 +70,20 @@ class RX(CubeDetector):
     correlated or pixels are few: ``a`` is the Ledoit-Wolf estimate for ``"auto"``, or the given
     number (``0`` is classic RX). Its inverse is kept as a whitening matrix from an
     eigendecomposition, discarding numerically null directions like a pseudo-inverse, so
-    distances never go negative. Shapes: cube (H, W, C) -> map (H, W); images [B, C, H, W] ->
-    maps [B, 1, H, W].
+    distances never go negative.
+
+    ``components`` k (None: all) keeps the k leading principal axes and scores the rest by
+    their mean variance ``s2`` (probabilistic PCA): ``d(y) = |W^T (y - mu)|^2 + |r|^2 / s2``
+    with ``r`` the part of ``y - mu`` off those axes, which costs C x k per pixel instead of
+    C x C. ``"auto"`` picks k by `flat_tail`. With k = C it is classic RX.
+    Shapes: cube (H, W, C) -> map (H, W); images [B, C, H, W] -> maps [B, 1, H, W].
     """
 
     kind: ClassVar[str] = "rx"
-    fitted: ClassVar[tuple[str, ...]] = ("mean_", "whitening_")
+    fitted: ClassVar[tuple[str, ...]] = ("mean_", "whitening_", "residual_")
     shrinkage: Shrinkage = "auto"
     max_pixels: Annotated[int, Field(strict=True, ge=2)] = 200_000
+    components: Components = None
     seed: Seed = 0
 
     def fit_maps(
@@ -70,6 +105,9 @@ class RX(CubeDetector):
                     f"training cube {i} has {px.shape[1]} channels, earlier ones {kept.shape[1]}"
                 )
             new_keys = rng.random(px.shape[0])
+            if keys.size == self.max_pixels:  # full: only keys below the largest kept can enter
+                below = new_keys < keys.max()
+                px, new_keys = px[below], new_keys[below]
             if px.shape[0] > self.max_pixels:
                 sel = np.argpartition(new_keys, self.max_pixels)[: self.max_pixels]
                 px, new_keys = px[sel], new_keys[sel]
@@ -91,9 +129,14 @@ class RX(CubeDetector):
         """Keep ``mean`` and the whitening of ``cov`` shrunk by ``alpha``."""
         cov = shrunk_covariance(cov, shrinkage=alpha)
         eigval, eigvec = np.linalg.eigh(cov)
-        keep = eigval > eigval.max() * cov.shape[0] * np.finfo(np.float64).eps
+        eigval, eigvec = eigval[::-1], eigvec[:, ::-1]  # leading axes first
+        keep = eigval > eigval[0] * cov.shape[0] * np.finfo(np.float64).eps
+        eigval, eigvec = eigval[keep], eigvec[:, keep]
+        k = flat_tail(eigval) if self.components == "auto" else self.components or len(eigval)
+        k = min(k, len(eigval))
         self.mean_ = mean
-        self.whitening_ = eigvec[:, keep] / np.sqrt(eigval[keep])
+        self.whitening_ = eigvec[:, :k] / np.sqrt(eigval[:k])
+        self.residual_ = float(1 / eigval[k:].mean()) if k < len(eigval) else 0.0
         self.shrinkage_ = float(alpha)
         return self
 
@@ -110,9 +153,16 @@ class RX(CubeDetector):
         if px.shape[1] != channels:
             raise SpecadError(f"model expects {channels} channels, got {px.shape[1]}")
         out = np.empty(px.shape[0], dtype=np.float32)
+        inverse_sd = np.linalg.norm(self.whitening_, axis=0)  # 1 / sqrt(variance) per axis
+        axes = self.whitening_ / inverse_sd  # unit principal axes, [C, k]
         for start in range(0, px.shape[0], CHUNK):
             chunk = px[start : start + CHUNK].astype(np.float64) - self.mean_
-            out[start : start + CHUNK] = np.square(chunk @ self.whitening_).sum(axis=1)
+            along = chunk @ axes  # [n, k]: coordinates on the kept axes
+            d = np.square(along * inverse_sd).sum(axis=1)
+            if self.residual_:  # the rest of each pixel, scored by the discarded mean variance
+                rest = np.square(chunk).sum(axis=1) - np.square(along).sum(axis=1)
+                d += np.maximum(rest, 0.0) * self.residual_
+            out[start : start + CHUNK] = d
         return out.reshape(np.shape(cube)[:2])
 
     def _tensors(self) -> dict[str, Tensor]:
@@ -122,7 +172,7 @@ class RX(CubeDetector):
         }
 
     def _scalars(self) -> dict[str, Any]:
-        return {"shrinkage": self.shrinkage_}
+        return {"shrinkage": self.shrinkage_, "residual": self.residual_}
 
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
         mean, whitening = tensors["mean"], tensors["whitening"]
@@ -134,6 +184,7 @@ class RX(CubeDetector):
         self.mean_ = mean.double().numpy()
         self.whitening_ = whitening.double().numpy()
         self.shrinkage_ = validate(Shrinkage, scalars["shrinkage"], None, "rx shrinkage")
+        self.residual_ = validate(NonNegative, scalars["residual"], None, "rx residual")
 
 
 def rx_scene(cube: np.ndarray, shrinkage: Shrinkage = 0.0) -> np.ndarray:
