@@ -114,6 +114,8 @@ class Preprocess:
     def select(self, cube: Cube, path: Path | None = None) -> np.ndarray:
         """The cube's selected channels, (H, W, C'), after checking its channel count."""
         self.check(cube, path)
+        if list(self.channels) == list(range(cube.channels)):  # all of them: no copy
+            return cube.data
         return cube.data[:, :, self.channels]
 
     def cube_tensor(self, cube: Cube, path: Path | None = None) -> torch.Tensor:
@@ -126,9 +128,11 @@ class Preprocess:
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean is None or self.std is None:
             return x
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        return (x - mean) / std * INPUT_STD + INPUT_MEAN
+        # (x - mean) / std * INPUT_STD + INPUT_MEAN as one pass: x * gain + shift
+        gain = INPUT_STD / torch.tensor(self.std, dtype=torch.float64)
+        shift = INPUT_MEAN - torch.tensor(self.mean, dtype=torch.float64) * gain
+        view = {"dtype": x.dtype, "device": x.device}
+        return torch.addcmul(shift.to(**view).view(-1, 1, 1), x, gain.to(**view).view(-1, 1, 1))
 
     def units(self) -> tuple[list[float], list[float]] | None:
         """Per-channel ``(scale, offset)`` with ``selected cube = input * scale + offset`` (the

@@ -10,11 +10,12 @@ Memory, stated for the defaults (blocks 4 + 10 + 12: D = 344 features per patch,
   two N x N spectral models;
 - fitting: at most ``max_patches`` x D float32 patch features (50,000 x 344 = 69 MB) and their
   random projection (``max_patches`` x ``projection`` = 13 MB), the spectral models' pixel
-  sample (200,000 x N float64 each: 200,000 x 6 = 9.6 MB at six bands), and one batch of
-  images: a sequence of images is read `_BATCH` at a time, so a lazy one
+  sample (`pixel_spectra.SAMPLE_VALUES` values each, float32, and their float64 copy), and one
+  batch of images: a sequence of images is read `_BATCH` at a time, so a lazy one
   (`specad.fit.fit_on_dataset`'s) keeps no more of the dataset in memory than that;
 - scoring: patch-to-bank distances in chunks of at most ``SEARCH_ELEMENTS`` floats (64 MB), and
-  two float64 copies of each batch for the spectral maps.
+  float32 transforms of each batch for the spectral maps, scored in float64 blocks of
+  `specad.models.bands.CHUNK` pixels.
 """
 
 from __future__ import annotations
@@ -147,16 +148,18 @@ class KNN(Exportable, BaseDetector):
         ).to(first.device, memory_format=torch.channels_last)
         self.wavelengths_ = None if wavelengths is None else [float(w) for w in wavelengths]
         per_image = math.ceil(self.max_patches / len(train))
-        kept, sides = [], set()
+        weighted = self.spectral_weight_ > 0
+        kept, sides, magnitude = [], set(), torch.zeros(first.shape[0])
         for batch in batches(train):
             sides.update(batch.shape[-2:])
+            if weighted:  # the spectral maps' log floor, in the same pass
+                magnitude += PixelSpectra.magnitude(batch, units)
             for f in self._patches(batch):  # [h*w, D] per image
                 pick = torch.randperm(len(f), generator=gen)[:per_image].to(f.device)
                 kept.append(f[pick])
         patches = torch.cat(kept)[: self.max_patches]
         self.bank_ = patches[greedy_coreset(patches, self.coreset_size, self.projection, gen)]
-        weighted = self.spectral_weight_ > 0
-        self.spectra_ = PixelSpectra.fit(train, units, self.seed) if weighted else None
+        self.spectra_ = PixelSpectra.fit(train, units, self.seed, magnitude) if weighted else None
         quantiles = {}  # none without val: the raw patch map
         if len(val):
             raw = []

@@ -10,7 +10,8 @@ whole: on ``tray6-hard`` a global model of the spectrum (RX) fell well behind
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -22,6 +23,11 @@ from specad.errors import SpecadError
 from specad.models.base import Units, check_shape, nest, unnest
 from specad.models.rx import RX
 
+SAMPLE_VALUES = 10_000_000
+"""Training values sampled per map (pixels x bands, at most `MAX_PIXELS` pixels): a
+covariance of C bands is well estimated from 200 x C pixels and more, and the sample's
+float64 working copies stay near 100 MB whatever the band count."""
+MAX_PIXELS = 200_000
 FLOOR = 1e-3
 """Smallest value taken to the log, as a share of the channel's mean absolute training value."""
 
@@ -39,7 +45,8 @@ class PixelSpectra:
       the rest of this image.
     - ``shape``: ``log(v) - mean_bands(log v)`` of the values ``v`` in the cube's own units
       (``units``), minus its image median: the spectrum's shape, blind to any gain that scales
-      all bands alike (a dimmer lamp, a shadow). None for one channel, which has no shape.
+      all bands alike (a dimmer lamp, a shadow), on C - 1 bands (the last one follows from the
+      others). None for one channel, which has no shape.
 
     Each is ``sqrt((y - mu)^T S^-1 (y - mu))`` with ``mu``, ``S`` fitted on training pixels
     transformed the same way (`RX`, Ledoit-Wolf shrinkage), on as many principal axes as
@@ -57,28 +64,54 @@ class PixelSpectra:
     shape: RX | None
 
     @classmethod
-    def fit(cls, images: Tensor | Sequence[Tensor], units: Units | None, seed: int) -> Self:
+    def fit(
+        cls,
+        images: Tensor | Sequence[Tensor],
+        units: Units | None,
+        seed: int,
+        magnitude: Tensor | None = None,
+    ) -> Self:
         """Fit both maps on normal images [B, C, H, W] or [C, H, W] each, taken one at a time
-        (``units`` None: already cube units). Like `maps`, the statistics live on the CPU."""
+        (``units`` None: already cube units): the log floor from ``magnitude`` (`magnitude`
+        summed over ``images``; a pass of its own where None), then a random sample of each
+        image's transformed pixels, at most `SAMPLE_VALUES` values in all. Like `maps`, the
+        statistics live on the CPU."""
         c = images[0].shape[0]
+        if magnitude is None:
+            magnitude = sum(cls.magnitude(x[None], units) for x in images)
         scale, offset = ([1.0] * c, [0.0] * c) if units is None else units
+        sample = max(2, min(MAX_PIXELS, SAMPLE_VALUES // c))
         spectra = cls(
             torch.tensor(scale, dtype=torch.float64),
             torch.tensor(offset, dtype=torch.float64),
             torch.zeros(c, dtype=torch.float64),
-            RX(components="auto", seed=seed),
-            RX(components="auto", seed=seed) if c > 1 else None,
+            RX(max_pixels=sample, components="auto", seed=seed),
+            RX(max_pixels=sample, components="auto", seed=seed) if c > 1 else None,
         )
-        spectra.floor = (
-            FLOOR
-            * sum(spectra._units(x[None].cpu()).abs().mean(dim=(0, 2, 3)) for x in images)
-            / len(images)
-            + torch.finfo(torch.float32).tiny
-        )
-        spectra.level.fit_cubes(spectra._cubes(images, spectra._level))
+        spectra.floor = FLOOR * magnitude / len(images) + torch.finfo(torch.float32).tiny
+        gen = torch.Generator().manual_seed(seed)
+        per_image = math.ceil(sample / len(images))
+        level, shape = [], []
+        for x in images:
+            x = x[None].cpu()
+            # pixels picked before the transpose to (n, C): the whole image is never transposed
+            pick = torch.randperm(x.shape[2] * x.shape[3], generator=gen)[:per_image]
+            level.append(spectra._level(x).flatten(2)[0][:, pick].T.numpy())
+            if spectra.shape is not None:
+                shape.append(spectra._shape(x).flatten(2)[0][:, pick].T.numpy())
+        spectra.level.fit_cubes(p[:, None] for p in level)  # (n, 1, C) "cubes"
         if spectra.shape is not None:
-            spectra.shape.fit_cubes(spectra._cubes(images, spectra._shape))
+            spectra.shape.fit_cubes(p[:, None] for p in shape)
         return spectra
+
+    @staticmethod
+    def magnitude(x: Tensor, units: Units | None) -> Tensor:
+        """[C]: each image's mean absolute value per channel in cube units, summed over the
+        images of ``x`` [B, C, H, W]; `fit` sets the log floor from it."""
+        scale, offset = (1.0, 0.0) if units is None else (torch.tensor(u) for u in units)
+        cube = x.cpu().float() * torch.as_tensor(scale).float().view(1, -1, 1, 1)
+        cube += torch.as_tensor(offset).float().view(1, -1, 1, 1)
+        return cube.abs_().mean(dim=(2, 3)).sum(0)
 
     def _units(self, x: Tensor) -> Tensor:
         scale, offset = self.scale.float().view(1, -1, 1, 1), self.offset.float().view(1, -1, 1, 1)
@@ -89,15 +122,10 @@ class PixelSpectra:
         return _centred(x.float())
 
     def _shape(self, x: Tensor) -> Tensor:
+        """[B, C - 1, H, W]: the last band is minus the sum of the others once the band mean is
+        taken off, so it is dropped; its covariance would have a null direction."""
         logs = self._units(x).clamp_(min=self.floor.float().view(1, -1, 1, 1)).log_()
-        return _centred(logs - logs.mean(dim=1, keepdim=True))
-
-    @staticmethod
-    def _cubes(
-        images: Tensor | Sequence[Tensor], transform: Callable[[Tensor], Tensor]
-    ) -> Iterator[Any]:
-        """One (H, W, C) NumPy cube per transformed image, for `RX.fit_cubes`."""
-        return (transform(x[None].cpu())[0].permute(1, 2, 0).numpy() for x in images)
+        return _centred(logs[:, :-1] - logs.mean(dim=1, keepdim=True))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -148,9 +176,10 @@ class PixelSpectra:
             raise SpecadError("knn spectral maps are missing their level model")
         shape = rx("shape")
         c = level.fitted_input.channels
-        if shape is not None and shape.fitted_input.channels != c:
+        if shape is not None and shape.fitted_input.channels != c - 1:
             raise SpecadError(
-                f"knn spectral shape model has {shape.fitted_input.channels} channels, not {c}"
+                f"knn spectral shape model has {shape.fitted_input.channels} channels, "
+                f"not {c - 1} (one less than its level model's {c})"
             )
         for name in ("scale", "offset", "floor"):
             check_shape("knn", f"spectra.{name}", tensors[name], c)

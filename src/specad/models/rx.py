@@ -149,21 +149,31 @@ class RX(CubeDetector):
 
     def score_cube(self, cube: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of every pixel to the background, as (H, W) float32."""
-        px, channels = _pixels(cube), self.fitted_input.channels
-        if px.shape[1] != channels:
-            raise SpecadError(f"model expects {channels} channels, got {px.shape[1]}")
-        out = np.empty(px.shape[0], dtype=np.float32)
-        inverse_sd = np.linalg.norm(self.whitening_, axis=0)  # 1 / sqrt(variance) per axis
-        axes = self.whitening_ / inverse_sd  # unit principal axes, [C, k]
-        for start in range(0, px.shape[0], CHUNK):
-            chunk = px[start : start + CHUNK].astype(np.float64) - self.mean_
-            along = chunk @ axes  # [n, k]: coordinates on the kept axes
-            d = np.square(along * inverse_sd).sum(axis=1)
+        return self._distances(_pixels(cube).T).reshape(np.shape(cube)[:2])
+
+    def _score_maps(self, x: Tensor) -> Tensor:
+        """[B, 1, H, W] from images [B, C, H, W], each read bands-first as it lies in memory."""
+        maps = [self._distances(xi.flatten(1).cpu().numpy()).reshape(xi.shape[1:]) for xi in x]
+        return torch.from_numpy(np.stack(maps)[:, None])
+
+    def _distances(self, columns: np.ndarray) -> np.ndarray:
+        """[N] float32 distances of the pixels in the columns of a [C, N] array, a block of
+        `CHUNK` columns at a time in float64."""
+        channels = self.fitted_input.channels
+        if columns.shape[0] != channels:
+            raise SpecadError(f"model expects {channels} channels, got {columns.shape[0]}")
+        inverse_sd = np.linalg.norm(self.whitening_, axis=0)[:, None]  # 1 / sqrt(variance)
+        axes = (self.whitening_ / inverse_sd.T).T  # unit principal axes, [k, C]
+        out = np.empty(columns.shape[1], dtype=np.float32)
+        for start in range(0, columns.shape[1], CHUNK):
+            chunk = columns[:, start : start + CHUNK].astype(np.float64) - self.mean_[:, None]
+            along = axes @ chunk  # [k, n]: coordinates on the kept axes
+            d = np.square(along * inverse_sd).sum(axis=0)
             if self.residual_:  # the rest of each pixel, scored by the discarded mean variance
-                rest = np.square(chunk).sum(axis=1) - np.square(along).sum(axis=1)
+                rest = np.square(chunk).sum(axis=0) - np.square(along).sum(axis=0)
                 d += np.maximum(rest, 0.0) * self.residual_
             out[start : start + CHUNK] = d
-        return out.reshape(np.shape(cube)[:2])
+        return out
 
     def _tensors(self) -> dict[str, Tensor]:
         return {
