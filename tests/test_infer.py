@@ -33,8 +33,10 @@ def _wide_cube_with_a_speck(size: int = 256, speck: int = 4) -> tuple[Cube, tupl
 
 
 def test_tiling_keeps_native_texture_normal_and_finds_the_speck(knn: Detector) -> None:
-    """A model trained at 64 px sees a 256 px cube shrunk 4x as foreign texture: resized, the
-    cube is a widespread false alarm; tiled at native resolution, only the speck stands out."""
+    """A model trained at 64 px scores a 256 px cube tile by tile at native resolution: the
+    texture stays normal and only the speck stands out, as it does in the map of the cube
+    shrunk to 64 px (where a knn shape map with a redundant band once raised a widespread
+    false alarm on the smoother shrunk texture)."""
     cube, (y, x) = _wide_cube_with_a_speck()
     resized = knn.predict(cube)
     tiled = knn.predict(cube, tiled=True)
@@ -42,7 +44,7 @@ def test_tiling_keeps_native_texture_normal_and_finds_the_speck(knn: Detector) -
     peak = np.unravel_index(tiled.anomaly_map.argmax(), tiled.anomaly_map.shape)
     assert abs(peak[0] - y) <= 10 and abs(peak[1] - x) <= 10  # the tiled map peaks on the speck
     assert tiled.score >= knn.threshold and tiled.mask[y, x]
-    assert tiled.mask.mean() < 0.02 < 0.1 < resized.mask.mean()  # a speck against a false alarm
+    assert tiled.mask.mean() < 0.02 and resized.mask.mean() < 0.02 and resized.mask[y, x]
 
 
 def test_maps_come_back_at_each_cubes_size_and_verdicts_use_one_rule(knn: Detector) -> None:
