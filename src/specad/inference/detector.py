@@ -18,7 +18,7 @@ import torch
 from specad.data import resize
 from specad.errors import SpecadError
 from specad.inference.runners import choose_runtime, open_runner
-from specad.inference.tiling import tiled_map
+from specad.inference.tiling import batch_of, tiled_map
 from specad.io import Cube, atomic_file
 from specad.metrics import is_anomalous
 from specad.models.base import BaseDetector
@@ -111,6 +111,8 @@ class Detector:
         cubes = [cubes] if single else list(cubes)
         paths = list(paths) if paths is not None else [None] * len(cubes)
         pre, maps = self.meta.preprocess, []
+        if pre.image_size:  # a batch of many bands in fewer images
+            batch_size = min(batch_size, batch_of(len(pre.channels), pre.image_size))
         for i in range(0, len(cubes), batch_size):
             chunk, names = cubes[i : i + batch_size], paths[i : i + batch_size]
             tiles = [tiled and pre.image_size and min(c.shape[:2]) >= pre.image_size for c in chunk]

@@ -13,6 +13,7 @@ import numpy as np
 
 from specad.data import Sample, read_mask
 from specad.inference.detector import Detector
+from specad.inference.tiling import batch_of
 from specad.io import read_cube
 
 
@@ -39,12 +40,17 @@ def run_split(
     samples: Sequence[Sample],
     *,
     tiled: bool = False,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     progress: bool = False,
 ) -> SplitResults:
-    """Predict every sample (reading cubes in batches) and collect maps, scores and masks."""
+    """Predict every sample (reading cubes ``batch_size`` at a time; default: as many as
+    `specad.inference.tiling.batch_of` allows at the model's input size, at most 8) and collect
+    maps, scores and masks."""
     from tqdm import tqdm
 
+    if batch_size is None:
+        pre = detector.meta.preprocess
+        batch_size = batch_of(len(pre.channels), pre.image_size) if pre.image_size else 8
     scores, maps, masks = [], [], []
     with tqdm(total=len(samples), disable=not progress, unit="cube") as bar:  # closed on error
         for i in range(0, len(samples), batch_size):

@@ -34,6 +34,12 @@ grows with it, so a cube of many bands is scored a few tiles at a time."""
 BATCH_TILES = 8
 
 
+def batch_of(channels: int, side: int, most: int = BATCH_TILES) -> int:
+    """How many float32 images of ``channels`` x ``side`` x ``side`` to score at once: as many
+    as fit `BATCH_BYTES`, from 1 to ``most``."""
+    return max(1, min(most, BATCH_BYTES // (4 * channels * side * side)))
+
+
 def tiled_map(maps: MapFn, pre: Preprocess, cube: Cube, path: Path | None = None) -> np.ndarray:
     """The (H, W) map of a cube at least one tile (``pre.image_size``) in each direction.
 
@@ -49,7 +55,7 @@ def tiled_map(maps: MapFn, pre: Preprocess, cube: Cube, path: Path | None = None
     total = np.zeros((h, w), np.float32)
     weight = np.zeros((h, w), np.float32)
     origins = [(top, left) for top in tile_starts(h, tile) for left in tile_starts(w, tile)]
-    batch_size = max(1, min(BATCH_TILES, BATCH_BYTES // (4 * tile * tile * len(pre.channels))))
+    batch_size = batch_of(len(pre.channels), tile)
     for i in range(0, len(origins), batch_size):
         batch = origins[i : i + batch_size]
         tiles = [cube.data[t : t + tile, x : x + tile][:, :, pre.channels] for t, x in batch]
