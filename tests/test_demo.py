@@ -23,6 +23,11 @@ def test_demo_writes_a_report_with_every_class_and_every_model(tmp_path: Path) -
     assert index == out / "report" / "index.html" and index.is_file()
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"knn", "efficientad", "rx"}
+    table = done.stdout.rpartition("report: ")[0]  # the summary comes just before the path
+    assert "image AUROC" in table and "AUPRO@0.3" in table
+    for name, record in metrics["models"].items():
+        figure = next(iter(record["datasets"].values()))["image_auroc"]
+        assert f"{name} " in table and f"{figure:.4f}" in table
     assert Detector.load(out / "knn").model.kind == "knn"
     # the report runs what `auto` picks: the fastest accurate runtime measured on this CPU (bf16
     # only where the CPU has it), and without exports torch or bf16

@@ -231,3 +231,18 @@ def test_scene_bad_input_is_one_line(scene_file: Path, args: list[str]) -> None:
     done = run_specad("scene", str(scene_file), *args)
     one_line_failure(done)
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_scene_table_reads_as_words_not_python(scene_file: Path) -> None:
+    """The header and the parameters column say what was done in words: no dict or list repr."""
+    wide = {"COLUMNS": "200"}  # one line per row, so that phrases are not wrapped apart
+    fused = run_specad("scene", str(scene_file), "--truth", "map", env=wide, check=True).stdout
+    assert "12 bands in, none dropped" in fused
+    assert "fusion of global-rx on all bands" in fused  # 12 bands: too few for PCA 20
+    args = ["--detector", "global-rx,lrx", "--reduce", "pca", "--components", "6"]
+    args += ["--param", "lrx.outer=9", "--param", "lrx.inner=3", "--drop-bands", "0"]
+    table = run_specad("scene", str(scene_file), *args, env=wide, check=True).stdout
+    assert "12 bands in, 1 dropped, PCA to 6" in table
+    assert "outer 9, inner 3, ridge 0.001" in table
+    for text in (fused, table):
+        assert not {"{", "}", "[", "]", "'"} & set(text), text

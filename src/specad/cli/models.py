@@ -308,7 +308,7 @@ def demo(
     index = run_demo(
         out_dir, force=force, train_efficientad=train_efficientad, overrides=overrides, size=size
     )
-    out.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)
+    _print_report(index)
 
 
 @app.command(cls=NamesInHelp)
@@ -344,5 +344,22 @@ def report(
     flags |= {k: v for k, v in (("scheduler", scheduler), ("workers", workers)) if v is not None}
     cfg = load_report_config(config, **flags)
     refuse_overlap(cfg.out, [config] if config is not None else [])  # datasets, models: there
-    index = write_report(cfg, progress=True)
+    _print_report(write_report(cfg, progress=True))
+
+
+def _print_report(index: Path) -> None:
+    """Each model's headline figures on each dataset (from the report's ``metrics.json``), then
+    the report's path as the last line."""
+    import json
+
+    from specad.metrics import AUPRO_FPR_LIMIT
+
+    aupro = f"aupro_{AUPRO_FPR_LIMIT}"
+    summary = json.loads((index.parent / "metrics.json").read_text())
+    table = Table("model", "dataset", "image AUROC", "pixel AUROC", f"AUPRO@{AUPRO_FPR_LIMIT}")
+    for model, record in summary["models"].items():
+        for dataset, m in record["datasets"].items():
+            figures = (m.get(k) for k in ("image_auroc", "pixel_auroc", aupro))
+            table.add_row(model, dataset, *(fmt_number(f) for f in figures))
+    out.print(table)
     out.print(f"report: {index}", markup=False, highlight=False, soft_wrap=True)

@@ -97,10 +97,45 @@ def scene(
     if as_json:
         out.print(strict_json(summary, indent=2), markup=False, highlight=False, soft_wrap=True)
         return
-    out.print(f"{file}: {shape[0]}x{shape[1]} pixels scored, bands: {record}")
+    out.print(f"{file}: {shape[0]}x{shape[1]} pixels scored, {describe_bands(record)}")
     table = Table("detector", "pixel AUROC", "seconds", "parameters")
     for r in runs:
-        table.add_row(r.detector, fmt_number(r.auroc), f"{r.seconds:.2f}", str(r.params))
+        table.add_row(
+            r.detector, fmt_number(r.auroc), f"{r.seconds:.2f}", describe_params(r.params)
+        )
     out.print(table)
     if len(runs) == 1 and runs[0].auroc is not None:
         out.print(f"pixel AUROC: {runs[0].auroc:.4f}")
+
+
+def describe_bands(record: dict) -> str:
+    """What band preparation did, in words: ``96 bands in, none dropped, PCA to 20``."""
+    dropped = record["bands_dropped"]
+    words = [f"{record['bands_in']} bands in", f"{dropped or 'none'} dropped"]
+    if record["reduce"] != "none":
+        words.append(f"{record['reduce'].upper()} to {record['bands_out']}")
+    return ", ".join(words)
+
+
+def describe_params(params: dict) -> str:
+    """A detector's parameters in words: ``outer 25, inner 5, ridge 0.001``; a fusion as
+    ``mean rank fusion of global-rx on all bands, PCA 20, MNF 20``."""
+    members = params.get("members")
+    if members:
+        parts = [m.rpartition(" / ") for m in members]  # "PCA 20 / global-rx"
+        names = {name for _, _, name in parts}
+        fusion = params.get("fusion", "rank")
+        if len(names) == 1:
+            return f"{fusion} fusion of {names.pop()} on {', '.join(p for p, _, _ in parts)}"
+        return f"{fusion} fusion of {', '.join(f'{n} on {p}' for p, _, n in parts)}"
+    return ", ".join(f"{key} {_words(value)}" for key, value in params.items()) or "defaults"
+
+
+def _words(value: object) -> str:
+    if isinstance(value, dict):
+        return describe_params(value)
+    if isinstance(value, list | tuple):
+        return ", ".join(_words(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
