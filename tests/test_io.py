@@ -180,3 +180,20 @@ def test_one_channel_tiff_round_trip(tmp_path: Path) -> None:
     back = read_cube(tmp_path / "g.tif")
     np.testing.assert_array_equal(back.data, grey.data)
     assert back.bands == ["grey"]
+
+
+def test_a_large_npy_stays_mapped_and_a_small_one_is_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large float32 ``.npy`` is scored where it lies (tiled predict holds only tiles); a small
+    one is read at once, so a file rewritten afterwards cannot fault a live mapping."""
+    import specad.io.read as reader
+
+    data = np.arange(4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)
+    np.save(tmp_path / "c.npy", data)
+    small = read_cube(tmp_path / "c.npy", axes="hwc")
+    assert small.data.flags.writeable and not isinstance(small.data.base, np.memmap)
+    monkeypatch.setattr(reader, "MAPPED_BYTES", data.nbytes)
+    large = read_cube(tmp_path / "c.npy", axes="hwc")
+    assert isinstance(large.data.base, np.memmap) and not large.data.flags.writeable
+    np.testing.assert_array_equal(large.data, small.data)

@@ -171,11 +171,18 @@ def _quiet(name: str) -> Iterator[None]:
         logger.disabled = disabled
 
 
+MAPPED_BYTES = 256 * 2**20
+"""An ``.npy`` at least this large stays memory-mapped (read where it is used, so that
+``predict --tiled`` holds only the tiles it scores); smaller ones are read whole at once."""
+
+
 def _read_npy(path: Path, axes: str | None) -> Cube:
     with path.open("rb") as f:
         shape, _, _ = _npy_header(f)
     check_declared(shape, path)
-    data = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped, read where it is used
+    data = np.load(path, mmap_mode="r", allow_pickle=False)
+    if data.nbytes < MAPPED_BYTES:  # read now: a file rewritten later cannot fault a mapping
+        data = np.array(data)
     return Cube(_apply_axes(data, axes, path))
 
 
