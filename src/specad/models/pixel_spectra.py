@@ -37,6 +37,12 @@ def _centred(x: Tensor) -> Tensor:
     return x - x.flatten(2).median(dim=-1).values[..., None, None]
 
 
+def _in_units(x: Tensor, scale: Tensor, offset: Tensor) -> Tensor:
+    """[B, C, H, W] float32 ``x * scale + offset`` per channel: model input in cube units."""
+    shift, gain = offset.float().view(1, -1, 1, 1), scale.float().view(1, -1, 1, 1)
+    return torch.addcmul(shift, x.float(), gain)
+
+
 @dataclass
 class PixelSpectra:
     """Two Mahalanobis maps of each pixel's spectrum against its image's median spectrum.
@@ -108,14 +114,13 @@ class PixelSpectra:
     def magnitude(x: Tensor, units: Units | None) -> Tensor:
         """[C]: each image's mean absolute value per channel in cube units, summed over the
         images of ``x`` [B, C, H, W]; `fit` sets the log floor from it."""
-        scale, offset = (1.0, 0.0) if units is None else (torch.tensor(u) for u in units)
-        cube = x.cpu().float() * torch.as_tensor(scale).float().view(1, -1, 1, 1)
-        cube += torch.as_tensor(offset).float().view(1, -1, 1, 1)
+        c = x.shape[1]
+        scale, offset = ([1.0] * c, [0.0] * c) if units is None else units
+        cube = _in_units(x.cpu(), torch.tensor(scale), torch.tensor(offset))
         return cube.abs_().mean(dim=(2, 3)).sum(0)
 
     def _units(self, x: Tensor) -> Tensor:
-        scale, offset = self.scale.float().view(1, -1, 1, 1), self.offset.float().view(1, -1, 1, 1)
-        return torch.addcmul(offset, x.float(), scale)
+        return _in_units(x, self.scale, self.offset)
 
     @staticmethod
     def _level(x: Tensor) -> Tensor:
