@@ -47,6 +47,36 @@ def test_tiling_keeps_native_texture_normal_and_finds_the_speck(knn: Detector) -
     assert tiled.mask.mean() < 0.02 and resized.mask.mean() < 0.02 and resized.mask[y, x]
 
 
+def _mapped_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    kib, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0]:  # a mapping's header line
+            inside = line.endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            kib += int(line.split()[1])
+    return kib
+
+
+def test_a_mapped_cube_is_tiled_alike_and_leaves_the_resident_set(
+    knn: Detector, tmp_path: Path
+) -> None:
+    """Rows of a memory-mapped cube that no later tile reads are dropped from the resident set,
+    and the map is the one of the same cube in memory (dropped pages come back from the file)."""
+    cube, _ = _wide_cube_with_a_speck()
+    path = tmp_path / "wide.npy"
+    np.save(path, cube.data)
+    mapped = Cube(np.load(path, mmap_mode="r"), cube.bands, cube.wavelengths)
+    in_memory = knn.predict(cube, tiled=True).anomaly_map
+    np.testing.assert_array_equal(knn.predict(mapped, tiled=True).anomaly_map, in_memory)
+    touched = float(np.asarray(mapped.data).sum())  # every page resident again
+    assert np.isfinite(touched) and _mapped_kib(path) > cube.data.nbytes // 2048
+    tiled = knn.predict(mapped, tiled=True).anomaly_map
+    np.testing.assert_array_equal(tiled, in_memory)
+    assert _mapped_kib(path) < cube.data.nbytes // 4096  # the last rows at most
+    np.testing.assert_array_equal(cube.data, np.asarray(mapped.data))  # nothing discarded
+
+
 def test_maps_come_back_at_each_cubes_size_and_verdicts_use_one_rule(knn: Detector) -> None:
     rng = np.random.default_rng(2)
     cubes = [
