@@ -212,6 +212,24 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_rx(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The folder of an RX model fitted on `tiny_root` (seconds), as `specad fit` writes it.
+    Fitted once for the session; read-only."""
+    import warnings
+
+    from specad.data import load_dataset
+    from specad.fit import fit_on_dataset
+    from specad.metrics import ThresholdWarning
+
+    run = tmp_path_factory.mktemp("shared") / "rx"
+    with warnings.catch_warnings():  # four val/good cubes: the threshold rule says so, known
+        warnings.simplefilter("ignore", ThresholdWarning)
+        fit_on_dataset("rx", load_dataset(tiny_root)).save(run)
+    with unchanged(run):
+        yield run
+
+
+@pytest.fixture(scope="session")
 def tiny_efficientad(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The run folder of a tiny EfficientAD trained 20 steps on `tiny_root`, as `specad train`
     writes it: the model, its onnx and int8 exports and the runtimes measured on this CPU.

@@ -14,11 +14,13 @@ from PIL import Image
 
 from specad.data import (
     Preprocess,
+    discover_dataset,
     load_dataset,
     read_mask,
     select_channels,
 )
 from specad.data.check import check_dataset
+from specad.data.validate import DatasetProblems
 from specad.errors import SpecadError
 from specad.io import Cube, read_cube, write_cube
 from specad.models.efficientad.penalty import PenaltySet
@@ -57,7 +59,7 @@ def test_cuvis_example_layout(tmp_path: Path) -> None:
     (tmp_path / "annotations.json").write_text(
         json.dumps({"categories": [{"id": 4, "name": "leaf"}]})
     )
-    ds = load_dataset(tmp_path)
+    ds = discover_dataset(tmp_path)  # too few cubes for every split: the layout alone
     assert ds.layout == "cuvis-example"
     assert ds.classes == {0: "background", 4: "leaf"}
     leaf = next(s for s in ds.samples if s.anomalous)
@@ -156,12 +158,31 @@ def test_make_dataset_is_readable(tmp_path: Path) -> None:
     assert check_dataset(root).channels == [3]
 
 
-def test_a_split_of_photographs_names_the_import_command(tmp_path: Path) -> None:
-    """An MVTec folder given to a command that needs cubes says why it reads as empty."""
-    (tmp_path / "train" / "good").mkdir(parents=True)
-    for i in range(3):
-        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
-            tmp_path / "train" / "good" / f"{i}.png"
-        )
-    with pytest.raises(SpecadError, match=r"3 plain image\(s\) \(\.png\).*specad dataset import"):
-        load_dataset(tmp_path).require("train")
+def test_photos_are_read_in_place_with_their_stored_values(tmp_path: Path) -> None:
+    """8-bit colour and 16-bit grey photos are cubes: R, G, B or one channel, nothing rescaled."""
+    rgb = np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    grey = np.full((8, 8), 40000, np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    Image.fromarray(rgb).save(tmp_path / "c.jpg", quality=100)
+    colour = read_cube(tmp_path / "c.png")
+    assert colour.bands == ["R", "G", "B"] and np.array_equal(colour.data, rgb)
+    deep = read_cube(tmp_path / "g.png")
+    assert deep.shape == (8, 8, 1) and deep.data.max() == 40000
+    assert read_cube(tmp_path / "c.jpg").channels == 3
+
+
+def test_load_lists_every_structural_problem(tiny_dataset: Path) -> None:
+    """Before any pixel is read: a missing split, a missing mask, an unreadable header."""
+    shutil.rmtree(tiny_dataset / "val")
+    (tiny_dataset / "ground_truth/square/square000.png").unlink()
+    (tiny_dataset / "train/good/train000.tif").write_bytes(b"II*\0garbage")
+    with pytest.raises(DatasetProblems) as caught:
+        load_dataset(tiny_dataset)
+    problems = caught.value.problems
+    assert len(problems) == 3, problems
+    assert "'val' split is empty" in problems[0]
+    assert any("train000.tif: cannot read cube header" in p for p in problems)
+    assert any("square000.png: mask missing for the defect image" in p for p in problems)
+    done = run_specad("evaluate", "rx", str(tiny_dataset))
+    assert done.returncode == 2 and "3 problems in the dataset" in done.stderr

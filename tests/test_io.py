@@ -103,9 +103,9 @@ def test_real_had_scenes_read_with_right_shapes(name: str, shape: tuple[int, int
 
 
 def test_unknown_format(tmp_path: Path) -> None:
-    (tmp_path / "x.jpg").write_bytes(b"x")
-    with pytest.raises(SpecadError, match=r"x\.jpg: unknown cube format"):
-        read_cube(tmp_path / "x.jpg")
+    (tmp_path / "x.xyz").write_bytes(b"x")
+    with pytest.raises(SpecadError, match=r"x\.xyz: unknown cube format"):
+        read_cube(tmp_path / "x.xyz")
 
 
 def test_truncated_tiff(tmp_path: Path, cube: Cube) -> None:

@@ -62,14 +62,15 @@ def test_report_files_and_metrics(built: tuple[Path, Path]) -> None:
     assert str(saved.models["rx"]) == "rx" and saved.far == 0.01
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert figures == [
-        f"ds_{k}.png" for k in sorted(["pr", "roc", "roc_image_per_class", "roc_pixel_per_class"])
-    ] + ["ds_scores.png"]
+        f"ds_{k}.png"
+        for k in ["pr", "roc", "roc_image_per_class", "roc_pixel_per_class", "scores", "spectra"]
+    ]
 
 
 def test_index_is_self_contained(built: tuple[Path, Path]) -> None:
     text = built[0].read_text()
     sources = re.findall(r'<img[^>]*\ssrc="([^"]+)"', text)
-    assert len(sources) == 5 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == 6 and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "<script" not in text and "<link" not in text and "url(" not in text
     assert not [h for h in _hrefs(text) if re.match(r"[a-z]+:", h)]  # no http:, file:, ...
     assert "How to read this report" in text
@@ -312,7 +313,7 @@ def _images_in_browser(page: Path, profile: Path) -> dict:
 def test_report_renders_in_a_real_browser(built: tuple[Path, Path], tmp_path: Path) -> None:
     index, _ = built
     result = _images_in_browser(index, tmp_path / "profile")
-    assert result == {"n": 5, "broken": [], "titles": 0, "clashes": []}
+    assert result == {"n": 6, "broken": [], "titles": 0, "clashes": []}
     first_page = next(h for h in _hrefs(index.read_text()) if h.startswith("images/"))
     assert _images_in_browser(index.parent / first_page, tmp_path / "profile") == {
         "n": 7,

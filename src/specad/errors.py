@@ -12,3 +12,9 @@ class SpecadError(Exception):
         self.path = Path(path) if path is not None else None
         text = f"{self.path}: {message}" if self.path is not None else message
         super().__init__(" ".join(text.split()))
+
+    @property
+    def lines(self) -> list[str]:
+        """What the command line prints, one line each: the message, or, for an error that
+        holds several problems (a dataset's structure), a summary and one line per problem."""
+        return [str(self)]

@@ -34,6 +34,7 @@ from specad.models.base import BaseDetector
 from specad.models.efficientad.config import EfficientADConfig
 from specad.models.efficientad.detector import EfficientADDetector
 from specad.models.efficientad.run import training_run
+from specad.models.envelope import dataset_envelope, tensor_envelope
 from specad.models.modelfile import MODEL_FILE, ModelMeta
 from specad.models.registry import DETECTORS, fit_on_dataset_names
 from specad.runtime import DeviceName, pick_device
@@ -102,7 +103,8 @@ def fit_on_dataset(
     else:
         images = (pre.cube_tensor(s.read(), s.path) for s in train)
     model.fit_maps(images, val, wavelengths=chosen.wavelengths, units=pre.units())
-    meta = ModelMeta(name, pre, chosen.bands, chosen.wavelengths, chosen.rgb)
+    envelope = dataset_envelope(train, pre.channels)
+    meta = ModelMeta(name, pre, chosen.bands, chosen.wavelengths, chosen.rgb, envelope)
     return _thresholded(model, meta, device, val_samples, far)
 
 
@@ -139,7 +141,8 @@ def train(
     are done.
     """
     with training_run(cfg, Path(out), resume, force, stop_after, progress) as run:
-        ds = load_dataset(cfg.data.root, cfg.data.axes)
+        needed = ("train", "val", "test") if cfg.train.val_every else ("train", "val")
+        ds = load_dataset(cfg.data.root, cfg.data.axes, splits=needed)
         pre, meta, train_x = prepare(cfg, ds)
         val_x = load_inputs(pre, ds.require("val")).x
         monitor = _monitor_set(pre, ds) if cfg.train.val_every and run.main else None
@@ -169,7 +172,8 @@ def prepare(cfg: EfficientADConfig, ds: Dataset) -> tuple[Preprocess, ModelMeta,
     elif cfg.data.normalize != "none":
         pre.mean, pre.std = cfg.data.normalize.mean, cfg.data.normalize.std
     kind = EfficientADDetector.kind
-    meta = ModelMeta(kind, pre, chosen.bands, chosen.wavelengths, chosen.rgb)
+    envelope = tensor_envelope(raw)
+    meta = ModelMeta(kind, pre, chosen.bands, chosen.wavelengths, chosen.rgb, envelope)
     return pre, meta, pre.normalise(raw)
 
 

@@ -1,4 +1,5 @@
-"""Scoring a list of cube files into an output folder: maps, overlays and ``scores.csv``.
+"""Scoring a list of cube files into an output folder: maps, overlays and ``scores.csv``, and
+with ``explain`` the regions each map flags and their most deviant bands (``regions.jsonl``).
 
 The folder is built under a temporary name and published at the end (:func:`specad.io.atomic_dir`),
 so a run that fails, or is killed, leaves nothing that looks complete. Each input keeps its path
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -141,8 +143,11 @@ def predict_files(
     axes: str | None = None,
     progress: bool = False,
     cluster: Cluster | None = None,
+    explain: bool = False,
 ) -> PredictRun:
-    """Score ``files`` and publish ``out`` with ``maps/``, ``overlays/`` and ``scores.csv``.
+    """Score ``files`` and publish ``out`` with ``maps/``, ``overlays/`` and ``scores.csv``;
+    ``explain`` adds ``regions.jsonl``: one row per region above the threshold
+    (`specad.inference.regions`), in the order of ``files``.
 
     An input that cannot be read or scored (including a non-finite map) is listed in
     ``failed`` and gets no row; if none can be scored, nothing is written and this raises.
@@ -153,10 +158,14 @@ def predict_files(
     if not files:
         raise SpecadError("no cube files among the inputs")
     refuse_overlap(out, files)
+    if explain and detector.meta.envelope is None:
+        raise SpecadError(
+            "the model has no normal envelope (saved by an older specad): refit it to --explain"
+        )
     names = output_names(files)
     failed: list[str] = []
     threshold = detector.threshold
-    opts = {"tiled": tiled, "variable": variable, "axes": axes}
+    opts = {"tiled": tiled, "variable": variable, "axes": axes, "explain": explain}
     with atomic_dir(out, force) as tmp:
         if cluster is None:
             outcomes = _score_here(detector, files, names, tmp, opts)
@@ -185,4 +194,17 @@ def predict_files(
             raise SpecadError(
                 f"none of the {len(files)} inputs could be scored (first: {failed[0]})"
             )
+        if explain:
+            _gather_regions(tmp, names)
     return PredictRun(out, len(files) - len(failed), failed)
+
+
+def _gather_regions(tmp: Path, names: Sequence[Path]) -> None:
+    """``regions.jsonl`` from each scored file's part (`score_file`), in input order."""
+    parts = tmp / "regions"
+    with open(tmp / "regions.jsonl", "w", encoding="utf-8") as f:
+        for name in names:
+            part = parts / f"{name}.jsonl"
+            if part.is_file():  # not for an input that could not be scored
+                f.write(part.read_text(encoding="utf-8"))
+    shutil.rmtree(parts, ignore_errors=True)

@@ -4,7 +4,7 @@ Every command turns a :class:`~specad.errors.SpecadError` into one line on stder
 so users never see a traceback for bad input.
 """
 
-from specad.cli import data, models, scene, teacher  # noqa: F401 - registers the commands
+from specad.cli import data, line, models, scene, teacher, update  # noqa: F401 - registers the commands
 from specad.cli.app import app, main
 
 __all__ = ["app", "main"]

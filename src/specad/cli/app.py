@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -199,7 +199,8 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except SpecadError as e:
-        _fail_line(str(e), 2)
+        summary, *problems = e.lines
+        _fail_line(summary, 2, problems)
     except _ClickError as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # the help is the answer
             sys.exit(2)
@@ -218,6 +219,8 @@ def main() -> None:
     sys.exit(code or 0)
 
 
-def _fail_line(message: str, code: int) -> None:
-    err.print(f"error: {' '.join(message.split())}", markup=False, highlight=False, soft_wrap=True)
+def _fail_line(message: str, code: int, problems: Sequence[str] = ()) -> None:
+    """``error: MESSAGE`` on one line, then each of ``problems`` on a line of its own."""
+    for line in [f"error: {message}", *problems]:
+        err.print(" ".join(line.split()), markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)

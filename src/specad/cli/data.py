@@ -41,30 +41,49 @@ def synth(
 
 @dataset_app.command("import", cls=NamesInHelp)
 def dataset_import(
-    source: Annotated[Path, typer.Argument(help="Folder in a foreign layout (MTD, MVTec).")],
+    source: Annotated[Path, typer.Argument(help="Dataset folder in any layout specad reads.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to create.")],
     layout: Annotated[str, typer.Option(help="The source's layout: {import_layouts}.")] = "auto",
     val_fraction: Annotated[
-        float, typer.Option(help="Share of train/good kept for val/good (mvtec).")
+        float,
+        typer.Option(
+            help="Share of the training normals kept for val/good, where the layout "
+            "has no validation split (mvtec, btad, visa, kolektor)."
+        ),
     ] = 0.1,
     force: Force = False,
 ) -> None:
-    """Convert a foreign dataset layout into specad's (images become cubes, masks class ids)."""
-    from specad.data import load_dataset
+    """Copy a dataset into specad's layout: only when a copy is wanted, since every command
+    reads the recognised layouts where they lie. Images keep their stored type (8-bit stays
+    8-bit, as TIFF), masks become class ids; the source is checked whole before any image is
+    written, and the copy appears only when complete."""
     from specad.data.importing import import_dataset
 
-    path = import_dataset(source, out_dir, layout, val_fraction=val_fraction, force=force)
-    out.print(f"wrote {path} ({len(load_dataset(path).samples)} images)", soft_wrap=True)
+    path = import_dataset(
+        source, out_dir, layout, val_fraction=val_fraction, force=force, progress=True
+    )
+    images = sum(1 for _ in path.glob("*/*/*.tif"))
+    out.print(f"wrote {path} ({images} images)", soft_wrap=True)
 
 
 @dataset_app.command("check", cls=NamesInHelp)
 def dataset_check(
-    root: Annotated[Path, typer.Argument(help="Dataset folder.")], axes: Axes = None
+    root: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    axes: Axes = None,
+    layout: Annotated[
+        str, typer.Option(help="The layout: {import_layouts} (auto: from the folders).")
+    ] = "auto",
 ) -> None:
-    """Validate a dataset and print a summary; exit 2 if any problem is found."""
+    """Name the dataset's layout, check it whole (structure, then every cube and mask) and
+    print a summary; exit 2 if any problem is found, each on its own line.
+
+    Layouts read where they lie: {import_layouts}."""
+    from specad.data import LAYOUTS
     from specad.data.check import check_dataset
 
-    report = check_dataset(root, axes)
+    report = check_dataset(root, axes, layout=layout)
+    summary = LAYOUTS[report.layout].summary
+    out.print(f"layout: {report.layout} ({summary})", markup=False, highlight=False, soft_wrap=True)
     table = Table(title=f"{report.root} ({report.layout} layout)")
     table.add_column("split")
     table.add_column("class")

@@ -25,6 +25,7 @@ from specad.cli.app import (
 )
 
 if TYPE_CHECKING:
+    from specad.data import Dataset
     from specad.models.registry import ModelSpec
 
 
@@ -52,13 +53,13 @@ def train_cmd(
 
 def _load_detector(
     model: str,
-    dataset: Path | None,
+    dataset: Dataset | None,
     device: str,
     runtime: str = "auto",
     sets: list[str] | None = None,
 ):
     """A saved model, or a detector named in the registry (`fit_on_dataset_names`): that
-    detector fitted on the dataset's train/good with the ``--set`` values ``sets``."""
+    detector fitted on ``dataset``'s train/good with the ``--set`` values ``sets``."""
     from specad.fit import fit_on_dataset
     from specad.inference import Detector
     from specad.models.registry import ModelSpec, fit_on_dataset_names
@@ -67,10 +68,8 @@ def _load_detector(
     if spec.kind is not None:
         if dataset is None:
             fail(f"--model {model} needs a dataset to fit on; save one with `specad fit {model}`")
-        from specad.data import load_dataset
-
         settings = fit_settings(spec, sets, device=device)
-        return fit_on_dataset(spec.kind, load_dataset(dataset), **settings).use_runtime(runtime)
+        return fit_on_dataset(spec.kind, dataset, **settings).use_runtime(runtime)
     if sets:
         names = ", ".join(fit_on_dataset_names())
         fail(f"--set is for detectors fitted here ({names}), not {model}")
@@ -105,6 +104,13 @@ def predict(
     force: Force = False,
     scheduler: Scheduler = None,
     workers: Workers = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            help="Also write regions.jsonl: each region above the threshold, with its area, box, "
+            "scores and the five bands deviating most from the model's normal pixels."
+        ),
+    ] = False,
 ) -> None:
     """Score cubes: float32 TIFF maps, PNG overlays and scores.csv. Bad cubes are listed."""
     from specad.io import refuse_overlap
@@ -127,6 +133,7 @@ def predict(
             axes=axes,
             progress=True,
             cluster=dask,
+            explain=explain,
         )
     out.print(f"wrote {run.out} ({run.scored} cubes)")
     if run.failed:
@@ -163,16 +170,17 @@ def evaluate(
     """Image/pixel AUROC, AUPRO, per-class AUROC and thresholds on the test split."""
     import json
 
-    from specad.bounds import validate
     from specad.data import load_dataset
+
+    ds = load_dataset(dataset, axes)  # every structural problem, before torch is even imported
+    from specad.bounds import validate
     from specad.evaluate import evaluate_detector
     from specad.fit import FitOptions
     from specad.predict import cluster
 
     if far is not None:
         validate(FitOptions, {"far": far}, None, "--")
-    ds = load_dataset(dataset, axes)
-    det = _load_detector(model, dataset, device, runtime, params)
+    det = _load_detector(model, ds, device, runtime, params)
     with cluster(scheduler, workers, det, model, device) as dask:
         metrics = evaluate_detector(
             det, ds, far=far, tiled=tiled, progress=not as_json, cluster=dask
@@ -267,23 +275,20 @@ def fit_cmd(
     ] = None,
     force: Force = False,
 ) -> None:
-    """Fit a training-free detector on normal cubes (threshold on val/good) and save it."""
-    _fit_and_save(model, dataset, out_dir, force, fit_settings(model, params))
-
-
-def _fit_and_save(
-    model: str, dataset: Path, out_dir: Path, force: bool, settings: dict[str, Any]
-) -> None:
-    """Fit ``model`` on ``dataset`` into the folder ``out_dir``, built as every output is
-    (`specad.io.atomic_dir`): one writer at a time, and no empty or partial folder on failure."""
+    """Fit a training-free detector on normal cubes (threshold on val/good) and save it, built
+    as every output is (`specad.io.atomic_dir`): one writer at a time, and no empty or partial
+    folder on failure."""
     from specad.data import load_dataset
-    from specad.fit import fit_on_dataset
     from specad.io import atomic_dir, refuse_overlap
-    from specad.models.modelfile import MODEL_FILE
 
     refuse_overlap(out_dir, [dataset])
+    ds = load_dataset(dataset, splits=("train", "val"))  # every structural problem, before torch
+    settings = fit_settings(model, params)
+    from specad.fit import fit_on_dataset
+    from specad.models.modelfile import MODEL_FILE
+
     with atomic_dir(out_dir, force) as tmp:
-        fit_on_dataset(model, load_dataset(dataset), **settings).save(tmp)
+        fit_on_dataset(model, ds, **settings).save(tmp)
     out.print(str(out_dir / MODEL_FILE), markup=False, highlight=False, soft_wrap=True)
 
 

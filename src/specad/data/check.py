@@ -1,5 +1,6 @@
-"""``specad dataset check``: read every cube and mask of a dataset once and list every problem,
-instead of stopping at the first as the commands that use the data do."""
+"""``specad dataset check``: the structure checked from headers (`specad.data.validate`), then
+every cube and mask read once, listing every problem instead of stopping at the first as the
+commands that use the data do."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from specad.data.dataset import GOOD, discover_dataset, read_mask
+from specad.data.dataset import read_mask
+from specad.data.layouts import discover_dataset
+from specad.data.validate import check_structure
 from specad.errors import SpecadError
 
 
@@ -47,41 +50,41 @@ class CheckReport:
         )
 
 
-def check_dataset(root: str | Path, axes: str | None = None) -> CheckReport:
-    """Read every cube and mask once and list every problem, instead of stopping at the first."""
-    ds, problems = discover_dataset(root, axes)
+def check_dataset(
+    root: str | Path, axes: str | None = None, *, layout: str = "auto", pixels: bool = True
+) -> CheckReport:
+    """Every problem of a dataset: its structure from headers, then (``pixels``) each cube and
+    mask read once (values, class ids); samples whose headers failed are not read again."""
+    ds = discover_dataset(root, axes, layout=layout)
+    structure = check_structure(ds)
+    problems = structure.problems
     counts: Counter[tuple[str, str]] = Counter((s.split, s.label) for s in ds.samples)
-    for split in ("train", "val"):
-        if not ds.split(split):
-            problems.append(f"{ds.root / split / GOOD}: the '{split}' split is empty or missing")
-    if not ds.split("test"):
-        problems.append(f"{ds.root / 'test'}: the 'test' split is empty or missing")
     channels: Counter[int] = Counter()
     sizes: Counter[tuple[int, int]] = Counter()
     dtypes: Counter[str] = Counter()
+    for header in structure.headers.values():
+        if header is not None:
+            channels[header.channels] += 1
+            sizes[header.height, header.width] += 1
+            dtypes[header.dtype] += 1
     lo, hi = np.inf, -np.inf
     wavelengths: list[float] | None = None
     bands: list[str] = []
-    for s in ds.samples:
+    for s in ds.samples if pixels else []:
+        if s.path in structure.bad:
+            continue
         try:
             cube = s.read()
+            if structure.headers.get(s.path) is None:  # a format without a cheap header
+                channels[cube.channels] += 1
+                sizes[cube.shape[:2]] += 1
+                dtypes["float32"] += 1
+            lo, hi = min(lo, float(cube.data.min())), max(hi, float(cube.data.max()))
+            if not bands:
+                bands, wavelengths = cube.bands, cube.wavelengths
+            read_mask(s, cube.shape[:2])
         except SpecadError as err:
             problems.append(str(err))
-            continue
-        channels[cube.channels] += 1
-        sizes[cube.shape[:2]] += 1
-        dtypes[_stored_dtype(s.path)] += 1
-        lo, hi = min(lo, float(cube.data.min())), max(hi, float(cube.data.max()))
-        if not bands:
-            bands, wavelengths = cube.bands, cube.wavelengths
-        if s.anomalous:
-            try:
-                read_mask(s, cube.shape[:2])
-            except SpecadError as err:
-                problems.append(str(err))
-    if len(channels) > 1:
-        detail = ", ".join(f"{n} cubes with {c}" for c, n in sorted(channels.items()))
-        problems.append(f"{ds.root}: channel counts differ within the dataset ({detail})")
     return CheckReport(
         ds.root,
         dict(counts),
@@ -95,19 +98,3 @@ def check_dataset(root: str | Path, axes: str | None = None) -> CheckReport:
         ds.layout,
         problems,
     )
-
-
-def _stored_dtype(path: Path) -> str:
-    """The on-disk sample type, which ``read_cube`` hides by converting to float32."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                return str(tif.series[0].dtype)
-        if suffix == ".npy":
-            return str(np.load(path, mmap_mode="r").dtype)
-    except Exception:  # noqa: BLE001 - already reported by read_cube
-        return "?"
-    return "float32"

@@ -1,10 +1,11 @@
 """Scoring cubes with a fitted `Detector`, one way for local runs and Dask workers alike
 (:mod:`specad.distributed`): a split's scores, maps and masks (evaluate, report) and one file's
-map and overlay (predict).
+map, overlay and, asked to explain, its regions (predict).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,10 @@ import numpy as np
 
 from specad.data import Sample, read_mask
 from specad.inference.detector import Detector
+from specad.inference.regions import find_regions
 from specad.inference.tiling import batch_of
-from specad.io import read_cube
+from specad.io import Cube, read_cube
+from specad.io.files import escaped
 
 
 @dataclass
@@ -83,9 +86,12 @@ def score_file(
     tiled: bool = False,
     variable: str | None = None,
     axes: str | None = None,
+    explain: bool = False,
 ) -> float:
     """Score one cube into ``tmp/maps/NAME.tif`` and ``tmp/overlays/NAME.png``; its score.
-    Shared by local runs and Dask workers, so both write the same files."""
+    Shared by local runs and Dask workers, so both write the same files. ``explain`` also
+    writes the map's regions (`specad.inference.regions`) as JSON lines to
+    ``tmp/regions/NAME.jsonl``, which `specad.predict` gathers into ``regions.jsonl``."""
     from PIL import Image
 
     from specad.visual import false_colour, overlay
@@ -99,7 +105,24 @@ def score_file(
     png.parent.mkdir(parents=True, exist_ok=True)
     rgb = false_colour(cube.data, cube.rgb or (0, 0, 0))
     Image.fromarray(overlay(rgb, pred.anomaly_map, detector.threshold)).save(png)
+    if explain:
+        rows = explained(detector, cube, pred.anomaly_map, path)
+        jsonl = tmp / "regions" / f"{name}.jsonl"
+        jsonl.parent.mkdir(parents=True, exist_ok=True)
+        jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return pred.score
+
+
+def explained(detector: Detector, cube: Cube, anomaly_map: np.ndarray, path: Path) -> list[dict]:
+    """``regions.jsonl`` rows of one cube's map: each region at or above the threshold with
+    its area, box, scores and the bands that deviate most from the model's normal envelope
+    (none without one)."""
+    meta = detector.meta
+    data = cube.data[:, :, meta.preprocess.channels]
+    regions = find_regions(
+        anomaly_map, detector.threshold, data, meta.envelope, meta.bands, meta.wavelengths
+    )
+    return [{"file": escaped(path), "region": k + 1} | r.record() for k, r in enumerate(regions)]
 
 
 def write_map(path: Path, anomaly_map: np.ndarray) -> None:

@@ -22,7 +22,8 @@ from specad.io.files import (
     refuse_overlap,
     reserve_output,
 )
-from specad.io.read import AxesGuess, read_cube, read_mat_arrays
+from specad.io.image import Header
+from specad.io.read import AxesGuess, cube_header, read_cube, read_mat_arrays
 from specad.io.write import save_tensors, write_cube
 
 __all__ = [
@@ -31,8 +32,10 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "Cube",
     "AxesGuess",
+    "Header",
     "atomic_dir",
     "atomic_file",
+    "cube_header",
     "escaped",
     "default_rgb",
     "file_sha256",

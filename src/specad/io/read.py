@@ -1,4 +1,5 @@
-"""Readers: TIFF, NumPy, ENVI, MATLAB v5/v7.3 and Cubert ``.cu3s`` to one (H, W, C) ``Cube``.
+"""Readers: TIFF, NumPy, ENVI, MATLAB v5/v7.3, Cubert ``.cu3s`` and plain photos (PNG, JPEG,
+BMP, WebP) to one (H, W, C) ``Cube``, and their headers alone (`cube_header`).
 
 Each format is read as its writer stored it (see :func:`read_cube`); only arrays with no
 convention are guessed, with an :class:`AxesGuess` warning.
@@ -13,24 +14,31 @@ import os
 import re
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from specad.bounds import EXPANSION_FLOOR, MAX_EXPANSION
 from specad.errors import SpecadError
 from specad.io.cube import AXIS_ORDERS, CUBE_SUFFIXES, Cube, Stored, check_declared, pick_variable
+from specad.io.image import (
+    PHOTO_SUFFIXES,
+    Header,
+    image_header,
+    open_image,
+    read_image,
+    read_image_cube,
+)
 from specad.io.matlab import WAVELENGTH_KEYS, read_mat_arrays
 
-if TYPE_CHECKING:
-    from PIL.Image import Image
+__all__ = ["AxesGuess", "Header", "cube_header", "open_image", "read_cube", "read_image"]
 
 
 def read_cube(path: str | Path, variable: str | None = None, axes: str | None = None) -> Cube:
-    """Read a cube from TIFF, NumPy, ENVI, MATLAB or Cubert ``.cu3s``.
+    """Read a cube from TIFF, NumPy, ENVI, MATLAB, Cubert ``.cu3s`` or a plain photo.
 
     ``variable`` names the array inside a ``.mat``/``.npz`` file; by default the largest 3-D
     numeric array is taken. ``axes`` (one of :data:`AXIS_ORDERS`) is the stored axis order of a
@@ -55,11 +63,11 @@ def read_cube(path: str | Path, variable: str | None = None, axes: str | None = 
         ".hdr": _read_envi,
         ".mat": _read_mat,
         ".cu3s": _read_cu3s,
-    }
+    } | dict.fromkeys(PHOTO_SUFFIXES, read_image_cube)
     if suffix not in readers:
         raise SpecadError(
             f"unknown cube format '{suffix or path.name}' (expected one of "
-            f"{', '.join(CUBE_SUFFIXES)})",
+            f"{', '.join(CUBE_SUFFIXES + PHOTO_SUFFIXES)})",
             path,
         )
     if axes is not None and axes not in AXIS_ORDERS:
@@ -69,7 +77,7 @@ def read_cube(path: str | Path, variable: str | None = None, axes: str | None = 
     try:
         if suffix in (".npz", ".mat"):
             cube = readers[suffix](path, variable, axes)
-        elif suffix in (".hdr", ".cu3s"):
+        elif suffix in (".hdr", ".cu3s", *PHOTO_SUFFIXES):
             cube = readers[suffix](path)
         else:
             cube = readers[suffix](path, axes)
@@ -105,7 +113,7 @@ def _apply_axes(data: np.ndarray, axes: str | None, path: Path) -> np.ndarray:
     if data.ndim != 3:
         raise SpecadError(f"expected a 3-D cube, got shape {data.shape}", path)
     if axes is None:
-        axes = "chw" if data.shape[0] < min(data.shape[1:]) else "hwc"
+        axes = _guessed_axes(data.shape)
         warnings.warn(
             AxesGuess(
                 f"cube axis order guessed as '{axes}' from the array shape (the smallest axis is "
@@ -115,6 +123,11 @@ def _apply_axes(data: np.ndarray, axes: str | None, path: Path) -> np.ndarray:
         )
     order = [axes.index(axis) for axis in "hwc"]
     return data.transpose(order).astype(np.float32, order="C", copy=False)
+
+
+def _guessed_axes(shape: tuple[int, ...]) -> str:
+    """Band axis first when it is smaller than both others, else last (see `_apply_axes`)."""
+    return "chw" if shape[0] < min(shape[1:]) else "hwc"
 
 
 def _meta_kwargs(meta: dict | None) -> dict:
@@ -134,29 +147,40 @@ def _read_tiff(path: Path, axes: str | None) -> Cube:
     A bare array written by ``tifffile.imwrite(path, cube)`` records only its shape, so its
     axis order is the array's own: taken from ``axes`` or guessed, never pages-as-bands.
     """
+    with _tiff(path, axes) as (tif, shape, order):
+        if len(shape) > len(tif.series[0].shape):  # one 2-D image per band
+            data = np.stack([s.asarray() for s in tif.series])
+        else:
+            data = tif.series[0].asarray()
+        meta = tif.shaped_metadata[0] if tif.shaped_metadata else None
+    spectral = _meta_kwargs((meta or {}).get("spectral"))
+    return Cube(_apply_axes(data, order if data.ndim == 3 else None, path), **spectral)
+
+
+@contextmanager
+def _tiff(path: Path, axes: str | None) -> Iterator[tuple[Any, tuple[int, ...], str | None]]:
+    """An open TIFF, its cube's stored shape (one page per band when ``shape[0]`` counts its
+    series) and axis order (None: guessed, for a bare array or a 2-D image), nothing decoded
+    yet; its size checked."""
     import tifffile
 
     with _quiet("tifffile"), tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         stored = series.axes
         stacked = len(tif.series) > 1 and all(s.shape == series.shape for s in tif.series)
-        check_declared((len(tif.series),) * stacked + tuple(series.shape), path)
+        shape = (len(tif.series),) * stacked + tuple(series.shape)
+        check_declared(shape, path)
         if stacked:
-            data = np.stack([s.asarray() for s in tif.series])  # one 2-D image per band
             stored = "Q" + stored
-        else:
-            data = series.asarray()
         meta = tif.shaped_metadata[0] if tif.shaped_metadata else None
-    spectral = _meta_kwargs((meta or {}).get("spectral"))
-    if data.ndim == 2 or axes is not None:
-        return Cube(_apply_axes(data, axes, path), **spectral)
-    if data.ndim != 3:
-        raise SpecadError(f"TIFF has {data.ndim} dimensions ({stored}); expected 2 or 3", path)
-    bare = meta is not None and "axes" not in meta and not stacked and "S" not in stored
-    if bare:  # tifffile.imwrite(path, array): pages of the array's first axis, shape recorded
-        return Cube(_apply_axes(data, None, path), **spectral)
-    band_axis = stored.find("S") if "S" in stored else stored.find("C") if "C" in stored else 0
-    return Cube(np.moveaxis(data, band_axis, -1).astype(np.float32, order="C"), **spectral)
+        if len(shape) not in (2, 3):
+            raise SpecadError(f"TIFF has {len(shape)} dimensions ({stored}); expected 2 or 3", path)
+        bare = meta is not None and "axes" not in meta and not stacked and "S" not in stored
+        order = axes
+        if axes is None and len(shape) == 3 and not bare:
+            band = stored.find("S") if "S" in stored else stored.find("C") if "C" in stored else 0
+            order = "hw"[:band] + "c" + "hw"[band:]
+        yield tif, shape, order
 
 
 @contextmanager
@@ -372,39 +396,50 @@ def _read_cu3s(path: Path, index: int = 0) -> Cube:
     return Cube(data, wavelengths=wavelengths)
 
 
-@contextmanager
-def open_image(path: Path) -> Iterator[Image]:
-    """A plain image (PNG, JPEG, ...: a mask, a truth map, a photo to import) opened by PIL,
-    pixels not yet decoded, its declared size checked first (`check_declared`); any failure is
-    one line naming the file.
+def cube_header(path: Path, axes: str | None = None) -> Header | None:
+    """Height, width, channels and stored type of a cube file from its header alone, as
+    `read_cube` would give them (a guessed axis order is guessed alike, without the note);
+    None for formats without a cheap header (MATLAB, ``.cu3s``). Checked against
+    `check_declared`; any failure is one line naming the file."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in PHOTO_SUFFIXES:
+            return image_header(path)
+        if suffix in (".tif", ".tiff"):
+            with _tiff(path, axes) as (tif, shape, order):
+                return _header(shape, order, str(tif.series[0].dtype), path)
+        if suffix == ".npy":
+            with path.open("rb") as f:
+                shape, dtype, _ = _npy_header(f)
+            check_declared(shape, path)
+            return _header(shape, axes, str(dtype), path)
+        if suffix == ".npz":
+            with zipfile.ZipFile(path) as z:
+                listing = _npz_listing(z, path)
+                name = pick_variable(listing, None, path)
+                with z.open(f"{name}.npy") as f:
+                    shape, dtype, _ = _npy_header(f)
+            check_declared(shape, path)
+            written = "hwc" if "meta" in listing else None  # by write_cube
+            return _header(shape, axes or written, str(dtype), path)
+        if suffix in (".hdr", ".img"):
+            envi = _parse_envi_header(path.with_suffix(".hdr"))
+            lines, samples, bands = (int(envi[k]) for k in ("lines", "samples", "bands"))
+            check_declared((lines, samples, bands), path)
+            code = _ENVI_TYPES.get(envi.get("data type", "4"), "f4")
+            return Header(lines, samples, bands, str(np.dtype(code)))
+    except SpecadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any library failure means an unreadable file
+        raise SpecadError(f"cannot read cube header ({type(err).__name__}: {err})", path) from err
+    return None
 
-    PIL refuses images over twice its own pixel limit as decompression bombs
-    (``DecompressionBombError``), which is said as such; below that it only warns, and
-    `MAX_CUBE_ELEMENTS` decides, so the warning is not shown.
-    """
-    from PIL import Image as PIL
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PIL.DecompressionBombWarning)
-        try:
-            with PIL.open(path) as im:
-                check_declared((im.height, im.width, len(im.getbands())), path, "the image")
-                yield im
-        except SpecadError:
-            raise
-        except PIL.DecompressionBombError as err:
-            raise SpecadError(
-                f"image over PIL's decompression-bomb limit of {2 * PIL.MAX_IMAGE_PIXELS:,} "
-                f"pixels ({err})",
-                path,
-            ) from err
-        except Exception as err:  # noqa: BLE001 - PIL raises many types for bad files
-            raise SpecadError(f"cannot read image ({type(err).__name__}: {err})", path) from err
-
-
-def read_image(path: Path, convert: Callable[[Image], Image] | None = None) -> np.ndarray:
-    """The pixels of a plain image (`open_image`), as stored or after ``convert`` (e.g.
-    ``lambda im: im.convert("RGB")``)."""
-    with open_image(path) as im:
-        im.load()
-        return np.asarray(convert(im) if convert else im)
+def _header(shape: tuple[int, ...], axes: str | None, dtype: str, path: Path) -> Header:
+    if len(shape) == 2:
+        return Header(shape[0], shape[1], 1, dtype)
+    if len(shape) != 3:
+        raise SpecadError(f"expected a 3-D cube, got shape {shape}", path)
+    order = axes or _guessed_axes(shape)
+    h, w, c = (shape[order.index(axis)] for axis in "hwc")
+    return Header(h, w, c, dtype)

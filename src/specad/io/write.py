@@ -1,4 +1,4 @@
-"""Writers: TIFF (float32, compressed), ``.npy``, ``.npz`` and ENVI, each written atomically."""
+"""Writers: TIFF (compressed), ``.npy``, ``.npz`` and ENVI, each written atomically."""
 
 from __future__ import annotations
 
@@ -33,10 +33,13 @@ def save_tensors(tensors: dict, path: str | Path, metadata: dict[str, str] | Non
         f.write(raw[8 + size :])
 
 
-def write_cube(path: str | Path, cube: Cube) -> None:
-    """Write ``cube`` atomically: TIFF (float32, compressed), ``.npy``, ``.npz`` or ENVI ``.hdr``.
+def write_cube(path: str | Path, cube: Cube, dtype: str = "float32") -> None:
+    """Write ``cube`` atomically: TIFF (compressed), ``.npy``, ``.npz`` or ENVI ``.hdr``.
 
-    ``.npy`` keeps pixels only; the other formats keep band names, wavelengths and the RGB bands.
+    ``dtype`` is the stored sample type (``uint8``, ``uint16``, ``float32``; ENVI: float32
+    only): a photo's 8-bit values take a quarter of float32's bytes. The values must fit it
+    exactly, since a writer that rounded would change the data. ``.npy`` keeps pixels only; the
+    other formats keep band names, wavelengths and the RGB bands.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -49,17 +52,28 @@ def write_cube(path: str | Path, cube: Cube) -> None:
     }
     if suffix not in writers:
         raise SpecadError(f"cannot write format '{suffix}' (use .tif, .npy, .npz or .hdr)", path)
-    writers[suffix](path, cube)
+    if dtype not in STORED_DTYPES or (suffix == ".hdr" and dtype != "float32"):
+        raise SpecadError(f"cannot store {dtype} in '{suffix}'", path)
+    data = cube.data
+    if dtype != "float32":
+        data = cube.data.astype(dtype)
+        if not np.array_equal(data, cube.data):
+            raise SpecadError(f"the cube's values do not fit {dtype} exactly", path)
+    writers[suffix](path, cube, data)
 
 
-def _write_tiff(path: Path, cube: Cube) -> None:
+STORED_DTYPES = ("uint8", "uint16", "float32")
+"""Sample types `write_cube` stores."""
+
+
+def _write_tiff(path: Path, cube: Cube, data: np.ndarray) -> None:
     import tifffile
 
     single = cube.channels == 1  # TIFF has no one-sample contig layout: store a plain image
     with atomic_file(path) as tmp:
         tifffile.imwrite(
             tmp,
-            cube.data[:, :, 0] if single else cube.data,
+            data[:, :, 0] if single else data,
             photometric="minisblack",
             planarconfig=None if single else "contig",
             compression="zlib",
@@ -67,17 +81,17 @@ def _write_tiff(path: Path, cube: Cube) -> None:
         )
 
 
-def _write_npy(path: Path, cube: Cube) -> None:
+def _write_npy(path: Path, cube: Cube, data: np.ndarray) -> None:
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, cube.data)
+        np.save(f, data)
 
 
-def _write_npz(path: Path, cube: Cube) -> None:
+def _write_npz(path: Path, cube: Cube, data: np.ndarray) -> None:
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, cube=cube.data, meta=np.array(json.dumps(cube.meta())))
+        np.savez_compressed(f, cube=data, meta=np.array(json.dumps(cube.meta())))
 
 
-def _write_envi(path: Path, cube: Cube) -> None:
+def _write_envi(path: Path, cube: Cube, data: np.ndarray) -> None:
     h, w, c = cube.shape
     lines = [
         "ENVI",
@@ -99,6 +113,6 @@ def _write_envi(path: Path, cube: Cube) -> None:
     if cube.rgb:
         lines.append("default bands = {" + ", ".join(str(i + 1) for i in cube.rgb) + "}")
     with atomic_file(path.with_suffix(".img")) as tmp:
-        np.ascontiguousarray(cube.data.transpose(2, 0, 1), dtype="<f4").tofile(tmp)
+        np.ascontiguousarray(data.transpose(2, 0, 1), dtype="<f4").tofile(tmp)
         with atomic_file(path) as htmp:
             htmp.write_text("\n".join(lines) + "\n")

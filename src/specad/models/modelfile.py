@@ -25,9 +25,31 @@ from specad.bounds import FiniteFloat, Index, validate
 from specad.data import Preprocess
 from specad.errors import SpecadError
 from specad.models.base import BaseDetector
+from specad.models.envelope import Envelope
 from specad.models.registry import from_file, read_file
 
 MODEL_FILE, META_FILE = "model.safetensors", "model.json"
+Sha256 = Annotated[str, Field(strict=True, pattern=r"^[0-9a-f]{64}$")]
+
+
+@pydantic_dataclass(config=ConfigDict(extra="forbid"))
+class Added:
+    """A cube an update added, and its SHA-256 when it was added."""
+
+    file: Annotated[str, Field(strict=True)]
+    sha256: Sha256
+
+
+@pydantic_dataclass(config=ConfigDict(extra="forbid"))
+class Update:
+    """One ``specad update`` (`specad.update`): the parent's ``model.safetensors`` digest, the
+    confirmed-normal cubes added, the val its threshold was calibrated on (None: the parent's
+    stored val scores), and when (UTC, ISO 8601)."""
+
+    parent: Sha256
+    added: list[Added]
+    val: Annotated[str, Field(strict=True)] | None
+    time: Annotated[str, Field(strict=True)]
 
 
 @pydantic_dataclass(config=ConfigDict(extra="forbid"))
@@ -43,9 +65,15 @@ class ModelMeta:
     bands: list[Annotated[str, Field(strict=True)]]
     wavelengths: list[FiniteFloat] | None
     rgb: tuple[Index, Index, Index] | None
+    envelope: Envelope | None = None
+    """The normal pixels per band (`specad.models.envelope`); None in a model.json written
+    before specad kept it, which loads and scores as before (no format change: `--explain` and
+    the report's spectra ask for a refit)."""
     versions: dict[str, str] = field(
         default_factory=lambda: {"specad": __version__, "torch": torch.__version__}
     )
+    updates: list[Update] = field(default_factory=list)
+    """The updates that made this model from a fitted one, oldest first (empty: as fitted)."""
 
     @model_validator(mode="after")
     def _describes_the_channels(self) -> ModelMeta:
@@ -56,6 +84,8 @@ class ModelMeta:
             raise ValueError(f"wavelengths has {len(self.wavelengths)} values for {n} channels")
         if self.rgb is not None and max(self.rgb) >= n:
             raise ValueError(f"rgb {list(self.rgb)} are not indices of the {n} channels")
+        if self.envelope is not None and len(self.envelope.median) != n:
+            raise ValueError(f"envelope has {len(self.envelope.median)} bands for {n} channels")
         return self
 
     def to_json(self) -> str:

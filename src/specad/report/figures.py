@@ -1,4 +1,5 @@
-"""The index's figures: ROC, precision-recall and score histograms, one set per dataset.
+"""The index's figures: ROC, precision-recall, score histograms and each defect class's mean
+spectrum against the normal envelope, one set per dataset.
 
 Figures are drawn on bare :class:`matplotlib.figure.Figure` objects (always the Agg renderer,
 nothing global to close), written under ``figures/`` and embedded in the index as base64 PNG.
@@ -19,6 +20,7 @@ from matplotlib.figure import Figure
 
 from specad.metrics import Curves
 from specad.report.runs import DatasetRuns, Run
+from specad.report.spectra import class_means
 
 DPI = 90
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
@@ -160,6 +162,38 @@ def _histogram_figure(runs: list[Run], far: float) -> Figure:
     return fig
 
 
+def _spectra_figure(dr: DatasetRuns) -> Figure | None:
+    """Per defect class: its mean spectrum over the true defect pixels, over the normal
+    envelope (1st to 99th percentile, median) of the model it was taken with."""
+    meta, means = class_means(dr)
+    if not means:
+        return None
+    x = np.asarray(meta.wavelengths or range(len(meta.bands)), np.float64)
+    order = np.argsort(x, kind="stable")
+    fig, axes = _figure(len(means), min(4, len(means)), width=3.4, height=2.6)
+    env = meta.envelope
+    for ax, (name, mean) in zip(axes, means.items(), strict=True):
+        if env is not None:
+            lo, hi = np.asarray(env.p1)[order], np.asarray(env.p99)[order]
+            ax.fill_between(
+                x[order], lo, hi, color=NORMAL_COLOUR, alpha=0.35, label="normal 1-99 %"
+            )
+            ax.plot(
+                x[order],
+                np.asarray(env.median)[order],
+                color=NORMAL_COLOUR,
+                lw=1.5,
+                ls="--",
+                label="normal median",
+            )
+        ax.plot(x[order], mean[order], color=ANOMALY_COLOUR, lw=2, marker=".", label=name)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("wavelength (nm)" if meta.wavelengths else "band")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
 def dataset_figures(out: Path, far: float, dr: DatasetRuns) -> dict[str, FigureOut]:
     """Draw one dataset's figures, write them to ``out/figures/`` and return them by key."""
     runs = dr.runs
@@ -177,6 +211,10 @@ def dataset_figures(out: Path, far: float, dr: DatasetRuns) -> dict[str, FigureO
         "scores": (
             _histogram_figure(runs, far),
             "Image scores of normal and anomalous test cubes with the calibrated threshold",
+        ),
+        "spectra": (
+            _spectra_figure(dr),
+            "Mean spectrum of each defect class's true pixels against the normal envelope",
         ),
     }
     figures = {}

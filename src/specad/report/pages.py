@@ -23,6 +23,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from specad import __version__
 from specad.inference import Detector
+from specad.inference.regions import Region
 from specad.io import atomic_dir, refuse_overlap
 from specad.io.files import escaped
 from specad.metrics import AUPRO_FPR_LIMIT
@@ -39,6 +40,7 @@ from specad.report.runs import (
     unique,
     verdict,
 )
+from specad.report.viewer import PAGE_BUDGET, viewer_data
 from specad.runtime import cpu_model
 
 SUMMARY_METRICS = (
@@ -296,7 +298,8 @@ def _write_pages(
     needed = sorted(set().union(*(r.keys() for r in ranks.values())))
     samples, masks = dr.runs[0].test.samples, dr.runs[0].test.masks
     for i in tqdm(needed, disable=not progress, unit="page", desc=f"pages for {dr.name}"):
-        view = cube_view(samples[i].read(), masks[i], cfg.swir_bands, samples[i].path)
+        cube = samples[i].read()
+        view = cube_view(cube, masks[i], cfg.swir_bands, samples[i].path)
         for run in dr.runs:
             if i not in ranks[run.model]:
                 continue
@@ -323,30 +326,55 @@ def _write_pages(
                 }
                 for p in panels
             ]
+            pictures = sum((folder / f"{p.key}.png").stat().st_size for p in panels)
+            before, after = _neighbours(entries[run.model], rank)
+            viewer, regions = viewer_data(
+                cube,
+                masks[i],
+                run.test.maps[i],
+                run.meta,
+                run.threshold,
+                ranges[run.model],
+                swir_spec=cfg.swir_bands,
+                label=samples[i].label,
+                budget=PAGE_BUDGET - pictures,
+                nav={"previous": before, "next": after},
+            )
             page.write_text(
-                _page_html(cfg, dr, run, entries[run.model], rank, ranges[run.model], shown),
+                _page_html(
+                    dr, run, entries[run.model], rank, ranges[run.model], shown, viewer, regions
+                ),
                 encoding="utf-8",
             )
     return entries
 
 
+def _neighbours(entries: list[PageEntry], rank: int) -> tuple[str | None, str | None]:
+    """The previous and next pages in a model's list, as links from a page of it."""
+    before = Path(entries[rank - 1].href).name if rank > 0 else None
+    after = Path(entries[rank + 1].href).name if rank + 1 < len(entries) else None
+    return before, after
+
+
 def _page_html(
-    cfg: ReportConfig,
     dr: DatasetRuns,
     run: Run,
     entries: list[PageEntry],
     rank: int,
     scale: tuple[float, float],
     panels: list[dict[str, Any]],
+    viewer: dict[str, Any],
+    regions: list[Region],
 ) -> str:
     e = entries[rank]
     sample, mask = run.test.samples[e.index], run.test.masks[e.index]
     flagged = float(np.mean(run.test.maps[e.index] >= run.threshold))
     nav = [(f"../../../index.html#images-{dr.name}", "← report")]
-    if rank > 0:
-        nav.append((Path(entries[rank - 1].href).name, "‹ previous"))
-    if rank + 1 < len(entries):
-        nav.append((Path(entries[rank + 1].href).name, "next ›"))
+    before, after = _neighbours(entries, rank)
+    if before is not None:
+        nav.append((before, "‹ previous"))
+    if after is not None:
+        nav.append((after, "next ›"))
     facts = [
         ("Model", f"{run.model} ({run.kind})"),
         ("Dataset", dr.name),
@@ -368,4 +396,7 @@ def _page_html(
         model=run.model,
         facts=facts,
         panels=panels,
+        viewer=viewer,
+        regions=regions,
+        has_envelope=run.meta.envelope is not None,
     )

@@ -16,6 +16,7 @@ from specad.evaluate import run_and_evaluate
 from specad.fit import fit_on_dataset
 from specad.inference import Detector, SplitResults
 from specad.metrics import curves
+from specad.models.modelfile import ModelMeta
 from specad.predict import cluster
 from specad.report.config import ReportConfig
 
@@ -34,6 +35,7 @@ class Run:
     metrics: dict[str, Any]
     curves: dict[str, Any]
     runtime: str  # how the maps were computed (torch, onnx, int8, ...): int8 maps differ
+    meta: ModelMeta  # its channels, bands and normal envelope: the pages' spectra
 
     @property
     def threshold(self) -> float:
@@ -86,7 +88,7 @@ def run_dataset(
                 det, ds, cfg.far, det.threshold, tiled=cfg.tiled, progress=progress, cluster=dask
             )
         crv = curves(res.scores, res.maps, res.masks, res.class_names, max_pixels=CURVE_PIXELS)
-        runs.append(Run(model, det.kind, res, summary, crv, det.runtime))
+        runs.append(Run(model, det.kind, res, summary, crv, det.runtime, det.meta))
     return DatasetRuns(name, ds, runs)
 
 
