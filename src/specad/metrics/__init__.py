@@ -1,9 +1,11 @@
 """Anomaly-detection metrics shared by every detector: the reported figures and the one
-threshold rule (`measures`), computed from one sort of the normal scores (`ranking`).
+threshold rule (`measures`), computed from one sort of the normal scores (`ranking`); drift
+of a line's scores from a calibration (`drift`).
 
 The names callers need are importable from here.
 """
 
+from specad.metrics.drift import DriftMonitor, DriftState
 from specad.metrics.measures import (
     AUPRO_FPR_LIMIT,
     CURVE_POINTS,
@@ -29,6 +31,8 @@ __all__ = [
     "CURVE_POINTS",
     "DEFAULT_FAR",
     "Curves",
+    "DriftMonitor",
+    "DriftState",
     "ThresholdWarning",
     "aupro",
     "curves",

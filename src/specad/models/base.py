@@ -15,7 +15,8 @@ refused in ``__init__`` with one line, the same way for every detector. Fitted s
 on normal validation images (thresholds, map quantiles) is one value, `Calibration`.
 
 What only some detectors have is a mixin that callers test with ``isinstance``: `Exportable`
-(an ONNX graph of the maps) and `Trained` (a network made by a training run).
+(an ONNX graph of the maps), `Trained` (a network made by a training run) and `Updatable` (maps
+that take more normal images without a refit).
 
 Adding a detector: subclass `BaseDetector` under ``@detector``, implement ``_score_maps`` (and
 ``fit_maps`` if it learns from normal images, ``_tensors``/``_restore`` if it keeps tensors),
@@ -49,7 +50,7 @@ Units = tuple[Sequence[float], Sequence[float]]
 """Per-channel ``(scale, offset)`` with ``stored = image * scale + offset``: how preprocessed
 images map back to the cube's own units (`specad.data.Preprocess.units`)."""
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """The model file format. Raised whenever saved state changes meaning: a file of another version
 is refused in one line (`specad.models.registry.check_format`), never half read."""
 FORMAT = f"specad.detector/{FORMAT_VERSION}"
@@ -374,6 +375,17 @@ class Trained(ABC):
     def training_data(self) -> Path | None:
         """The dataset it was trained on, where known: `specad export` calibrates its int8
         runtime there unless told otherwise."""
+
+
+class Updatable(ABC):
+    """Mixin of a detector whose fitted maps take more normal images without a refit over the
+    ones it was fitted on (`specad.update`, ``specad update``); callers test
+    ``isinstance(det, Updatable)``."""
+
+    @abstractmethod
+    def update_maps(self, images: Images) -> Self:
+        """Fold normal ``images``, preprocessed as the fitted ones were, into the fitted maps;
+        the threshold is the caller's to set again (`BaseDetector.calibrate`)."""
 
 
 def check_state(kind: str, tensors: dict[str, Tensor], values: Any) -> None:

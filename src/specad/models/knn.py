@@ -21,7 +21,7 @@ Memory, stated for the defaults (blocks 4 + 10 + 12: D = 344 features per patch,
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Self
 
 import torch
@@ -39,6 +39,7 @@ from specad.models.base import (
     NonNegative,
     PositiveInt,
     Units,
+    Updatable,
     check_shape,
     detector,
     nest,
@@ -56,7 +57,7 @@ the caches (benchmarks/speed/knn_speed_results.md)."""
 
 
 @detector
-class KNN(Exportable, BaseDetector):
+class KNN(Updatable, Exportable, BaseDetector):
     """Nearest-neighbour anomaly maps against a coreset of normal patch features, plus
     per-pixel spectral maps.
 
@@ -147,17 +148,15 @@ class KNN(Exportable, BaseDetector):
             first.shape[0], self.blocks, self.mapping, wavelengths
         ).to(first.device, memory_format=torch.channels_last)
         self.wavelengths_ = None if wavelengths is None else [float(w) for w in wavelengths]
-        per_image = math.ceil(self.max_patches / len(train))
         weighted = self.spectral_weight_ > 0
-        kept, sides, magnitude = [], set(), torch.zeros(first.shape[0])
-        for batch in batches(train):
+        sides, magnitude = set(), torch.zeros(first.shape[0])
+
+        def seen(batch: Tensor) -> None:
             sides.update(batch.shape[-2:])
             if weighted:  # the spectral maps' log floor, in the same pass
-                magnitude += PixelSpectra.magnitude(batch, units)
-            for f in self._patches(batch):  # [h*w, D] per image
-                pick = torch.randperm(len(f), generator=gen)[:per_image].to(f.device)
-                kept.append(f[pick])
-        patches = torch.cat(kept)[: self.max_patches]
+                magnitude.add_(PixelSpectra.magnitude(batch, units))
+
+        patches = self._sampled_patches(train, gen, seen)
         self.bank_ = patches[greedy_coreset(patches, self.coreset_size, self.projection, gen)]
         self.spectra_ = PixelSpectra.fit(train, units, self.seed, magnitude) if weighted else None
         quantiles = {}  # none without val: the raw patch map
@@ -176,9 +175,46 @@ class KNN(Exportable, BaseDetector):
         self.units_ = ([float(k) for k in scale], [float(o) for o in offset])
         return self
 
+    @torch.inference_mode()
+    def update_maps(self, images: Images) -> Self:
+        """Add normal images [B, N, S, S] (or [N, S, S] each) to what the maps were fitted on:
+        their patches join the bank and the coreset is selected again over the old bank and
+        them, within ``coreset_size``; the spectral maps' statistics are pooled
+        (`PixelSpectra.update`). The map quantiles stay the ones measured on val: the threshold,
+        not the maps' scale, is what the caller calibrates again."""
+        self.check_fitted()
+        channels, size = self.extractor_.stem.in_channels, self.image_size_
+
+        def check(batch: Tensor) -> None:
+            if batch.shape[1] != channels or (size and batch.shape[-2:] != (size, size)):
+                want = f"[B, {channels}, {size or 'S'}, {size or 'S'}]"
+                raise SpecadError(f"knn was fitted on {want} images, got {tuple(batch.shape)}")
+
+        gen = torch.Generator().manual_seed(self.seed)
+        patches = torch.cat([self.bank_, self._sampled_patches(images, gen, check)])
+        self.bank_ = patches[greedy_coreset(patches, self.coreset_size, self.projection, gen)]
+        if self.spectra_ is not None:
+            self.spectra_.update(images, self.seed)
+        return self
+
+    def _sampled_patches(
+        self, images: Images, gen: torch.Generator, seen: Callable[[Tensor], None]
+    ) -> Tensor:
+        """Up to ``max_patches`` patch features [n, D], drawn at random and as many from each
+        image; ``seen`` is shown every batch first (what else a pass over them gathers)."""
+        per_image = math.ceil(self.max_patches / len(images))
+        kept = []
+        for batch in batches(images):
+            seen(batch)
+            for f in self._patches(batch):  # [h*w, D] per image
+                pick = torch.randperm(len(f), generator=gen)[:per_image].to(f.device)
+                kept.append(f[pick])
+        return torch.cat(kept)[: self.max_patches]
+
     def _patches(self, x: Tensor) -> Tensor:
-        """Patch features [B, h*w, D] of input [B, N, S, S]."""
-        f = self.extractor_(x.contiguous(memory_format=torch.channels_last))
+        """Patch features [B, h*w, D] of input [B, N, S, S], on the extractor's device."""
+        device = self.extractor_.stem.weight.device
+        f = self.extractor_(x.to(device, memory_format=torch.channels_last))
         return f.flatten(2).transpose(1, 2)
 
     # ------------------------------------------------------------------ scoring

@@ -11,10 +11,11 @@ whole: on ``tray6-hard`` a global model of the spectrum (RX) fell well behind
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,11 +31,18 @@ float64 working copies stay near 100 MB whatever the band count."""
 MAX_PIXELS = 200_000
 FLOOR = 1e-3
 """Smallest value taken to the log, as a share of the channel's mean absolute training value."""
+MEDIAN_PIXELS = 16_384
+"""Pixels of a regular grid that an image's median spectrum is taken over, where it has more:
+the median of n samples has a standard error of about 1.25 / sqrt(n) standard deviations (under
+1 % here), while selecting it among every pixel of a 224-band cube was a large share of its
+spectral maps' cost (benchmarks/speed/bands_results.md)."""
 
 
 def _centred(x: Tensor) -> Tensor:
-    """[B, C, H, W] minus each image's per-channel median."""
-    return x - x.flatten(2).median(dim=-1).values[..., None, None]
+    """[B, C, H, W] minus each image's per-channel median (over `MEDIAN_PIXELS` of them)."""
+    step = max(1, math.isqrt(x.shape[-2] * x.shape[-1] // MEDIAN_PIXELS))
+    grid = x[..., ::step, ::step].flatten(2)  # [B, C, n]
+    return x - grid.median(dim=-1).values[..., None, None]
 
 
 def _in_units(x: Tensor, scale: Tensor, offset: Tensor) -> Tensor:
@@ -86,29 +94,54 @@ class PixelSpectra:
         if magnitude is None:
             magnitude = sum(cls.magnitude(x[None], units) for x in images)
         scale, offset = ([1.0] * c, [0.0] * c) if units is None else units
-        sample = max(2, min(MAX_PIXELS, SAMPLE_VALUES // c))
         spectra = cls(
             torch.tensor(scale, dtype=torch.float64),
             torch.tensor(offset, dtype=torch.float64),
             torch.zeros(c, dtype=torch.float64),
-            RX(max_pixels=sample, components="auto", seed=seed),
-            RX(max_pixels=sample, components="auto", seed=seed) if c > 1 else None,
+            cls._model(c, seed),
+            cls._model(c, seed) if c > 1 else None,
         )
         spectra.floor = FLOOR * magnitude / len(images) + torch.finfo(torch.float32).tiny
+        return spectra._sampled(images, seed, RX.fit_cubes)
+
+    def update(self, images: Tensor | Sequence[Tensor], seed: int) -> Self:
+        """Pool normal images into both maps' statistics (`RX.update_cubes`). The transforms
+        (the units, the log floor) stay the fitted ones, so that the pooled statistics are of
+        pixels transformed alike."""
+        return self._sampled(images, seed, RX.update_cubes)
+
+    def _sampled(
+        self,
+        images: Tensor | Sequence[Tensor],
+        seed: int,
+        step: Callable[[RX, Iterator[np.ndarray], int], RX],
+    ) -> Self:
+        """``step`` (`RX.fit_cubes` or `RX.update_cubes`) run on a random sample of each
+        image's transformed pixels, at most `SAMPLE_VALUES` values in all, as standing for
+        every pixel of the images (the weight pooling gives them)."""
         gen = torch.Generator().manual_seed(seed)
-        per_image = math.ceil(sample / len(images))
-        level, shape = [], []
+        per_image = math.ceil(self.level.max_pixels / len(images))
+        level, shape, pixels = [], [], 0
         for x in images:
             x = x[None].cpu()
+            pixels += x.shape[2] * x.shape[3]
             # pixels picked before the transpose to (n, C): the whole image is never transposed
             pick = torch.randperm(x.shape[2] * x.shape[3], generator=gen)[:per_image]
-            level.append(spectra._level(x).flatten(2)[0][:, pick].T.numpy())
-            if spectra.shape is not None:
-                shape.append(spectra._shape(x).flatten(2)[0][:, pick].T.numpy())
-        spectra.level.fit_cubes(p[:, None] for p in level)  # (n, 1, C) "cubes"
-        if spectra.shape is not None:
-            spectra.shape.fit_cubes(p[:, None] for p in shape)
-        return spectra
+            level.append(self._level(x).flatten(2)[0][:, pick].T.numpy())
+            if self.shape is not None:
+                shape.append(self._shape(x).flatten(2)[0][:, pick].T.numpy())
+        step(self.level, (p[:, None] for p in level), pixels)  # (n, 1, C) "cubes"
+        if self.shape is not None:
+            step(self.shape, (p[:, None] for p in shape), pixels)
+        return self
+
+    @staticmethod
+    def _model(channels: int, seed: int) -> RX:
+        """One map's model, for images of ``channels`` bands: fitted on a sample of at most
+        `SAMPLE_VALUES` values, on as many principal axes as `specad.models.rx.flat_tail`
+        keeps (a saved one is made the same way: its whitening is derived again at load)."""
+        sample = max(2, min(MAX_PIXELS, SAMPLE_VALUES // channels))
+        return RX(max_pixels=sample, components="auto", seed=seed)
 
     @staticmethod
     def magnitude(x: Tensor, units: Units | None) -> Tensor:
@@ -172,7 +205,7 @@ class PixelSpectra:
                 return None
             if not isinstance(scalars[name], dict):
                 raise SpecadError(f"knn spectral {name} values are not a mapping")
-            fitted = RX(seed=seed)
+            fitted = cls._model(max(1, len(tensors["scale"])), seed)
             fitted._restore(unnest(name, tensors), scalars[name])
             return fitted
 

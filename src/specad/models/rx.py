@@ -22,7 +22,8 @@ from specad.models.base import (
     CubeDetector,
     FittedInput,
     Images,
-    NonNegative,
+    PositiveInt,
+    Updatable,
     check_shape,
     detector,
 )
@@ -61,16 +62,18 @@ def _pixels(cube: np.ndarray) -> np.ndarray:
 
 
 @detector
-class RX(CubeDetector):
+class RX(Updatable, CubeDetector):
     """Global RX detector fitted on normal cubes: ``d(y) = (y - mu)^T S^-1 (y - mu)``.
 
     ``fit`` estimates the background mean ``mu`` and covariance ``S`` from a uniform random
-    subsample of at most ``max_pixels`` training pixels. The covariance is shrunk toward a
-    scaled identity, ``(1 - a) S + a tr(S)/C I``, which keeps it invertible when bands are highly
-    correlated or pixels are few: ``a`` is the Ledoit-Wolf estimate for ``"auto"``, or the given
-    number (``0`` is classic RX). Its inverse is kept as a whitening matrix from an
-    eigendecomposition, discarding numerically null directions like a pseudo-inverse, so
-    distances never go negative.
+    subsample of at most ``max_pixels`` training pixels; they stand for every pixel seen
+    (``pixels_``), so that `update_maps` pools more normal cubes into them exactly. The
+    covariance is shrunk toward a scaled identity, ``(1 - a) S + a tr(S)/C I``, which keeps it
+    invertible when bands are highly correlated or pixels are few: ``a`` is the Ledoit-Wolf
+    estimate for ``"auto"``, or the given number (``0`` is classic RX). Its inverse is kept as a
+    whitening matrix from an eigendecomposition, discarding numerically null directions like a
+    pseudo-inverse, so distances never go negative. A saved RX keeps the mean, the covariance,
+    ``a`` and the pixel count; the whitening is derived from them again when it is loaded.
 
     ``components`` k (None: all) keeps the k leading principal axes and scores the rest by
     their mean variance ``s2`` (probabilistic PCA): ``d(y) = |W^T (y - mu)|^2 + |r|^2 / s2``
@@ -80,7 +83,7 @@ class RX(CubeDetector):
     """
 
     kind: ClassVar[str] = "rx"
-    fitted: ClassVar[tuple[str, ...]] = ("mean_", "whitening_", "residual_")
+    fitted: ClassVar[tuple[str, ...]] = ("mean_", "covariance_", "pixels_", "whitening_")
     shrinkage: Shrinkage = "auto"
     max_pixels: Annotated[int, Field(strict=True, ge=2)] = 200_000
     components: Components = None
@@ -91,19 +94,53 @@ class RX(CubeDetector):
     ) -> Self:
         return self.fit_cubes(self.cubes(train))
 
-    def fit_cubes(self, cubes: Iterable[np.ndarray]) -> Self:
-        """Fit the background on normal (H, W, C) cubes; ``cubes`` may be a one-pass iterator."""
+    def fit_cubes(self, cubes: Iterable[np.ndarray], pixels: int | None = None) -> Self:
+        """Fit the background on normal (H, W, C) cubes; ``cubes`` may be a one-pass iterator.
+        ``pixels``: how many pixels the cubes are a sample of (None: their own count), the
+        weight `update_cubes` pools them with."""
+        kept, seen = self._sample(cubes)
+        alpha = ledoit_wolf_shrinkage(kept) if self.shrinkage == "auto" else self.shrinkage
+        return self._background(
+            kept.mean(axis=0), empirical_covariance(kept), alpha, pixels or seen
+        )
+
+    def update_maps(self, images: Images) -> Self:
+        """Pool normal ``images`` [B, C, H, W] (or [C, H, W] each) into the background."""
+        return self.update_cubes(self.cubes(images))
+
+    def update_cubes(self, cubes: Iterable[np.ndarray], pixels: int | None = None) -> Self:
+        """Pool the pixels of normal (H, W, C) ``cubes`` into the fitted mean and covariance:
+        exactly the statistics of the union of both samples (counts, means and covariances
+        pooled), with no pass over the cubes it was fitted on. ``pixels`` as in `fit_cubes`.
+        The shrinkage stays the fitted one: Ledoit-Wolf's needs the pixels themselves."""
+        self.check_fitted()
+        kept, seen = self._sample(cubes, self.mean_.shape[0])
+        n, mean, cov = pool(
+            (self.pixels_, self.mean_, self.covariance_),
+            (pixels or seen, kept.mean(axis=0), empirical_covariance(kept)),
+        )
+        return self._background(mean, cov, self.shrinkage_, n)
+
+    def _sample(
+        self, cubes: Iterable[np.ndarray], channels: int | None = None
+    ) -> tuple[np.ndarray, int]:
+        """A uniform random sample of at most ``max_pixels`` of the cubes' pixels, [n, C]
+        float64, and how many pixels there were; ``channels``: the count they must have."""
         # Bottom-k sampling: every pixel draws a random key and the smallest keys are kept, a
         # uniform sample without replacement over the whole stream in bounded memory.
         rng = np.random.default_rng(self.seed)
         kept: np.ndarray | None = None
         keys = np.empty(0)
+        seen = 0
         for i, cube in enumerate(cubes):
             px = _pixels(cube)
+            if channels is not None and px.shape[1] != channels:
+                raise SpecadError(f"cube {i} has {px.shape[1]} channels, the model {channels}")
             if kept is not None and px.shape[1] != kept.shape[1]:
                 raise SpecadError(
                     f"training cube {i} has {px.shape[1]} channels, earlier ones {kept.shape[1]}"
                 )
+            seen += px.shape[0]
             new_keys = rng.random(px.shape[0])
             if keys.size == self.max_pixels:  # full: only keys below the largest kept can enter
                 below = new_keys < keys.max()
@@ -121,12 +158,12 @@ class RX(CubeDetector):
             raise SpecadError("RX needs at least 2 training pixels")
         if not np.isfinite(kept).all():
             raise SpecadError("training cubes contain NaN or inf")
+        return kept, seen
 
-        alpha = ledoit_wolf_shrinkage(kept) if self.shrinkage == "auto" else self.shrinkage
-        return self._background(kept.mean(axis=0), empirical_covariance(kept), alpha)
-
-    def _background(self, mean: np.ndarray, cov: np.ndarray, alpha: float) -> Self:
-        """Keep ``mean`` and the whitening of ``cov`` shrunk by ``alpha``."""
+    def _background(self, mean: np.ndarray, cov: np.ndarray, alpha: float, pixels: int) -> Self:
+        """Keep ``mean`` and the covariance ``cov`` of ``pixels`` pixels, and the whitening of
+        ``cov`` shrunk by ``alpha``: what the maps use, derived from them alone."""
+        self.mean_, self.covariance_, self.pixels_ = mean, cov, int(pixels)
         cov = shrunk_covariance(cov, shrinkage=alpha)
         eigval, eigvec = np.linalg.eigh(cov)
         eigval, eigvec = eigval[::-1], eigvec[:, ::-1]  # leading axes first
@@ -134,7 +171,6 @@ class RX(CubeDetector):
         eigval, eigvec = eigval[keep], eigvec[:, keep]
         k = flat_tail(eigval) if self.components == "auto" else self.components or len(eigval)
         k = min(k, len(eigval))
-        self.mean_ = mean
         self.whitening_ = eigvec[:, :k] / np.sqrt(eigval[:k])
         self.residual_ = float(1 / eigval[k:].mean()) if k < len(eigval) else 0.0
         self.shrinkage_ = float(alpha)
@@ -178,23 +214,37 @@ class RX(CubeDetector):
     def _tensors(self) -> dict[str, Tensor]:
         return {
             "mean": torch.from_numpy(self.mean_),
-            "whitening": torch.from_numpy(np.ascontiguousarray(self.whitening_)),
+            "covariance": torch.from_numpy(self.covariance_),
         }
 
     def _scalars(self) -> dict[str, Any]:
-        return {"shrinkage": self.shrinkage_, "residual": self.residual_}
+        return {"shrinkage": self.shrinkage_, "pixels": self.pixels_}
 
     def _restore(self, tensors: dict[str, Tensor], scalars: dict[str, Any]) -> None:
-        mean, whitening = tensors["mean"], tensors["whitening"]
+        mean, cov = tensors["mean"], tensors["covariance"]
         check_shape(self.kind, "mean", mean, None)
-        validate(ChannelCount, len(mean), None, "rx channels")
-        check_shape(self.kind, "whitening", whitening, len(mean), None)
-        if whitening.shape[1] > len(mean):  # kept directions of the covariance: at most C
-            raise SpecadError(f"rx tensor 'whitening' is {tuple(whitening.shape)}, wider than tall")
-        self.mean_ = mean.double().numpy()
-        self.whitening_ = whitening.double().numpy()
-        self.shrinkage_ = validate(Shrinkage, scalars["shrinkage"], None, "rx shrinkage")
-        self.residual_ = validate(NonNegative, scalars["residual"], None, "rx residual")
+        c = validate(ChannelCount, len(mean), None, "rx channels")
+        check_shape(self.kind, "covariance", cov, c, c)
+        cov = cov.double().numpy()
+        if not np.allclose(cov, cov.T, rtol=1e-9, atol=0) or np.trace(cov) <= 0:
+            raise SpecadError("rx tensor 'covariance' is not a symmetric covariance")
+        alpha = validate(Shrinkage, scalars["shrinkage"], None, "rx shrinkage")
+        pixels = validate(PositiveInt, scalars["pixels"], None, "rx pixels")
+        self._background(mean.double().numpy(), cov, alpha, pixels)
+
+
+def pool(
+    a: tuple[int, np.ndarray, np.ndarray], b: tuple[int, np.ndarray, np.ndarray]
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """The (count, mean, covariance) of two samples together from each one's: the covariance
+    of the union is the count-weighted mean of the two plus the spread of their means. Biased
+    (divided by the count) covariances, as `empirical_covariance` gives."""
+    (n, mean_a, cov_a), (m, mean_b, cov_b) = a, b
+    total = n + m
+    gap = mean_b - mean_a
+    mean = mean_a + gap * (m / total)
+    cov = (n * cov_a + m * cov_b) / total + np.outer(gap, gap) * (n * m / total**2)
+    return total, mean, cov
 
 
 def rx_scene(cube: np.ndarray, shrinkage: Shrinkage = 0.0) -> np.ndarray:
@@ -215,7 +265,7 @@ def rx_scene(cube: np.ndarray, shrinkage: Shrinkage = 0.0) -> np.ndarray:
         raise SpecadError(str(err)) from None
     if shrinkage == "auto":
         shrinkage = ledoit_wolf_shrinkage(px - mean, assume_centered=True)
-    return RX(shrinkage=shrinkage)._background(mean, cov, shrinkage).score_cube(cube)
+    return RX(shrinkage=shrinkage)._background(mean, cov, shrinkage, len(px)).score_cube(cube)
 
 
 def rx_scene_bytes(shape: tuple[int, int, int], shrinkage: Shrinkage = 0.0) -> int:
