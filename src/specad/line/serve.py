@@ -350,6 +350,7 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> str | None
         sock.bind((host, port))
     except OSError as err:
         sock.close()
+        app.state.service.close()
         raise SpecadError(f"cannot listen on {host}:{port} ({err.strerror or err})") from err
     bound = sock.getsockname()[1]
     server = _Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30))
