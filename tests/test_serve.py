@@ -300,6 +300,31 @@ def test_metrics_parse_and_count(server: Server, tiny_root: Path) -> None:
     assert server.metric("specad_queue_depth") == 0
 
 
+def test_the_drift_watch_counts_every_verdict(server: Server, tiny_root: Path) -> None:
+    """The drift gauges follow the verdicts the server gave (`specad.metrics.drift` tests the
+    bounds themselves): the running alarm rate is the share of cubes flagged."""
+    for cube in sorted((tiny_root / "test").rglob("*.tif"))[:4]:
+        assert server.score(cube).status_code == 200
+    families = {
+        f.name: f for f in text_string_to_metric_families(server.client.get("/metrics").text)
+    }
+    counts = {
+        s.labels["verdict"]: s.value
+        for s in families["specad_verdicts"].samples
+        if s.name.endswith("_total")
+    }
+    rate = counts.get("anomalous", 0) / sum(counts.values())
+    assert families["specad_drift_alarm_rate"].samples[0].value == pytest.approx(rate)
+    bound = families["specad_drift_alarm_bound"].samples[0].value
+    drifting = families["specad_drifting"].samples[0].value
+    window = families["specad_drift_window_alarms"].samples[0].value
+    assert drifting == float(
+        window >= bound
+        or families["specad_drift_score_statistic"].samples[0].value
+        >= families["specad_drift_score_bound"].samples[0].value
+    )
+
+
 def test_feedback_queues_a_scored_cube_once(
     server: Server, tiny_root: Path, feedback_dir: Path
 ) -> None:

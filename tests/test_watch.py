@@ -23,9 +23,10 @@ from conftest import one_line_failure, run_specad
 from PIL import Image
 
 from specad.inference import Detector
-from specad.io import read_cube
+from specad.io import Cube, read_cube, write_cube
 from specad.line import Watcher
 from specad.line.journal import VERDICTS, Journal
+from specad.metrics.drift import DriftMonitor
 
 DEADLINE = 90.0
 """Seconds any one wait in these tests may take before it fails: a loaded CI machine included."""
@@ -258,6 +259,33 @@ def test_done_moves_scored_cubes_and_a_cube_done_before_a_crash_is_not_rescored(
     assert (done / "late.tif").read_bytes() == sources[1].read_bytes()
     junk = next(r for r in records if r["file"] == "junk.npy")
     assert "junk.npy" in junk["error"] and "score" not in junk
+
+
+def test_drift_is_said_once_and_journaled_with_each_verdict(
+    tiny_rx: Path, tiny_root: Path, tmp_path: Path
+) -> None:
+    """A line whose cubes all turn anomalous drifts: one alert, and every verdict line from
+    then on says so. The tiny model's four val scores cannot bound a drift (its own monitor
+    never fires), so the watcher is given one calibrated on 200 normal scores."""
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    det = Detector.load(tiny_rx)
+    alerts: list[str] = []
+    watcher = Watcher(det, inbox, out, settle=0.0, on_drift=alerts.append)
+    assert watcher.drift is not None  # the model's own, from its calibration
+    normal = np.linspace(0.0, det.threshold * 0.9, 200)
+    watcher.drift = DriftMonitor(normal, det.threshold, window=5, horizon=10)
+    bad = read_cube(next(p for p in cubes(tiny_root) if p.parent.name != "good"))
+    write_cube(tmp_path / "bad.tif", Cube(bad.data + 10 * bad.data.std(), bad.bands))
+    with background(watcher):
+        for i in range(6):
+            rename_in(tmp_path / "bad.tif", inbox, f"{i}.tif")
+            wait_for(lambda i=i: len(lines(out)) == i + 1, f"verdict {i}")
+    records = assert_once(out, [f"{i}.tif" for i in range(6)])
+    assert all(r["anomalous"] for r in records)
+    assert len(alerts) == 1 and alerts[0].startswith("drift after"), alerts
+    first = next(i for i, r in enumerate(records) if r["drifting"])
+    assert first > 0 and all(r["drifting"] for r in records[first:])
 
 
 def test_hidden_and_temporary_names_are_never_read(

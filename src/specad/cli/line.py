@@ -52,7 +52,12 @@ def watch(
     def skipped(line: str) -> None:
         err.print(f"skipped: {line}", markup=False, highlight=False, soft_wrap=True)
 
-    watcher = Watcher(det, inbox, out_dir, settle=settle, done=done, poll=poll, on_skip=skipped)
+    def drifting(line: str) -> None:
+        err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+
+    watcher = Watcher(
+        det, inbox, out_dir, settle=settle, done=done, poll=poll, on_skip=skipped, on_drift=drifting
+    )
     stopped_by: list[str] = []
 
     def stop(signum: int, frame: object) -> None:

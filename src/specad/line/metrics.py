@@ -8,6 +8,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from specad.metrics.drift import DriftState
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Seconds: from a few milliseconds (a small cube on RX) to a large cube on a slow runtime."""
 ROUTES = ("/score", "/health", "/model", "/metrics", "/reload", "/feedback")
@@ -47,6 +49,45 @@ class Metrics:
             "specad_model_generation", "Loads of the model so far (1: the first)", registry=r
         )
         self.feedback = Counter("specad_feedback", "Cubes queued as normal feedback", registry=r)
+
+    def watch_drift(self, state: Callable[[], DriftState | None]) -> None:
+        """Gauges read from ``state`` (the serving model's drift watch, None without one) at
+        each scrape: the running comparison of the line's scores against the calibration."""
+        series = {
+            "specad_drift_alarm_rate": (
+                "Share of all cubes scored that were flagged",
+                "alarm_rate",
+            ),
+            "specad_drift_calibrated_rate": (
+                "Rate at which the threshold flags normal cubes, from the calibration",
+                "calibrated_rate",
+            ),
+            "specad_drift_window_alarms": (
+                "Cubes flagged among the recent window",
+                "window_alarms",
+            ),
+            "specad_drift_alarm_bound": ("window_alarms at or above this is drift", "alarm_bound"),
+            "specad_drift_score_statistic": (
+                "KS statistic of recent normal scores against the calibration's",
+                "score_statistic",
+            ),
+            "specad_drift_score_bound": (
+                "score_statistic at or above this is drift",
+                "score_bound",
+            ),
+            "specad_drifting": (
+                "1 while the line's scores have drifted from the calibration",
+                "drifting",
+            ),
+        }
+        for name, (text, field) in series.items():
+            gauge = Gauge(name, text, registry=self.registry)
+            gauge.set_function(lambda field=field: _field(state(), field))
+
+
+def _field(state: DriftState | None, field: str) -> float:
+    """A drift state's field as a gauge value (NaN without a drift watch)."""
+    return float("nan") if state is None else float(getattr(state, field))
 
 
 Scope = MutableMapping[str, Any]

@@ -40,7 +40,7 @@ from specad.io import CUBE_SUFFIXES, Cube, read_cube
 from specad.line.batching import Batcher
 from specad.line.metrics import CountRequests, Metrics
 from specad.line.spool import Spool
-from specad.line.verdict import Loaded, ModelSlot, Verdict, judge
+from specad.line.verdict import Loaded, ModelSlot, Verdict, drift_monitor, judge
 
 MAX_BYTES = 1 << 30
 """The default largest upload: 1 GiB, a 2048 x 2048 x 64 float32 cube."""
@@ -89,10 +89,16 @@ class Service:
         self.batcher = Batcher(batch, batch_wait, on_batch=self.metrics.batch.observe)
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
         self.spool = Spool(keep, None if feedback is None else Path(feedback))
+        self.drift = drift_monitor(self.slot.current.detector)
+        self.metrics.watch_drift(lambda: None if self.drift is None else self.drift.state)
 
     def _record(self, verdict: Verdict) -> None:
-        """Every verdict passes here once, before it is answered: the hook for monitors."""
+        """Every verdict passes here once, before it is answered: the verdict counts, and the
+        drift watch, which says one line on stderr when the scores start to drift."""
         self.metrics.verdicts.labels("anomalous" if verdict.anomalous else "normal").inc()
+        alert = None if self.drift is None else self.drift.observe(verdict.score)
+        if alert is not None:
+            print(f"warning: {alert}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.batcher.close()
@@ -107,6 +113,7 @@ class Service:
             raise
         self.metrics.reloads.labels("ok").inc()
         self.metrics.generation.set(loaded.generation)
+        self.drift = drift_monitor(loaded.detector)  # a new calibration: watched afresh
         return loaded
 
     def describe(self) -> dict[str, Any]:

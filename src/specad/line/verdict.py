@@ -15,6 +15,7 @@ from pathlib import Path
 from specad.errors import SpecadError
 from specad.inference import Detector
 from specad.metrics import is_anomalous
+from specad.metrics.drift import DriftMonitor
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,16 @@ def judge(detector: Detector, file: str, score: float, started: float) -> Verdic
         runtime=detector.runtime,
         ms=(time.perf_counter() - started) * 1000,
     )
+
+
+def drift_monitor(detector: Detector) -> DriftMonitor | None:
+    """The drift watch of ``detector``'s scores against its calibration's normal val scores, at
+    the threshold its runtime judges by; None where the calibration keeps no normal val score
+    below that threshold to compare with."""
+    try:
+        return DriftMonitor(detector.model.calibration_.val_scores, detector.threshold)
+    except SpecadError:
+        return None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from specad.inference import Detector, score_file
 from specad.io import refuse_overlap, reserve_output
 from specad.line.inbox import POLL_SECONDS, RESCAN_SECONDS, Inbox
 from specad.line.journal import Journal, Key
-from specad.line.verdict import Verdict, judge
+from specad.line.verdict import Verdict, drift_monitor, judge
 
 STAGING = ".staging"
 
@@ -54,8 +54,11 @@ class Watcher:
         poll: bool = False,
         on_verdict: Callable[[Verdict], None] | None = None,
         on_skip: Callable[[str], None] | None = None,
+        on_drift: Callable[[str], None] | None = None,
     ) -> None:
         self.detector = detector
+        self.drift = drift_monitor(detector)
+        self.on_drift = on_drift  # told the one-line alert when the scores start to drift
         self.inbox = Inbox(Path(inbox), settle)
         self.out = Path(out)
         self.done = None if done is None else Path(done)
@@ -137,9 +140,13 @@ class Watcher:
             for folder, suffix in (("maps", ".tif"), ("overlays", ".png")):
                 files[folder[:-1]] = self._publish(Path(folder) / f"{name}{suffix}")
             verdict = judge(self.detector, key.file, score, started)
-            journal.append(key, verdict.record() | files | {"at": round(time.time(), 3)})
+            alert = None if self.drift is None else self.drift.observe(verdict.score)
+            drift = {} if self.drift is None else {"drifting": self.drift.drifting}
+            journal.append(key, verdict.record() | files | drift | {"at": round(time.time(), 3)})
             self._record(verdict)
             result.scored += 1
+            if alert is not None and self.on_drift is not None:
+                self.on_drift(alert)
 
     def _leave(self, path: Path) -> None:
         """A done cube leaves the inbox with ``--done``; otherwise it is ignored from now on."""
