@@ -19,7 +19,7 @@ from conftest import checksums, make_dataset, one_line_failure, run_specad
 from PIL import Image
 
 import specad.data.importing
-from specad.cli.models import _fit_and_save
+from specad.cli.models import fit_cmd
 from specad.data import load_dataset
 from specad.errors import SpecadError
 from specad.export import export_onnx
@@ -188,10 +188,10 @@ def test_fit_holds_its_output(tmp_path: Path, inputs) -> None:
         done = run_specad("fit", "rx", str(inputs["ds"]), "--out", str(out))
     one_line_failure(done, "another specad command is writing this output")
     assert not out.exists()
-    _fit_and_save("rx", inputs["ds"], out, False, {})
+    fit_cmd("rx", inputs["ds"], out)
     before = checksums(out)
     with pytest.raises(SpecadError, match="not empty"):  # a second fit loses nothing
-        _fit_and_save("rx", inputs["ds"], out, False, {})
+        fit_cmd("rx", inputs["ds"], out)
     assert checksums(out) == before
 
 
@@ -252,14 +252,14 @@ def _enospc(*args, **kwargs):
 def test_full_disk_during_fit_leaves_no_output(tmp_path: Path, inputs, monkeypatch) -> None:
     monkeypatch.setattr("specad.models.base.BaseDetector.save", _enospc)
     with pytest.raises(SpecadError) as err:
-        _fit_and_save("rx", inputs["ds"], tmp_path / "m", False, {})
+        fit_cmd("rx", inputs["ds"], tmp_path / "m")
     assert (
         str(err.value) == f"{tmp_path}/m/model.safetensors: cannot write (No space left on device)"
     )
     monkeypatch.undo()
     monkeypatch.setattr(Path, "write_text", _enospc)  # model.json, after the weights
     with pytest.raises(SpecadError) as err:
-        _fit_and_save("rx", inputs["ds"], tmp_path / "m", False, {})
+        fit_cmd("rx", inputs["ds"], tmp_path / "m")
     assert str(err.value) == f"{tmp_path}/m/model.json: cannot write (No space left on device)"
     assert os.listdir(tmp_path) == []
 

@@ -1,23 +1,24 @@
 """Drift watch: are the normal cubes on the line still the normal cubes a model was calibrated
-on? Two running comparisons against the calibration, with bounds taken from it alone (no label):
+on? Two running comparisons against the calibration, with bounds taken from it alone (no label),
+chosen so that a line that never changes is called drifting within ``horizon`` cubes with
+probability at most ``alpha`` (a union bound over every test in that run, half of ``alpha``
+for each comparison; conservative, never optimistic):
 
-- **Alarms**: how many of the last ``window`` cubes were flagged, against what the calibration
-  promises. The threshold flags ``k`` of the ``n`` normal val scores, so a new normal cube is
-  flagged at the rate ``(k + 1) / (n + 1)`` on average (the rank of an exchangeable score among
-  them), and the number of ``m`` new normal cubes flagged is beta-binomial ``(m, k + 1, n - k)``
-  exactly: the rate itself is uncertain when ``n`` is small (30 val cubes pin it down
-  loosely), and the binomial at the mean rate would cry drift on a quiet line. The bound is the
-  count that distribution reaches with probability at most ``alpha``. It moves first when
-  normal cubes begin to look anomalous.
+- **Alarms**: how many of the last ``window`` cubes were flagged. The threshold flags ``k`` of
+  the ``n`` normal val scores, so a new normal cube is flagged at the rate ``(k + 1) / (n + 1)``
+  on average (the rank of an exchangeable score among them), and the number of ``m`` new
+  normal cubes flagged is beta-binomial ``(m, k + 1, n - k)``: the rate itself is uncertain
+  when ``n`` is small (30 val cubes pin it down loosely), and a binomial at the mean rate
+  would cry drift on a quiet line whose threshold happens to sit low. The bound is the count
+  that distribution reaches with probability at most ``alpha / 2 / horizon``. This moves first
+  when normal cubes begin to look anomalous.
 - **Scores**: the two-sample Kolmogorov-Smirnov statistic between the last ``window`` scores
-  judged normal and the calibration's scores below the threshold (both sides of the same cut, so
-  that an unchanged line compares like with like). Its bound is the ``1 - alpha`` quantile of
-  the statistic when both samples come from one distribution: it depends on the two sample sizes
-  alone, and is found once by random splits of their ranks (seeded, so always the same). It
-  moves when normal scores creep up before they cross the threshold.
-
-``alpha`` is per observation: over a long quiet run a bound is tested many times, so it is
-small (1e-3 by default; the windows overlap, so the tests are far from independent).
+  judged normal and the calibration's scores below the threshold (both on the same side of
+  the cut). The calibration is one fixed sample, tested against again and again, so its bound
+  is the sum of two one-sample bounds (exact, `scipy.stats.kstwo`): how far the calibration's
+  distribution may lie from the truth (probability ``alpha / 4``, once), plus how far a window
+  may (``alpha / 4 / horizon`` per window). This moves when normal scores creep up before they
+  cross the threshold; with 30 val cubes it sees only a gross shift, and more tighten it.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from specad.metrics.measures import is_anomalous
 
 WINDOW = 50
 """Recent cubes each comparison looks at."""
-ALPHA = 1e-3
-"""Chance that a bound is crossed at one observation of an unchanged line."""
-SPLITS = 20_000
-"""Random splits the score statistic's bound is the quantile of."""
+HORIZON = 1000
+"""Cubes of an unchanged line over which a false drift is unlikely (``ALPHA``)."""
+ALPHA = 0.01
+"""Chance that an unchanged line is called drifting within ``HORIZON`` cubes, at most."""
 
 
 class CalibrationLike(Protocol):
@@ -86,15 +87,16 @@ class DriftMonitor:
         threshold: float,
         *,
         window: int = WINDOW,
+        horizon: int = HORIZON,
         alpha: float = ALPHA,
-        seed: int = 0,
     ) -> None:
         scores = np.asarray(val_scores, dtype=np.float64).ravel()
         if scores.size == 0 or not np.isfinite(scores).all():
             raise SpecadError("drift watch needs the finite normal val scores of a calibration")
-        if window < 2 or not 0 < alpha < 1:
+        if window < 2 or horizon < 1 or not 0 < alpha < 1:
             raise SpecadError(
-                f"drift watch needs window >= 2, 0 < alpha < 1 (got {window}, {alpha})"
+                "drift watch needs window >= 2, horizon >= 1 and 0 < alpha < 1 "
+                f"(got {window}, {horizon}, {alpha})"
             )
         self.threshold, self.window = float(threshold), window
         flagged = is_anomalous(scores, self.threshold)
@@ -103,8 +105,8 @@ class DriftMonitor:
         self.reference = np.sort(scores[~flagged])
         k, n = int(flagged.sum()), scores.size
         self.rate = (k + 1) / (n + 1)
-        self.alarm_bounds = [alarm_bound(m, k, n, alpha) for m in range(window + 1)]
-        self.score_bound = ks_bound(self.reference.size, window, alpha, seed)
+        self.alarm_bounds = [alarm_bound(m, k, n, alpha / 2 / horizon) for m in range(window + 1)]
+        self.score_bound = ks_bound(self.reference.size, window, alpha / 4, alpha / 4 / horizon)
         self.recent: deque[bool] = deque(maxlen=window)  # flagged or not, every cube
         self.normal: deque[float] = deque(maxlen=window)  # scores judged normal
         self.seen = self.alarms = 0
@@ -112,13 +114,18 @@ class DriftMonitor:
 
     @classmethod
     def from_calibration(
-        cls, calibration: CalibrationLike, *, window: int = WINDOW, alpha: float = ALPHA
+        cls,
+        calibration: CalibrationLike,
+        *,
+        window: int = WINDOW,
+        horizon: int = HORIZON,
+        alpha: float = ALPHA,
     ) -> DriftMonitor:
         """A monitor of the scores a detector with this calibration gives."""
         threshold = calibration.threshold
         if threshold is None:
             raise SpecadError("drift watch needs a calibrated detector (no threshold yet)")
-        return cls(calibration.val_scores, threshold, window=window, alpha=alpha)
+        return cls(calibration.val_scores, threshold, window=window, horizon=horizon, alpha=alpha)
 
     def observe(self, score: float) -> str | None:
         """Take one cube's score; a one-line alert when drift begins (None otherwise, also
@@ -178,15 +185,10 @@ def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(cdf_a - cdf_b).max())
 
 
-def ks_bound(n: int, m: int, alpha: float, seed: int = 0, splits: int = SPLITS) -> float:
-    """The ``1 - alpha`` quantile of the KS statistic between samples of sizes ``n`` and ``m``
-    from one continuous distribution: random splits of ``n + m`` ranks (distribution-free), a
-    thousand at a time."""
-    rng = np.random.default_rng(seed)
-    stats = []
-    for start in range(0, splits, 1000):
-        rows = min(1000, splits - start)
-        in_a = rng.random((rows, n + m)).argsort(axis=1) < n  # which ranks fall in the n-sample
-        gap = np.cumsum(in_a, axis=1) / n - np.cumsum(~in_a, axis=1) / m
-        stats.append(np.abs(gap).max(axis=1))
-    return float(np.quantile(np.concatenate(stats), 1 - alpha, method="higher"))
+def ks_bound(n: int, m: int, alpha_n: float, alpha_m: float) -> float:
+    """A gap between the distribution functions of a sample of ``n`` and one of ``m`` from one
+    continuous distribution that is reached with probability at most ``alpha_n + alpha_m``:
+    each sample's own exact one-sample bound, added (the triangle inequality)."""
+    from scipy.stats import kstwo
+
+    return float(kstwo.isf(alpha_n, n) + kstwo.isf(alpha_m, m))
