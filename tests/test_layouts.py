@@ -14,7 +14,7 @@ import tifffile
 from conftest import make_dataset, run_specad
 from PIL import Image
 
-from specad.data import LAYOUTS, DatasetProblems, discover_dataset, load_dataset, read_mask
+from specad.data import DATASET_LAYOUTS, DatasetProblems, discover_dataset, load_dataset, read_mask
 from specad.data.check import check_dataset
 from specad.inference import Detector
 from specad.io import Cube, write_cube
@@ -194,7 +194,7 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
 
 
 def test_every_layout_has_a_generated_tree() -> None:
-    assert set(MAKERS) == set(LAYOUTS)
+    assert set(MAKERS) == set(DATASET_LAYOUTS)
 
 
 @pytest.mark.parametrize("layout", list(MAKERS))

@@ -13,12 +13,13 @@ from conftest import one_line_failure, run_specad
 from typer.testing import CliRunner
 
 from specad.cli import app
+from specad.data import DATASET_LAYOUTS
 from specad.models import registry
 from specad.models.rx import RX
 from specad.models.scene import SCENE_DETECTORS
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "specad"
-PLACEHOLDER = re.compile(r"\{(fit_on_dataset|scene_detectors|axis_orders|import_layouts)\}")
+PLACEHOLDER = re.compile(r"\{(fit_on_dataset|scene_detectors|axis_orders|layouts)\}")
 """A help template left unfilled (typer's usage line shows arguments in braces too)."""
 
 
@@ -61,14 +62,17 @@ def test_scene_help_names_the_scene_detectors_by_their_registry_names() -> None:
 
 
 @pytest.mark.parametrize("command", [("predict",), ("evaluate",), ("scene",), ("dataset", "check")])
-def test_axis_order_is_axes_and_layout_is_only_the_import_format(
-    command: tuple[str, ...],
-) -> None:
+def test_axis_order_is_axes_and_layout_is_only_a_datasets(command: tuple[str, ...]) -> None:
+    """``--axes`` is a cube's axis order wherever cubes are read; ``--layout`` is only ever a
+    dataset's folder layout (`specad.data.DATASET_LAYOUTS`)."""
     text = help_text(*command)
     assert "--axes" in text and "hwc, chw" in text
-    assert "--layout" not in text
+    assert ("--layout" in text) == (command == ("dataset", "check"))
     imported = help_text("dataset", "import")
-    assert "--layout" in imported and "auto, mtd, mvtec" in imported and "--axes" not in imported
+    for helped in (imported, help_text("dataset", "check")):
+        assert "--layout" in helped and not PLACEHOLDER.search(helped)
+        assert all(name in helped for name in ("auto", *DATASET_LAYOUTS))
+    assert "--axes" not in imported
 
 
 def test_the_old_spellings_are_refused_in_one_line(tmp_path: Path) -> None:
@@ -82,7 +86,7 @@ def test_the_old_spellings_are_refused_in_one_line(tmp_path: Path) -> None:
 
 
 def test_each_layouts_constant_has_one_meaning() -> None:
-    """Axis orders, import layouts and the logical scenes' disk colours once shared one name."""
+    """Axis orders, dataset layouts and the logical scenes' disk colours once shared one name."""
     names = re.findall(r"^([A-Z_]*LAYOUTS?[A-Z_]*) =", _sources(), re.MULTILINE)
     assert "LAYOUTS" not in names
     assert len(names) == len(set(names)), names

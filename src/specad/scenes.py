@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -204,11 +204,17 @@ def strict_json(value: Any, indent: int | None = None) -> str:
 
 
 def write_scene_outputs(
-    runs: list[SceneRun], out: Path, mask: np.ndarray | None, summary: dict, force: bool = False
+    runs: list[SceneRun],
+    out: Path,
+    mask: np.ndarray | None,
+    summary: dict,
+    force: bool = False,
+    pages: Callable[[Path], None] | None = None,
 ) -> None:
     """``out/<detector>.tif`` (the float32 map), ``out/<detector>.png`` (the map with the truth
     outlined) and ``out/scene.json`` (``summary``, strict JSON), written as one folder that
-    appears whole."""
+    appears whole. ``pages`` then writes more into that folder before it appears: the pages with
+    the spectral viewer (`specad.report.scene`, a layer above this one)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,6 +237,8 @@ def write_scene_outputs(
             fig.savefig(tmp / f"{run.detector}.png", dpi=100, bbox_inches="tight")
             plt.close(fig)
         (tmp / "scene.json").write_text(strict_json(summary, indent=2) + "\n")
+        if pages is not None:
+            pages(tmp)
 
 
 def read_truth(file: Path, truth: str) -> np.ndarray:
@@ -247,3 +255,36 @@ def read_truth(file: Path, truth: str) -> np.ndarray:
             raise SpecadError(f"truth variable '{truth}' is not 2-D ({data.shape})", file)
         return data[:, :, 0] > 0
     raise SpecadError("truth mask file not found", truth)
+
+
+def describe_bands(record: dict) -> str:
+    """What band preparation did, in words: ``96 bands in, none dropped, PCA to 20``."""
+    dropped = record["bands_dropped"]
+    words = [f"{record['bands_in']} bands in", f"{dropped or 'none'} dropped"]
+    if record["reduce"] != "none":
+        words.append(f"{record['reduce'].upper()} to {record['bands_out']}")
+    return ", ".join(words)
+
+
+def describe_params(params: dict) -> str:
+    """A detector's parameters in words: ``outer 25, inner 5, ridge 0.001``; a fusion as
+    ``mean rank fusion of global-rx on all bands, PCA 20, MNF 20``."""
+    members = params.get("members")
+    if members:
+        parts = [m.rpartition(" / ") for m in members]  # "PCA 20 / global-rx"
+        names = {name for _, _, name in parts}
+        fusion = params.get("fusion", "rank")
+        if len(names) == 1:
+            return f"{fusion} fusion of {names.pop()} on {', '.join(p for p, _, _ in parts)}"
+        return f"{fusion} fusion of {', '.join(f'{n} on {p}' for p, _, n in parts)}"
+    return ", ".join(f"{key} {_words(value)}" for key, value in params.items()) or "defaults"
+
+
+def _words(value: object) -> str:
+    if isinstance(value, dict):
+        return describe_params(value)
+    if isinstance(value, list | tuple):
+        return ", ".join(_words(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

@@ -51,7 +51,7 @@ err = Console(stderr=True)
 
 def _name_lists() -> dict[str, str]:
     """What each ``{placeholder}`` in a help text stands for, read from the registries."""
-    from specad.data.importing import IMPORT_LAYOUTS
+    from specad.data.importing import LAYOUT_CHOICES
     from specad.io import AXIS_ORDERS
     from specad.models.registry import fit_on_dataset_names
     from specad.models.scene import SCENE_DETECTORS
@@ -60,7 +60,7 @@ def _name_lists() -> dict[str, str]:
         "{fit_on_dataset}": ", ".join(fit_on_dataset_names()),
         "{scene_detectors}": ", ".join(SCENE_DETECTORS),
         "{axis_orders}": ", ".join(AXIS_ORDERS),
-        "{import_layouts}": ", ".join(IMPORT_LAYOUTS),
+        "{layouts}": ", ".join(LAYOUT_CHOICES),
     }
 
 

@@ -43,7 +43,7 @@ def synth(
 def dataset_import(
     source: Annotated[Path, typer.Argument(help="Dataset folder in any layout specad reads.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to create.")],
-    layout: Annotated[str, typer.Option(help="The source's layout: {import_layouts}.")] = "auto",
+    layout: Annotated[str, typer.Option(help="The source's layout: {layouts}.")] = "auto",
     val_fraction: Annotated[
         float,
         typer.Option(
@@ -71,18 +71,18 @@ def dataset_check(
     root: Annotated[Path, typer.Argument(help="Dataset folder.")],
     axes: Axes = None,
     layout: Annotated[
-        str, typer.Option(help="The layout: {import_layouts} (auto: from the folders).")
+        str, typer.Option(help="The layout: {layouts} (auto: from the folders).")
     ] = "auto",
 ) -> None:
     """Name the dataset's layout, check it whole (structure, then every cube and mask) and
     print a summary; exit 2 if any problem is found, each on its own line.
 
-    Layouts read where they lie: {import_layouts}."""
-    from specad.data import LAYOUTS
+    Layouts read where they lie: {layouts}."""
+    from specad.data import DATASET_LAYOUTS
     from specad.data.check import check_dataset
 
     report = check_dataset(root, axes, layout=layout)
-    summary = LAYOUTS[report.layout].summary
+    summary = DATASET_LAYOUTS[report.layout].summary
     out.print(f"layout: {report.layout} ({summary})", markup=False, highlight=False, soft_wrap=True)
     table = Table(title=f"{report.root} ({report.layout} layout)")
     table.add_column("split")

@@ -47,7 +47,12 @@ def scene(
     variable: Annotated[str | None, typer.Option(help="Cube variable in a .mat/.npz.")] = None,
     axes: Axes = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Folder for each map (TIFF, PNG) and scene.json.")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for each map (TIFF, PNG), its page with the spectral viewer (HTML) "
+            "and scene.json.",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     force: Force = False,
@@ -57,7 +62,14 @@ def scene(
     from specad.io import refuse_overlap
     from specad.models.bands import BandPrep, parse_ranges
     from specad.models.scene import AUTO, SCENE_DETECTORS
-    from specad.scenes import read_truth, scene_scores, strict_json, write_scene_outputs
+    from specad.scenes import (
+        describe_bands,
+        describe_params,
+        read_truth,
+        scene_scores,
+        strict_json,
+        write_scene_outputs,
+    )
 
     if out_dir is not None:  # replacing --out must never delete the cube or its truth
         refuse_overlap(out_dir, [file, *([truth] if truth and Path(truth).exists() else [])])
@@ -92,8 +104,20 @@ def scene(
         ],
     }  # fmt: skip
     if out_dir is not None:
+        from specad.io import read_cube
+        from specad.report.scene import write_scene_pages
+
         mask = None if truth is None else read_truth(file, truth)
-        write_scene_outputs(runs, out_dir, mask, summary, force)
+        cube = read_cube(file, variable=variable, axes=axes)
+        kept = prep.kept_bands(cube)
+        write_scene_outputs(
+            runs,
+            out_dir,
+            mask,
+            summary,
+            force,
+            pages=lambda folder: write_scene_pages(folder, file, cube, runs, mask, kept),
+        )
     if as_json:
         out.print(strict_json(summary, indent=2), markup=False, highlight=False, soft_wrap=True)
         return
@@ -106,36 +130,3 @@ def scene(
     out.print(table)
     if len(runs) == 1 and runs[0].auroc is not None:
         out.print(f"pixel AUROC: {runs[0].auroc:.4f}")
-
-
-def describe_bands(record: dict) -> str:
-    """What band preparation did, in words: ``96 bands in, none dropped, PCA to 20``."""
-    dropped = record["bands_dropped"]
-    words = [f"{record['bands_in']} bands in", f"{dropped or 'none'} dropped"]
-    if record["reduce"] != "none":
-        words.append(f"{record['reduce'].upper()} to {record['bands_out']}")
-    return ", ".join(words)
-
-
-def describe_params(params: dict) -> str:
-    """A detector's parameters in words: ``outer 25, inner 5, ridge 0.001``; a fusion as
-    ``mean rank fusion of global-rx on all bands, PCA 20, MNF 20``."""
-    members = params.get("members")
-    if members:
-        parts = [m.rpartition(" / ") for m in members]  # "PCA 20 / global-rx"
-        names = {name for _, _, name in parts}
-        fusion = params.get("fusion", "rank")
-        if len(names) == 1:
-            return f"{fusion} fusion of {names.pop()} on {', '.join(p for p, _, _ in parts)}"
-        return f"{fusion} fusion of {', '.join(f'{n} on {p}' for p, _, n in parts)}"
-    return ", ".join(f"{key} {_words(value)}" for key, value in params.items()) or "defaults"
-
-
-def _words(value: object) -> str:
-    if isinstance(value, dict):
-        return describe_params(value)
-    if isinstance(value, list | tuple):
-        return ", ".join(_words(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)

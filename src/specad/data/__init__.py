@@ -12,7 +12,7 @@ first used: it needs torch, whose import takes seconds that `specad dataset chec
 from typing import TYPE_CHECKING, Any
 
 from specad.data.dataset import GOOD, SPLITS, Dataset, Sample, read_mask
-from specad.data.layouts import LAYOUTS, discover_dataset, load_dataset
+from specad.data.layouts import DATASET_LAYOUTS, discover_dataset, load_dataset
 from specad.data.validate import DatasetProblems
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ _PREPROCESS = ("Inputs", "Preprocess", "load_inputs", "resize", "select_channels
 
 __all__ = [
     "GOOD",
-    "LAYOUTS",
+    "DATASET_LAYOUTS",
     "SPLITS",
     "Dataset",
     "DatasetProblems",

@@ -21,13 +21,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from specad.data.dataset import Dataset, Sample, read_mask
-from specad.data.layouts import LAYOUTS, VAL_FRACTION, load_dataset
+from specad.data.layouts import DATASET_LAYOUTS, VAL_FRACTION, load_dataset
 from specad.data.validate import DatasetProblems
 from specad.io import atomic_dir, cube_header, refuse_overlap, write_cube
 from specad.threads import usable_cores
 
-IMPORT_LAYOUTS = ("auto", *LAYOUTS)
-"""Layouts `import_dataset` copies (``auto``: recognised from the folders)."""
+LAYOUT_CHOICES = ("auto", *DATASET_LAYOUTS)
+"""What `--layout` takes (`import_dataset`, `specad dataset check`): a layout of
+`DATASET_LAYOUTS`, or ``auto``: recognised from the folders."""
 _KEPT_DTYPES = ("uint8", "uint16")
 
 

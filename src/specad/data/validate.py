@@ -18,19 +18,24 @@ from specad.io.image import image_header
 
 
 class DatasetProblems(SpecadError):
-    """A dataset with structural problems: ``problems`` holds them, one line each; the message
-    holds them all, for callers that print one line."""
+    """A dataset with structural problems: ``problems`` holds them, one line each, each naming
+    its file. One problem is the message itself; several are counted in it and listed after it
+    by the command line (`lines`)."""
 
     def __init__(self, root: Path, problems: list[str]) -> None:
         self.problems = list(problems)
-        self.count = f"{len(problems)} problems" if len(problems) > 1 else "a problem"
-        super().__init__(f"{self.count} in the dataset: " + "; ".join(problems), root)
+        if len(problems) == 1:
+            super().__init__(problems[0])
+        else:
+            listed = "; ".join(problems)
+            super().__init__(f"{len(problems)} problems in the dataset: {listed}", root)
 
     @property
     def lines(self) -> list[str]:
-        return [f"{self.path}: {self.count} in the dataset"] + [
-            f"problem: {p}" for p in self.problems
-        ]
+        if len(self.problems) == 1:
+            return [str(self)]
+        count = f"{self.path}: {len(self.problems)} problems in the dataset"
+        return [count] + [f"problem: {p}" for p in self.problems]
 
 
 @dataclass

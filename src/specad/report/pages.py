@@ -40,7 +40,7 @@ from specad.report.runs import (
     unique,
     verdict,
 )
-from specad.report.viewer import PAGE_BUDGET, viewer_data
+from specad.report.viewer import PAGE_BUDGET, Normal, viewer_data
 from specad.runtime import cpu_model
 
 SUMMARY_METRICS = (
@@ -92,7 +92,8 @@ _ENV.tests["missing"] = _missing
 _ENV.globals["colour"] = model_colour
 
 
-def _render(template: str, **context: Any) -> str:
+def render(template: str, **context: Any) -> str:
+    """A page from its template; the report's pages and `specad scene`'s share one environment."""
     return _ENV.get_template(template).render(**context) + "\n"
 
 
@@ -163,7 +164,7 @@ def _index_html(
         for run in runs
     ]
     runtimes = {run.model: run.runtime for dr in results for run in dr.runs}
-    return _render(
+    return render(
         "index.html.j2",
         title="specad report",
         models=models,
@@ -332,7 +333,7 @@ def _write_pages(
                 cube,
                 masks[i],
                 run.test.maps[i],
-                run.meta,
+                Normal.of_model(run.meta),
                 run.threshold,
                 ranges[run.model],
                 swir_spec=cfg.swir_bands,
@@ -388,7 +389,7 @@ def _page_html(
         ("Map colour scale", f"{scale[0]:.3g} to {scale[1]:.3g} (same for every cube)"),
         ("Place in list", f"{rank + 1} of {len(entries)} (most instructive first)"),
     ]
-    return _render(
+    return render(
         "image.html.j2",
         title=f"{sample.path.name} - {run.model}",
         nav=nav,
@@ -399,4 +400,5 @@ def _page_html(
         viewer=viewer,
         regions=regions,
         has_envelope=run.meta.envelope is not None,
+        normal="the model's training pixels",
     )

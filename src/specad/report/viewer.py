@@ -18,6 +18,7 @@ import json
 import math
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ import numpy as np
 from specad.errors import SpecadError
 from specad.inference.regions import find_regions, label_regions, region_means
 from specad.io import Cube
+from specad.models.envelope import Envelope
 from specad.models.modelfile import ModelMeta
 from specad.report.panels import swir_indices
 from specad.spectral import SWIR_MIN_NM
@@ -41,6 +43,22 @@ MAX_TRACES = 12
 """Regions of each kind (true, detected) whose mean spectra a page offers, largest peak first."""
 MAX_LISTED = 50
 """Detected regions a page lists."""
+
+
+@dataclass(frozen=True)
+class Normal:
+    """The cube's bands the viewer shows, their names and wavelengths, and the envelope a pixel
+    is judged against: a fitted model's channels and envelope (`of_model`), or a scene's own
+    background (report/scene.py), which has no model."""
+
+    channels: list[int]
+    bands: list[str]
+    wavelengths: list[float] | None
+    envelope: Envelope | None
+
+    @classmethod
+    def of_model(cls, meta: ModelMeta) -> Normal:
+        return cls(list(meta.preprocess.channels), meta.bands, meta.wavelengths, meta.envelope)
 
 
 def _digits(values: Any, n: int = 5) -> list[float]:
@@ -114,7 +132,7 @@ def viewer_data(
     cube: Cube,
     mask: np.ndarray,
     anomaly_map: np.ndarray,
-    meta: ModelMeta,
+    normal: Normal,
     threshold: float,
     scale: tuple[float, float],
     *,
@@ -124,11 +142,10 @@ def viewer_data(
     nav: dict[str, str | None],
 ) -> tuple[dict[str, Any], list[Any]]:
     """The viewer's data (JSON for the page) and the detected regions (`Region`, for the page's
-    list) of one cube and one model's map; the embedded cube takes what ``budget`` leaves."""
-    channels = meta.preprocess.channels
-    sub = cube.select(list(channels))
-    env = meta.envelope
-    regions = find_regions(anomaly_map, threshold, sub.data, env, meta.bands, meta.wavelengths)
+    list) of one cube and one map; the embedded cube takes what ``budget`` leaves."""
+    sub = cube.select(normal.channels)
+    env = normal.envelope
+    regions = find_regions(anomaly_map, threshold, sub.data, env, normal.bands, normal.wavelengths)
     labels, n = label_regions(mask > 0)
     truth = region_means(labels, n, sub.data)
     traces = [
@@ -140,8 +157,8 @@ def viewer_data(
     ]
     lut = (heat(np.linspace(0, 1, 256), 1.0)[:, :3] * 255).round().astype(int)
     data: dict[str, Any] = {
-        "bands": meta.bands,
-        "nm": meta.wavelengths,
+        "bands": normal.bands,
+        "nm": normal.wavelengths,
         "presets": _presets(sub, swir_spec),
         "threshold": threshold,
         "range": list(scale),

@@ -2,9 +2,9 @@
 `load_dataset` recognises the layout from the folders present, finds the samples and checks
 the structure from file headers before anything is read (`specad.data.validate`).
 
-Each layout family is one module here, each layout a `Layout` in its ``LAYOUTS``; the first
-whose folders match, in `LAYOUTS` order, reads the dataset (the cuvis.ai example's layout, which
-has no marker folder, last).
+Each layout family is one module here, each layout a `Layout` in its ``<FAMILY>_LAYOUTS``; the
+first whose folders match, in `DATASET_LAYOUTS` order, reads the dataset (the cuvis.ai example's
+layout, which has no marker folder, last).
 """
 
 from __future__ import annotations
@@ -18,22 +18,22 @@ from specad.data.layouts.common import VAL_FRACTION, Layout, Options
 from specad.data.validate import raise_problems
 from specad.errors import SpecadError
 
-LAYOUTS: dict[str, Layout] = {
+DATASET_LAYOUTS: dict[str, Layout] = {
     layout.name: layout
     for layout in (
-        *mvtec.LAYOUTS[:2],  # 3D-AD and LOCO: marked by rgb/ and validation/ folders
-        *btad.LAYOUTS,
-        mvtec.LAYOUTS[2],  # MVTec AD: train/good without val/, before specad's own
-        *specad.LAYOUTS,
-        *visa.LAYOUTS,
-        *mtd.LAYOUTS,
-        *folder.LAYOUTS,
+        *mvtec.MVTEC_LAYOUTS[:2],  # 3D-AD and LOCO: marked by rgb/ and validation/ folders
+        *btad.BTAD_LAYOUTS,
+        mvtec.MVTEC_LAYOUTS[2],  # MVTec AD: train/good without val/, before specad's own
+        *specad.SPECAD_LAYOUTS,
+        *visa.VISA_LAYOUTS,
+        *mtd.MTD_LAYOUTS,
+        *folder.FOLDER_LAYOUTS,
         specad.FALLBACK,
     )
 }
 """Every layout by name, in the order they are tried."""
 
-__all__ = ["LAYOUTS", "VAL_FRACTION", "Layout", "discover_dataset", "load_dataset"]
+__all__ = ["DATASET_LAYOUTS", "VAL_FRACTION", "Layout", "discover_dataset", "load_dataset"]
 
 
 def load_dataset(
@@ -48,8 +48,8 @@ def load_dataset(
     (`DatasetProblems`, one line each) before any pixel is read. ``splits`` are those the
     caller needs (an empty one is a problem); by default all three.
 
-    ``layout`` is one of `LAYOUTS` or ``auto`` (recognised from the folders); ``axes`` is the
-    stored axis order of plain arrays (None: each format's convention); ``val_fraction`` is
+    ``layout`` is one of `DATASET_LAYOUTS` or ``auto`` (recognised from the folders); ``axes`` is
+    the stored axis order of plain arrays (None: each format's convention); ``val_fraction`` is
     the share of training normals held out where a layout has no validation split.
     """
     ds = discover_dataset(root, axes, layout=layout, val_fraction=val_fraction)
@@ -70,9 +70,11 @@ def discover_dataset(
     if not 0 < val_fraction < 1:
         raise SpecadError(f"val fraction must be in (0, 1), got {val_fraction}")
     if layout == "auto":
-        chosen = next(lay for lay in LAYOUTS.values() if lay.matches(root))
-    elif layout in LAYOUTS:
-        chosen = LAYOUTS[layout]
+        chosen = next(lay for lay in DATASET_LAYOUTS.values() if lay.matches(root))
+    elif layout in DATASET_LAYOUTS:
+        chosen = DATASET_LAYOUTS[layout]
     else:
-        raise SpecadError(f"unknown layout '{layout}'; use one of auto, {', '.join(LAYOUTS)}")
+        raise SpecadError(
+            f"unknown layout '{layout}'; use one of auto, {', '.join(DATASET_LAYOUTS)}"
+        )
     return chosen.load(root, Options(axes, val_fraction))

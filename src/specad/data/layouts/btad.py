@@ -69,7 +69,7 @@ def _load_kolektor(root: Path, opts: Options) -> Dataset:
     return Dataset(root, samples, classes, "kolektor", sources, problems)
 
 
-LAYOUTS = (
+BTAD_LAYOUTS = (
     Layout(
         "btad",
         lambda root: (root / "train" / "ok").is_dir(),

@@ -43,7 +43,7 @@ def _load(root: Path, opts: Options) -> Dataset:
     return Dataset(root, samples + bad, classes, "folder", sources)
 
 
-LAYOUTS = (
+FOLDER_LAYOUTS = (
     Layout(
         "folder",
         lambda root: (root / GOOD).is_dir(),

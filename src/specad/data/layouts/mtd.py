@@ -35,7 +35,7 @@ def _load(root: Path, opts: Options) -> Dataset:
     return Dataset(root, samples + bad, classes, "mtd", sources)
 
 
-LAYOUTS = (
+MTD_LAYOUTS = (
     Layout(
         "mtd",
         lambda root: any(p.is_dir() for p in root.glob("MT_*/Imgs")),

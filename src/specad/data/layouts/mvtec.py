@@ -100,7 +100,7 @@ def _load_3d(root: Path, opts: Options) -> Dataset:
     return Dataset(root, samples, classes_of(ids), "mvtec-3d", sources)
 
 
-LAYOUTS = (
+MVTEC_LAYOUTS = (
     Layout(
         "mvtec-3d",
         _is_3d,

@@ -99,7 +99,7 @@ def _read_ids(path: Path, plain: object) -> dict[int, str]:
     return classes
 
 
-LAYOUTS = (
+SPECAD_LAYOUTS = (
     Layout(
         "specad",
         _is_specad,

@@ -91,7 +91,7 @@ def _load(root: Path, opts: Options) -> Dataset:
     return Dataset(root, samples, {0: "background", 1: DEFECT}, "visa", sources, problems)
 
 
-LAYOUTS = (
+VISA_LAYOUTS = (
     Layout(
         "visa",
         lambda root: _split_file(root) is not None,
