@@ -146,7 +146,7 @@
     }
     ["r", "g", "b"].forEach((k, n) => {
       const sel = $("band-" + k);
-      D.bands.forEach((name, c) => sel.add(new Option(D.nm ? `${D.nm[c]} nm` : name, String(c))));
+      D.bands.forEach((name, c) => sel.add(new Option(D.nm ? `${+D.nm[c].toFixed(1)} nm` : name, String(c))));
       sel.addEventListener("change", () => { state.bands[n] = Number(sel.value); drawFalseColour(); });
     });
     for (const [key, bands] of Object.entries(D.presets)) {
@@ -192,6 +192,7 @@
     let best = 0;
     for (let p = 1; p < h * w; p++) if (map[p] > map[best]) best = p;
     show(Math.floor(best / w), best % w);
+    api.readyMs = performance.now(); // since navigation began: the benchmark's measure
     api.ready = true;
     $("viewer").dataset.ready = "true";
   }
