@@ -7,7 +7,7 @@ with what its cubes need (``model.json``).
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from specad.models.base import BaseDetector
 from specad.models.efficientad.config import EfficientADConfig
 from specad.models.efficientad.detector import EfficientADDetector
 from specad.models.efficientad.run import training_run
-from specad.models.envelope import dataset_envelope, tensor_envelope
+from specad.models.envelope import EnvelopeSample, tensor_envelope
 from specad.models.modelfile import MODEL_FILE, ModelMeta
 from specad.models.registry import DETECTORS, fit_on_dataset_names
 from specad.runtime import DeviceName, pick_device
@@ -95,17 +95,29 @@ def fit_on_dataset(
     train, val_samples = dataset.require("train"), dataset.require("val")
     size = model.input_size if image_size is None else image_size
     pre, chosen = _input_of(train, channels, size)
+    envelope = EnvelopeSample(len(train), pre.channels)
+    first = _first_pass(train, pre, envelope)
     val: Any = []
     if model.input_size:  # standardised input, image_size 0 included (the cubes' own size)
-        pre.fit(pre.cube_tensor(s.read(), s.path) for s in train)  # unfitted: not normalised
+        pre.fit(first)  # unfitted: not normalised
         images: Any = CubeImages(train, pre, pick_device(device))
         val = CubeImages(val_samples, pre, images.device)
     else:
-        images = (pre.cube_tensor(s.read(), s.path) for s in train)
+        images = first
     model.fit_maps(images, val, wavelengths=chosen.wavelengths, units=pre.units())
-    envelope = dataset_envelope(train, pre.channels)
-    meta = ModelMeta(name, pre, chosen.bands, chosen.wavelengths, chosen.rgb, envelope)
+    meta = ModelMeta(name, pre, chosen.bands, chosen.wavelengths, chosen.rgb, envelope.envelope())
     return _thresholded(model, meta, device, val_samples, far)
+
+
+def _first_pass(
+    samples: Sequence[Sample], pre: Preprocess, envelope: EnvelopeSample
+) -> Iterator[torch.Tensor]:
+    """Each sample's input (not yet standardised), read for the fit's first pass over them,
+    which also draws the normal envelope's pixels from the cube at its own size."""
+    for sample in samples:
+        cube = sample.read()
+        envelope.add(cube.data)
+        yield pre.cube_tensor(cube, sample.path)
 
 
 class CubeImages(Sequence[torch.Tensor]):

@@ -22,13 +22,10 @@ from pydantic import ConfigDict, Field, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from specad.bounds import FiniteFloat
-from specad.data import Sample
 from specad.errors import SpecadError
 
 SAMPLE_PIXELS = 65_536
 """Pixels the percentiles are taken from: each percentile within about 0.1 % of the pixels."""
-MAX_CUBES = 64
-"""Training cubes read for the sample (evenly spaced): a large dataset is not read again whole."""
 SEED = 0
 Z_PER_SPREAD = 2 * 2.3263
 """The 1st to 99th percentile range of a normal distribution, in standard deviations."""
@@ -80,32 +77,47 @@ def robust_z(values: np.ndarray, envelope: Envelope) -> np.ndarray:
     return (np.asarray(values, np.float64) - np.asarray(envelope.median)) / envelope.spread
 
 
-def pixel_envelope(
-    cubes: Iterable[np.ndarray], count: int, pixels: int = SAMPLE_PIXELS, seed: int = SEED
-) -> Envelope:
-    """The envelope of ``count`` (H, W, C) arrays: ``pixels / count`` random pixels of each
-    (seeded), pixels that are not finite left out."""
-    rng = np.random.default_rng(seed)
-    per, taken = max(1, pixels // max(count, 1)), []
-    for cube in cubes:
+class EnvelopeSample:
+    """The envelope's pixels, drawn from each of ``count`` cubes as a pass that reads them anyway
+    goes by (a fit's first pass over its training cubes): no pass of its own. ``channels``
+    selects the model's bands from the cubes (None: all)."""
+
+    def __init__(
+        self,
+        count: int,
+        channels: Sequence[int] | None = None,
+        pixels: int = SAMPLE_PIXELS,
+        seed: int = SEED,
+    ) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.per = max(1, pixels // max(count, 1))
+        self.channels = None if channels is None else list(channels)
+        self.taken: list[np.ndarray] = []
+
+    def add(self, cube: np.ndarray) -> None:
+        """Draw from one (H, W, C) array: ``pixels / count`` random pixels (seeded)."""
         flat = np.asarray(cube).reshape(-1, np.shape(cube)[-1])
-        pick = rng.choice(len(flat), min(per, len(flat)), replace=False)
-        taken.append(flat[np.sort(pick)].astype(np.float64))
-    sample = np.concatenate(taken) if taken else np.empty((0, 0))
-    sample = sample[np.isfinite(sample).all(axis=1)]
-    if not len(sample):
-        raise SpecadError("no finite training pixels to take the normal envelope from")
-    p1, median, p99 = np.percentile(sample, [1, 50, 99], axis=0)
-    # rounding to 6 digits cannot reorder them: they are each rounded the same way
-    return Envelope(_rounded(median), _rounded(p1), _rounded(p99), len(sample))
+        pick = np.sort(self.rng.choice(len(flat), min(self.per, len(flat)), replace=False))
+        drawn = flat[pick] if self.channels is None else flat[pick][:, self.channels]
+        self.taken.append(drawn.astype(np.float64))
+
+    def envelope(self) -> Envelope:
+        """The percentiles of the pixels drawn, those that are not finite left out."""
+        sample = np.concatenate(self.taken) if self.taken else np.empty((0, 0))
+        sample = sample[np.isfinite(sample).all(axis=1)]
+        if not len(sample):
+            raise SpecadError("no finite training pixels to take the normal envelope from")
+        p1, median, p99 = np.percentile(sample, [1, 50, 99], axis=0)
+        # rounding to 6 digits cannot reorder them: they are each rounded the same way
+        return Envelope(_rounded(median), _rounded(p1), _rounded(p99), len(sample))
 
 
-def dataset_envelope(samples: Sequence[Sample], channels: Sequence[int]) -> Envelope:
-    """The envelope of a dataset's normal cubes (at most `MAX_CUBES`, evenly spaced), at their
-    own size, in the model's ``channels``."""
-    step = max(1, -(-len(samples) // MAX_CUBES))
-    chosen, idx = samples[::step], list(channels)
-    return pixel_envelope((s.read().data[:, :, idx] for s in chosen), len(chosen))
+def pixel_envelope(cubes: Iterable[np.ndarray], count: int) -> Envelope:
+    """The envelope of ``count`` (H, W, C) arrays (`EnvelopeSample`)."""
+    sample = EnvelopeSample(count)
+    for cube in cubes:
+        sample.add(cube)
+    return sample.envelope()
 
 
 def tensor_envelope(images: torch.Tensor) -> Envelope:
