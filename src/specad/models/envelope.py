@@ -25,7 +25,10 @@ from specad.bounds import FiniteFloat
 from specad.errors import SpecadError
 
 SAMPLE_PIXELS = 65_536
-"""Pixels the percentiles are taken from: each percentile within about 0.1 % of the pixels."""
+"""Pixels the percentiles are taken from: each percentile within about 0.1 % of the pixels..."""
+SAMPLE_VALUES = 4_194_304
+"""...and at most this many values (pixels x bands): at 224 bands 18,724 pixels, whose float64
+sample holds 34 MB beside the fit, and each percentile within about 0.4 % of the pixels."""
 SEED = 0
 Z_PER_SPREAD = 2 * 2.3263
 """The 1st to 99th percentile range of a normal distribution, in standard deviations."""
@@ -90,14 +93,17 @@ class EnvelopeSample:
         seed: int = SEED,
     ) -> None:
         self.rng = np.random.default_rng(seed)
-        self.per = max(1, pixels // max(count, 1))
+        self.count, self.pixels = max(count, 1), pixels
         self.channels = None if channels is None else list(channels)
         self.taken: list[np.ndarray] = []
 
     def add(self, cube: np.ndarray) -> None:
-        """Draw from one (H, W, C) array: ``pixels / count`` random pixels (seeded)."""
+        """Draw from one (H, W, C) array: its share of the pixels (seeded), at most
+        `SAMPLE_VALUES` values in all."""
         flat = np.asarray(cube).reshape(-1, np.shape(cube)[-1])
-        pick = np.sort(self.rng.choice(len(flat), min(self.per, len(flat)), replace=False))
+        bands = flat.shape[1] if self.channels is None else len(self.channels)
+        per = max(1, min(self.pixels, SAMPLE_VALUES // max(bands, 1)) // self.count)
+        pick = np.sort(self.rng.choice(len(flat), min(per, len(flat)), replace=False))
         drawn = flat[pick] if self.channels is None else flat[pick][:, self.channels]
         self.taken.append(drawn.astype(np.float64))
 
