@@ -13,6 +13,7 @@ from conftest import shared_data
 
 from specad.errors import SpecadError
 from specad.io import Cube, atomic_dir, read_cube, to_reflectance, write_cube
+from specad.io.mapped import nonfinite_count
 
 
 @pytest.fixture
@@ -197,3 +198,15 @@ def test_a_large_npy_stays_mapped_and_a_small_one_is_read_whole(
     large = read_cube(tmp_path / "c.npy", axes="hwc")
     assert isinstance(large.data.base, np.memmap) and not large.data.flags.writeable
     np.testing.assert_array_equal(large.data, small.data)
+
+
+def test_a_cube_is_checked_for_nan_a_band_of_rows_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every NaN and Inf is counted, in any band of rows, also in a memory-mapped cube."""
+    monkeypatch.setattr("specad.io.mapped.CHUNK_BYTES", 4096)  # 5 rows of 40 x 5 float32
+    data = np.random.default_rng(0).random((300, 40, 5), dtype=np.float32)
+    data[7, 3, 1], data[250, 0, 4], data[299, 39, 0] = np.nan, np.inf, -np.inf
+    np.save(tmp_path / "c.npy", data)
+    assert nonfinite_count(np.load(tmp_path / "c.npy", mmap_mode="r")) == 3
+    assert nonfinite_count(data) == 3 and nonfinite_count(np.nan_to_num(data)) == 0

@@ -6,7 +6,6 @@ model-sized tiles keeps it. Tiles overlap by about a quarter and overlapping map
 
 from __future__ import annotations
 
-import mmap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from specad.data import Preprocess
 from specad.io import Cube
+from specad.io.mapped import release_rows
 
 MapFn = Callable[[torch.Tensor], torch.Tensor]
 """Preprocessed images [B, C, S, S] -> maps [B, 1, S, S]."""
@@ -47,9 +47,9 @@ def tiled_map(maps: MapFn, pre: Preprocess, cube: Cube, path: Path | None = None
     Tiles are cut, normalised and scored up to `BATCH_BYTES` at a time, so memory beyond the
     cube (which may stay memory-mapped: `specad.io.read_cube`) is the (H, W) sums and weights
     (8 bytes a pixel) plus one batch of tiles; rows of a mapped cube that no later tile reads
-    leave the resident set as the tiles move down (`_release_rows`). The cube's channel count
-    is checked first, as for a resized cube: selecting the model's channels from another cube
-    would index bands it lacks, or score the wrong ones.
+    leave the resident set as the tiles move down (`specad.io.mapped.release_rows`). The
+    cube's channel count is checked first, as for a resized cube: selecting the model's
+    channels from another cube would index bands it lacks, or score the wrong ones.
     """
     pre.check(cube, path)
     tile = pre.image_size
@@ -68,26 +68,5 @@ def tiled_map(maps: MapFn, pre: Preprocess, cube: Cube, path: Path | None = None
             total[top : top + tile, left : left + tile] += m
             weight[top : top + tile, left : left + tile] += 1
         done = origins[i + batch_size][0] if i + batch_size < len(origins) else h
-        released = _release_rows(cube.data, released, done)  # rows no later tile reads
+        released = release_rows(cube.data, released, done)  # rows no later tile reads
     return total / weight
-
-
-def _release_rows(data: np.ndarray, start: int, stop: int) -> int:
-    """Drop rows ``start:stop`` of a read-only memory-mapped (H, W, C) cube from this process's
-    resident set (the kernel's page cache keeps them: reading them again costs no disk read);
-    returns ``stop``. Arrays that are not such a mapping are left alone: on memory of the
-    process's own, or a copy-on-write mapping, dropping pages would discard data."""
-    mapping = data.base
-    while mapping is not None and not isinstance(mapping, mmap.mmap):
-        mapping = getattr(mapping, "base", None)
-    if mapping is None or not memoryview(mapping).readonly or not data.flags.c_contiguous:
-        return stop
-    origin = np.frombuffer(mapping, np.uint8).__array_interface__["data"][0]
-    row = data.strides[0]
-    first = data.__array_interface__["data"][0] - origin + start * row
-    last = first + (stop - start) * row
-    first = -(-first // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the rows only
-    last = last // mmap.PAGESIZE * mmap.PAGESIZE
-    if last > first:
-        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
-    return stop

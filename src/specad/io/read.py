@@ -32,6 +32,7 @@ from specad.io.image import (
     read_image,
     read_image_cube,
 )
+from specad.io.mapped import nonfinite_count
 from specad.io.matlab import WAVELENGTH_KEYS, read_mat_arrays
 
 __all__ = ["AxesGuess", "Header", "cube_header", "open_image", "read_cube", "read_image"]
@@ -87,8 +88,8 @@ def read_cube(path: str | Path, variable: str | None = None, axes: str | None = 
         raise SpecadError(f"cannot read cube ({type(err).__name__}: {err})", path) from err
     if 0 in cube.shape:
         raise SpecadError(f"the cube is empty ({'x'.join(map(str, cube.shape))})", path)
-    if not np.isfinite(cube.data).all():
-        bad = int((~np.isfinite(cube.data)).sum())
+    bad = nonfinite_count(cube.data)  # a mapped cube a band of rows at a time
+    if bad:
         raise SpecadError(f"{bad} NaN/Inf values in the cube", path)
     return cube
 
