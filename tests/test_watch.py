@@ -288,6 +288,37 @@ def test_drift_is_said_once_and_journaled_with_each_verdict(
     assert first > 0 and all(r["drifting"] for r in records[first:])
 
 
+def test_cubes_that_arrive_together_are_scored_as_one_batch(
+    tiny_rx: Path, tiny_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cubes complete at once are scored `batch` at a time, in arrival order, each journaled
+    once; a cube that cannot be read in a batch costs only itself."""
+    import specad.line.watch
+
+    sizes: list[int] = []
+    score_files = specad.line.watch.score_files
+
+    def counted(detector, paths, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sizes.append(len(paths))
+        return score_files(detector, paths, *args, **kwargs)
+
+    monkeypatch.setattr(specad.line.watch, "score_files", counted)
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    sources = cubes(tiny_root)[:6]
+    for i, src in enumerate(sources):
+        rename_in(src, inbox, f"{i}.tif")
+    (inbox / "6.tif").write_bytes(b"not a cube")
+    with background(Watcher(Detector.load(tiny_rx), inbox, out, settle=0.0, batch=4)):
+        wait_for(lambda: len(lines(out)) == 7, "seven lines")
+    records = assert_once(out, [f"{i}.tif" for i in range(7)])
+    assert sizes == [4, 3], sizes
+    assert [r["file"] for r in records if "error" in r] == ["6.tif"]
+    alone = Detector.load(tiny_rx).predict([read_cube(p) for p in sources])
+    scored = {r["file"]: r["score"] for r in records if "error" not in r}
+    assert [scored[f"{i}.tif"] for i in range(6)] == pytest.approx([p.score for p in alone])
+
+
 def test_hidden_and_temporary_names_are_never_read(
     tiny_rx: Path, tiny_root: Path, tmp_path: Path
 ) -> None:

@@ -35,6 +35,12 @@ def watch(
     poll: Annotated[
         bool, typer.Option(help="Scan the folder instead of waiting for events (network shares).")
     ] = False,
+    batch: Annotated[
+        int,
+        typer.Option(
+            min=1, max=256, help="Most cubes that arrived together scored as one batch of maps."
+        ),
+    ] = 8,
     device: Device = "auto",
     runtime: Runtime = "auto",
 ) -> None:
@@ -56,7 +62,15 @@ def watch(
         err.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
 
     watcher = Watcher(
-        det, inbox, out_dir, settle=settle, done=done, poll=poll, on_skip=skipped, on_drift=drifting
+        det,
+        inbox,
+        out_dir,
+        settle=settle,
+        done=done,
+        poll=poll,
+        batch=batch,
+        on_skip=skipped,
+        on_drift=drifting,
     )
     stopped_by: list[str] = []
 

@@ -7,6 +7,6 @@ The names callers need are importable from here.
 """
 
 from specad.inference.detector import Detector, Prediction
-from specad.inference.scoring import SplitResults, run_split, score_file
+from specad.inference.scoring import SplitResults, run_split, score_file, score_files
 
-__all__ = ["Detector", "Prediction", "SplitResults", "run_split", "score_file"]
+__all__ = ["Detector", "Prediction", "SplitResults", "run_split", "score_file", "score_files"]

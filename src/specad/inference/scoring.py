@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from specad.data import Sample, read_mask
-from specad.inference.detector import Detector
+from specad.errors import SpecadError
+from specad.inference.detector import Detector, Prediction
 from specad.inference.regions import find_regions
 from specad.inference.tiling import batch_of
 from specad.io import Cube, read_cube
@@ -88,16 +89,77 @@ def score_file(
     axes: str | None = None,
     explain: bool = False,
 ) -> float:
-    """Score one cube into ``tmp/maps/NAME.tif`` and ``tmp/overlays/NAME.png``; its score.
-    Shared by local runs and Dask workers, so both write the same files. ``explain`` also
-    writes the map's regions (`specad.inference.regions`) as JSON lines to
+    """Score one cube into ``tmp/maps/NAME.tif`` and ``tmp/overlays/NAME.png``; its score, or a
+    `SpecadError` (`score_files`). Shared by local runs and Dask workers, so both write the
+    same files."""
+    options = {"tiled": tiled, "variable": variable, "axes": axes, "explain": explain}
+    (outcome,) = score_files(detector, [path], tmp, [name], **options)
+    if isinstance(outcome, str):
+        raise SpecadError(outcome)
+    return outcome
+
+
+def score_files(
+    detector: Detector,
+    paths: Sequence[Path],
+    tmp: Path,
+    names: Sequence[Path],
+    *,
+    tiled: bool = False,
+    variable: str | None = None,
+    axes: str | None = None,
+    explain: bool = False,
+) -> list[float | str]:
+    """Score cubes as one batch of maps (each runtime is faster per cube in a batch) into
+    ``tmp/maps/NAME.tif`` and ``tmp/overlays/NAME.png``; per cube its score, or the one line
+    that kept it from being scored (a cube that cannot be read, or that the model refuses: a
+    batch the model refuses is scored cube by cube, so the others still are). ``explain``
+    also writes each map's regions (`specad.inference.regions`) as JSON lines to
     ``tmp/regions/NAME.jsonl``, which `specad.predict` gathers into ``regions.jsonl``."""
+    outcomes: list[float | str] = [""] * len(paths)
+    cubes: dict[int, Cube] = {}
+    for i, path in enumerate(paths):
+        try:
+            cubes[i] = read_cube(path, variable=variable, axes=axes)
+        except SpecadError as err:
+            outcomes[i] = str(err)
+    try:
+        preds = dict(zip(cubes, _predicted(detector, cubes, paths, tiled), strict=True))
+    except SpecadError:
+        if len(cubes) == 1:
+            raise
+        preds = {}
+        for i, cube in cubes.items():
+            try:
+                preds[i] = _predicted(detector, {i: cube}, paths, tiled)[0]
+            except SpecadError as err:
+                outcomes[i] = str(err)
+    for i, pred in preds.items():
+        _write(detector, cubes[i], pred, paths[i], tmp, names[i], explain)
+        outcomes[i] = pred.score
+    return outcomes
+
+
+def _predicted(
+    detector: Detector, cubes: dict[int, Cube], paths: Sequence[Path], tiled: bool
+) -> list[Prediction]:
+    return detector.predict(list(cubes.values()), tiled=tiled, paths=[paths[i] for i in cubes])
+
+
+def _write(
+    detector: Detector,
+    cube: Cube,
+    pred: Prediction,
+    path: Path,
+    tmp: Path,
+    name: Path,
+    explain: bool,
+) -> None:
+    """A scored cube's map, overlay and (``explain``) regions, under ``tmp``."""
     from PIL import Image
 
     from specad.visual import false_colour, overlay
 
-    cube = read_cube(path, variable=variable, axes=axes)
-    pred = detector.predict(cube, tiled=tiled, paths=[path])
     map_file = tmp / "maps" / f"{name}.tif"
     map_file.parent.mkdir(parents=True, exist_ok=True)
     write_map(map_file, pred.anomaly_map)
@@ -110,7 +172,6 @@ def score_file(
         jsonl = tmp / "regions" / f"{name}.jsonl"
         jsonl.parent.mkdir(parents=True, exist_ok=True)
         jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return pred.score
 
 
 def explained(detector: Detector, cube: Cube, anomaly_map: np.ndarray, path: Path) -> list[dict]:

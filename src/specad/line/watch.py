@@ -1,7 +1,7 @@
 """`specad watch`: score every cube that arrives in an inbox exactly once, in arrival order.
 
 Completeness is `specad.line.inbox`'s rule; exactly-once is `specad.line.journal`'s. Each cube's
-map and overlay are written as `specad predict` writes them (`specad.inference.score_file`),
+map and overlay are written as `specad predict` writes them (`specad.inference.score_files`),
 into a staging folder, fsynced and renamed into ``OUT/maps`` and ``OUT/overlays`` before the
 cube's verdict line: a verdict never names a map that a crash lost. A cube that cannot be read
 gets a line with its ``error`` instead, so it is not retried at every restart. With ``done`` each
@@ -15,18 +15,21 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from specad.errors import SpecadError
-from specad.inference import Detector, score_file
+from specad.inference import Detector, score_files
 from specad.io import refuse_overlap, reserve_output
 from specad.line.inbox import POLL_SECONDS, RESCAN_SECONDS, Inbox
 from specad.line.journal import Journal, Key
 from specad.line.verdict import Verdict, drift_monitor, judge
 
 STAGING = ".staging"
+BATCH_BYTES = 256 * 2**20
+"""File bytes of the cubes scored as one batch: a batch of large cubes is held whole while its
+maps are computed, so large cubes go one at a time."""
 
 
 @dataclass
@@ -41,7 +44,7 @@ class WatchRun:
 
 class Watcher:
     """Scores an inbox into an output folder until `stop` is called (from any thread or a
-    signal handler); the current cube is always finished first."""
+    signal handler); the current batch of cubes is always finished first."""
 
     def __init__(
         self,
@@ -52,6 +55,7 @@ class Watcher:
         settle: float = 2.0,
         done: str | Path | None = None,
         poll: bool = False,
+        batch: int = 8,
         on_verdict: Callable[[Verdict], None] | None = None,
         on_skip: Callable[[str], None] | None = None,
         on_drift: Callable[[str], None] | None = None,
@@ -63,6 +67,9 @@ class Watcher:
         self.out = Path(out)
         self.done = None if done is None else Path(done)
         self.poll = poll
+        if batch < 1:
+            raise SpecadError(f"--batch must be at least 1, got {batch}")
+        self.batch = batch
         self.on_verdict = on_verdict
         self.on_skip = on_skip  # told, at once, each cube that could not be read (one line)
         self._stopping = threading.Event()
@@ -107,12 +114,14 @@ class Watcher:
         self.inbox.scan()
         next_scan = time.monotonic() + rescan
         while not self._stopping.is_set():
-            for path, key in self.inbox.complete():
+            for chunk in self._batches(self.inbox.complete()):
                 if self._stopping.is_set():
                     return
-                if key not in journal.done:
-                    self._score(path, key, journal, result)
-                self._leave(path)  # done before a crash and not yet moved, too
+                todo = [(path, key) for path, key in chunk if key not in journal.done]
+                if todo:
+                    self._score(todo, journal, result)
+                for path, _ in chunk:
+                    self._leave(path)  # done before a crash and not yet moved, too
             now = time.monotonic()
             if now >= next_scan:
                 self.inbox.scan()
@@ -123,23 +132,41 @@ class Watcher:
             if not self.inbox.drain(wait):
                 return
 
-    def _score(self, path: Path, key: Key, journal: Journal, result: WatchRun) -> None:
+    def _batches(self, ready: list[tuple[Path, Key]]) -> Iterator[list[tuple[Path, Key]]]:
+        """Complete cubes in arrival order, up to ``batch`` at a time and `BATCH_BYTES` of files
+        (at least one): cubes that arrive together are scored as one batch of maps."""
+        chunk: list[tuple[Path, Key]] = []
+        for item in ready:
+            if chunk and (
+                len(chunk) == self.batch
+                or sum(k.size for _, k in chunk) + item[1].size > BATCH_BYTES
+            ):
+                yield chunk
+                chunk = []
+            chunk.append(item)
+        if chunk:
+            yield chunk
+
+    def _score(self, items: list[tuple[Path, Key]], journal: Journal, result: WatchRun) -> None:
+        """Score complete cubes as one batch, then journal each in arrival order: a crash part
+        way leaves the rest unjournaled, so a restart scores exactly those."""
         started = time.perf_counter()
-        name = self._map_name(Path(key.file).stem, journal)
-        try:
-            score = score_file(self.detector, path, self.out / STAGING, Path(name))
-        except SpecadError as err:
-            if not path.exists():  # taken away before it was read: not a cube to record
-                return
-            journal.append(key, {"error": str(err)})
-            result.unreadable += 1
-            if self.on_skip is not None:
-                self.on_skip(str(err))
-        else:
+        names = [self._map_name(Path(key.file).stem, journal) for _, key in items]
+        paths = [path for path, _ in items]
+        outcomes = score_files(self.detector, paths, self.out / STAGING, [Path(n) for n in names])
+        for (path, key), name, outcome in zip(items, names, outcomes, strict=True):
+            if isinstance(outcome, str):
+                if not path.exists():  # taken away before it was read: not a cube to record
+                    continue
+                journal.append(key, {"error": outcome})
+                result.unreadable += 1
+                if self.on_skip is not None:
+                    self.on_skip(outcome)
+                continue
             files = {}
             for folder, suffix in (("maps", ".tif"), ("overlays", ".png")):
                 files[folder[:-1]] = self._publish(Path(folder) / f"{name}{suffix}")
-            verdict = judge(self.detector, key.file, score, started)
+            verdict = judge(self.detector, key.file, outcome, started)
             alert = None if self.drift is None else self.drift.observe(verdict.score)
             drift = {} if self.drift is None else {"drifting": self.drift.drifting}
             journal.append(key, verdict.record() | files | drift | {"at": round(time.time(), 3)})
