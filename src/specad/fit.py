@@ -7,6 +7,7 @@ with what its cubes need (``model.json``).
 from __future__ import annotations
 
 import sys
+from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ def fit_on_dataset(
     else:
         images = first
     model.fit_maps(images, val, wavelengths=chosen.wavelengths, units=pre.units())
+    deque(first, maxlen=0)  # the cubes a detector that learns nothing from them left unread
     meta = ModelMeta(name, pre, chosen.bands, chosen.wavelengths, chosen.rgb, envelope.envelope())
     return _thresholded(model, meta, device, val_samples, far)
 
