@@ -89,7 +89,7 @@ class Watcher:
             self.done.mkdir(parents=True, exist_ok=True)
 
     def stop(self) -> None:
-        """Finish the current cube, then return from `run`. Safe in a signal handler."""
+        """Finish the batch being scored, then return from `run`. Safe in a signal handler."""
         self._stopping.set()
         self.inbox.events.put(None)
 
