@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from specad.io import Cube
+
 
 def display_bands(rgb: Sequence[int] | None, channels: int) -> list[int]:
     """The three bands to show of a ``channels``-band cube: ``rgb`` where the cube has them all.
@@ -61,3 +63,10 @@ def overlay(rgb: np.ndarray, anomaly_map: np.ndarray, threshold: float) -> np.nd
         alpha = np.clip(anomaly_map[rows] / max(threshold, 1e-9) - 0.5, 0, 1)[:, :, None] * 0.7
         out[rows] = (rgb[rows] * (1 - alpha) + colour * alpha).astype(np.uint8)
     return out
+
+
+def cube_overlay(cube: Cube, anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
+    """(H, W, 3) uint8: the overlay every output shows (`specad predict`, `specad watch`,
+    `specad serve`): the cube's false colour (its RGB bands; the first band without them) under
+    its map (`overlay`)."""
+    return overlay(false_colour(cube.data, cube.rgb or (0, 0, 0)), anomaly_map, threshold)

@@ -158,15 +158,14 @@ def _write(
     """A scored cube's map, overlay and (``explain``) regions, under ``tmp``."""
     from PIL import Image
 
-    from specad.visual import false_colour, overlay
+    from specad.visual import cube_overlay
 
     map_file = tmp / "maps" / f"{name}.tif"
     map_file.parent.mkdir(parents=True, exist_ok=True)
     write_map(map_file, pred.anomaly_map)
     png = tmp / "overlays" / f"{name}.png"
     png.parent.mkdir(parents=True, exist_ok=True)
-    rgb = false_colour(cube.data, cube.rgb or (0, 0, 0))
-    Image.fromarray(overlay(rgb, pred.anomaly_map, detector.threshold)).save(png)
+    Image.fromarray(cube_overlay(cube, pred.anomaly_map, detector.threshold)).save(png)
     if explain:
         rows = explained(detector, cube, pred.anomaly_map, path)
         jsonl = tmp / "regions" / f"{name}.jsonl"

@@ -232,14 +232,14 @@ def _map(map_format: str, cube: Cube, pred: Prediction) -> dict[str, str]:
     from PIL import Image
 
     from specad.inference.scoring import write_map
-    from specad.visual import false_colour, overlay
+    from specad.visual import cube_overlay
 
     buffer = io.BytesIO()
     if map_format == "tiff":
         write_map(buffer, pred.anomaly_map)  # type: ignore[arg-type]
     else:
-        rgb = false_colour(cube.data, cube.rgb or (0, 0, 0))
-        Image.fromarray(overlay(rgb, pred.anomaly_map, pred.threshold)).save(buffer, "PNG")
+        overlay = cube_overlay(cube, pred.anomaly_map, pred.threshold)
+        Image.fromarray(overlay).save(buffer, "PNG")
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return {"format": map_format, "media_type": MAP_FORMATS[map_format], "base64": data}
 

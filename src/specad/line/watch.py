@@ -136,14 +136,13 @@ class Watcher:
         """Complete cubes in arrival order, up to ``batch`` at a time and `BATCH_BYTES` of files
         (at least one): cubes that arrive together are scored as one batch of maps."""
         chunk: list[tuple[Path, Key]] = []
-        for item in ready:
-            if chunk and (
-                len(chunk) == self.batch
-                or sum(k.size for _, k in chunk) + item[1].size > BATCH_BYTES
-            ):
+        size = 0
+        for path, key in ready:
+            if chunk and (len(chunk) == self.batch or size + key.size > BATCH_BYTES):
                 yield chunk
-                chunk = []
-            chunk.append(item)
+                chunk, size = [], 0
+            chunk.append((path, key))
+            size += key.size
         if chunk:
             yield chunk
 
